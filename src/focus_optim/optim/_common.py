@@ -1,0 +1,250 @@
+"""Pieces every optimizer of the package shares: the torch.optim base behaviour, path selection,
+lazy state, ensemble hyperparameters and a few scalar-or-tensor arithmetic helpers.
+
+Ensemble hyperparameters
+------------------------
+``lr`` and ``weight_decay`` (and whatever else a class lists in ``_ensemble_hparams``) may be:
+
+* a Python float;
+* a 0-d tensor, which acts exactly like a float (torch.optim's "tensor lr");
+* a 1-D tensor of length ``E``: slice ``i`` along dim 0 of *every* parameter of the group uses
+  value ``i``. The labs stack ``E`` independent models or trajectories along dim 0 and train them
+  all with one optimizer; groups with such tensors run on the per-tensor path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    Optimizer,
+    _default_to_fused_or_foreach,
+    _get_scalar_dtype,
+    _get_value,
+)
+
+from . import _validate as V
+
+Scalar = float | Tensor
+
+
+class BaseOptimizer(Optimizer):
+    """``torch.optim.Optimizer`` plus validation of every param group and the path choice.
+
+    Subclasses set ``_hparam_checks`` (name -> validator), ``_state_keys`` (names of the
+    per-parameter state tensors) and ``_ensemble_hparams``.
+    """
+
+    _hparam_checks: dict[str, Callable[[str, Any], None]] = {}
+    _state_keys: tuple[str, ...] = ()
+    _ensemble_hparams: tuple[str, ...] = ("lr", "weight_decay")
+    _supports_fused: bool = False
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self._validate_group(defaults, where="")
+        super().__init__(params, defaults)
+
+    # --- validation -------------------------------------------------------------------------
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        for name, check in self._hparam_checks.items():
+            if name in group:
+                check(where + name, group[name])
+        for name in self._ensemble_hparams:
+            value = group.get(name)
+            if isinstance(value, Tensor) and value.ndim > 1:
+                raise ValueError(
+                    f"Invalid {where}{name}: a tensor hyperparameter must be 0-d or 1-D (one value per "
+                    f"ensemble member along dim 0), got shape {tuple(value.shape)}"
+                )
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError("Invalid fused/foreach: `fused` and `foreach` cannot both be True")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group, where=f"param_groups[{len(self.param_groups) - 1}].")
+        for p in group["params"]:
+            if p.is_sparse:
+                raise ValueError(f"{type(self).__name__} does not support sparse parameters")
+            if p.is_complex() and not self._supports_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters")
+            if isinstance(group.get("lr"), Tensor) and group["lr"].ndim == 1:
+                _check_ensemble_len("lr", group["lr"], p)
+            for name in self._ensemble_hparams:
+                value = group.get(name)
+                if isinstance(value, Tensor) and value.ndim == 1:
+                    _check_ensemble_len(name, value, p)
+
+    def _supports_complex(self) -> bool:
+        return True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    # --- paths ------------------------------------------------------------------------------
+    def _has_ensemble_hparams(self, group: dict[str, Any]) -> bool:
+        return any(isinstance(group.get(n), Tensor) and group[n].ndim >= 1 for n in self._ensemble_hparams)
+
+    def _select_path(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        """'single', 'foreach' or 'fused', with torch.optim's defaults (foreach on CUDA)."""
+        ensemble = self._has_ensemble_hparams(group)
+        fused, foreach = group.get("fused"), group.get("foreach")
+        if fused:
+            if ensemble:
+                raise ValueError("fused=True does not support 1-D (per-member) tensor hyperparameters")
+            if not self._supports_fused:
+                raise ValueError(f"{type(self).__name__} has no fused implementation")
+            return "foreach" if torch.compiler.is_compiling() else "fused"
+        if ensemble:
+            if foreach:
+                raise ValueError("foreach=True does not support 1-D (per-member) tensor hyperparameters")
+            return "single"
+        if foreach is None:
+            _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        return "foreach" if foreach else "single"
+
+    # --- state ------------------------------------------------------------------------------
+    def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
+        if group.get("fp32_state") and p.dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return p.dtype
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        """Lazily create ``step`` (a CPU scalar tensor, as torch.optim does) and zeroed buffers."""
+        state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        dtype = self._state_dtype(group, p)
+        for key in self._state_keys:
+            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """Params that have a gradient, their gradients and their (lazily created) states."""
+        params, grads, states = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(group, p, state)
+            params.append(p)
+            grads.append(p.grad)
+            states.append(state)
+        return params, grads, states
+
+    @staticmethod
+    def _process_value_according_to_param_policy(
+        param: Tensor,
+        value: Tensor,
+        param_id: int,
+        param_groups: list[dict[Any, Any]],
+        key: Hashable = None,
+    ) -> Tensor:
+        # ``step`` stays a CPU scalar on every path; fp32 state stays fp32 for low-precision params.
+        if key == "step":
+            return value.to(dtype=_get_scalar_dtype())
+        fp32_state = False
+        for pg in param_groups:
+            if param_id in pg["params"]:
+                fp32_state = bool(pg.get("fp32_state", False))
+                break
+        if param.is_floating_point() or param.is_complex():
+            if value.is_floating_point() or value.is_complex():
+                dtype = param.dtype
+                if fp32_state and param.dtype in (torch.float16, torch.bfloat16):
+                    dtype = torch.float32
+                return value.to(dtype=dtype, device=param.device)
+        return value.to(device=param.device)
+
+    # --- step ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = self._gather(group)
+            if params:
+                self._update_group(group, params, grads, states, **kwargs)
+        return loss
+
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+    ) -> None:
+        raise NotImplementedError
+
+
+def _check_ensemble_len(name: str, value: Tensor, p: Tensor) -> None:
+    if p.ndim == 0 or p.shape[0] != value.shape[0]:
+        raise ValueError(
+            f"Invalid {name}: a 1-D tensor of length {value.shape[0]} needs every parameter of its group "
+            f"to have that many members along dim 0, got a parameter of shape {tuple(p.shape)}"
+        )
+
+
+# --- scalar-or-tensor helpers ------------------------------------------------------------------
+def scalar(x: Scalar) -> Scalar:
+    """A 0-d tensor hyperparameter as a Python number (kept as a tensor while compiling)."""
+    if isinstance(x, Tensor) and x.ndim == 0:
+        return _get_value(x)
+    return x
+
+
+def per_member(x: Scalar, p: Tensor) -> Scalar:
+    """Broadcast a 1-D ensemble hyperparameter along dim 0 of ``p``; scalars pass through."""
+    x = scalar(x)
+    if isinstance(x, Tensor):
+        if x.ndim == 0:
+            return x.to(device=p.device, dtype=p.dtype if p.is_floating_point() else torch.float32)
+        return x.to(device=p.device, dtype=p.dtype).view(x.shape[0], *([1] * (p.ndim - 1)))
+    return x
+
+
+def is_zero(x: Scalar) -> bool:
+    """True only for a Python number equal to 0 (a tensor is never treated as zero)."""
+    return not isinstance(x, Tensor) and x == 0
+
+
+def add_scaled_(p: Tensor, x: Tensor, alpha: Scalar) -> Tensor:
+    """``p += alpha * x`` for a number or a broadcastable tensor ``alpha``."""
+    if isinstance(alpha, Tensor):
+        return p.addcmul_(x, alpha)
+    return p.add_(x, alpha=alpha)
+
+
+def neg(x: Scalar) -> Scalar:
+    return -x
+
+
+def as_real(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """View complex tensors as real pairs (the last dim holds real and imaginary parts)."""
+    return tuple(torch.view_as_real(t) if t.is_complex() else t for t in tensors)
+
+
+def step_value(step_t: Tensor) -> float | Tensor:
+    """The step count as a Python float; while compiling, a float64 tensor (bias corrections such
+    as 1 - beta**t lose ties and digits in the float32 that ``step`` is stored in)."""
+    step = _get_value(step_t)
+    if isinstance(step, Tensor):
+        step = step.to(torch.float64)
+    return step
+
+
+__all__ = [
+    "BaseOptimizer",
+    "V",
+    "add_scaled_",
+    "as_real",
+    "is_zero",
+    "per_member",
+    "scalar",
+    "step_value",
+]

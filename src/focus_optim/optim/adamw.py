@@ -1,0 +1,300 @@
+r"""AdamW (Loshchilov & Hutter, 2019), with the variants the baselines' official code uses.
+
+Default (identical to ``torch.optim.AdamW``):
+
+.. math::
+    \theta_t &\leftarrow \theta_{t-1}(1 - \eta\lambda) \\
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t,\qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+    \theta_t &\leftarrow \theta_t - \eta\,\frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}
+
+Options, each a documented convention of some official code (``specs/optimizers.md``):
+
+* ``eps_mode="before_bias_correction"``: :math:`\eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)\cdot m/(\sqrt v+\epsilon)`
+  (Hugging Face style; Conda's regular group, ROOT's AdamW backup).
+* ``bias_correction=False``: no bias correction at all (DeepSpeed's 1-bit Adam).
+* ``decay_mode="post_update"``: :math:`\theta \leftarrow \theta - \eta\lambda\theta` *after* the
+  Adam step, on the updated weights (Conda).
+
+The single-tensor path accepts 1-D per-ensemble-member ``lr``/``weight_decay`` (the labs use it
+to run many learning rates at once); ``fused=True`` calls PyTorch's fused AdamW kernel and needs
+the default conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _get_scalar_dtype, _get_value
+
+from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar, step_value
+
+EPS_MODES = ("after_bias_correction", "before_bias_correction")
+DECAY_MODES = ("decoupled", "post_update")
+
+
+class AdamW(BaseOptimizer):
+    r"""AdamW with torch.optim semantics by default and the baselines' variants as options.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (>= 0); float, 0-d tensor or 1-D per-member tensor.
+        betas: (beta1, beta2), each in [0, 1).
+        eps: term added to the denominator (> 0).
+        weight_decay: decoupled weight decay (>= 0).
+        eps_mode: ``"after_bias_correction"`` (torch, default) or ``"before_bias_correction"``.
+        bias_correction: apply Adam's bias corrections (default True).
+        decay_mode: ``"decoupled"`` (torch, default) or ``"post_update"``.
+        maximize, foreach, fused, fp32_state: as in :class:`torch.optim.AdamW`.
+    """
+
+    _hparam_checks = {
+        "lr": V.check_nonneg,
+        "betas": V.check_betas,
+        "eps": V.check_positive,
+        "weight_decay": V.check_nonneg,
+        "eps_mode": lambda n, v: V.check_choice(n, v, EPS_MODES),
+        "decay_mode": lambda n, v: V.check_choice(n, v, DECAY_MODES),
+    }
+    _state_keys = ("exp_avg", "exp_avg_sq")
+    _supports_fused = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float | Tensor = 1e-2,
+        *,
+        eps_mode: Literal["after_bias_correction", "before_bias_correction"] = "after_bias_correction",
+        bias_correction: bool = True,
+        decay_mode: Literal["decoupled", "post_update"] = "decoupled",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        fp32_state: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            eps_mode=eps_mode,
+            bias_correction=bias_correction,
+            decay_mode=decay_mode,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            fp32_state=fp32_state,
+        )
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        super()._validate_group(group, where)
+        if group.get("fused") and (
+            group.get("eps_mode", "after_bias_correction") != "after_bias_correction"
+            or not group.get("bias_correction", True)
+            or group.get("decay_mode", "decoupled") != "decoupled"
+            or group.get("fp32_state", False)
+        ):
+            raise ValueError(
+                f"Invalid {where}fused: fused=True runs torch's AdamW kernel and needs the default "
+                "eps_mode, bias_correction, decay_mode and fp32_state=False"
+            )
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        super()._init_state(group, p, state)
+        if group.get("fused"):  # torch's fused kernel reads the step count on the device
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(), device=p.device)
+
+    @staticmethod
+    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
+        out = BaseOptimizer._process_value_according_to_param_policy(param, value, param_id, param_groups, key)
+        if key == "step" and any(param_id in g["params"] and g.get("fused") for g in param_groups):
+            out = out.to(device=param.device, dtype=torch.float32)
+        return out
+
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+    ) -> None:
+        adamw(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states],
+            path=self._select_path(group, params),
+            lr=group["lr"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            eps_mode=group["eps_mode"],
+            bias_correction=group["bias_correction"],
+            decay_mode=group["decay_mode"],
+            maximize=group["maximize"],
+        )
+
+
+def adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    path: str = "single",
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    eps_mode: str = "after_bias_correction",
+    bias_correction: bool = True,
+    decay_mode: str = "decoupled",
+    maximize: bool = False,
+) -> None:
+    """Functional AdamW; other optimizers call it for their auxiliary (non-matrix) groups."""
+    kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, eps_mode=eps_mode,
+              bias_correction=bias_correction, decay_mode=decay_mode, maximize=maximize)  # fmt: skip
+    impl = {"single": _single_tensor_adamw, "foreach": _multi_tensor_adamw, "fused": _fused_adamw}[path]
+    impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, **kw)
+
+
+def _coefficients(step: Any, lr: Any, beta1: float, beta2: float, eps_mode: str, bias_correction: bool):
+    """(step size multiplying m/denom, divisor of sqrt(v) inside denom)."""
+    if not bias_correction:
+        return lr, 1.0
+    bc1 = 1 - beta1**step
+    bc2_sqrt = (1 - beta2**step) ** 0.5
+    if eps_mode == "after_bias_correction":
+        return lr / bc1, bc2_sqrt
+    return lr * bc2_sqrt / bc1, 1.0
+
+
+def _single_tensor_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    eps_mode: str,
+    bias_correction: bool,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    for p, g, m, v, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
+        step_t += 1
+        step = step_value(step_t)
+        if maximize:
+            g = -g
+        p_real, g, m, v = as_real(p, g, m, v)
+        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
+        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        eta = per_member(lr, work)
+        wd = per_member(weight_decay, work)
+        decay = not is_zero(wd)
+
+        if decay and decay_mode == "decoupled":
+            work.mul_(1 - eta * wd)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step_size, bc2_sqrt = _coefficients(step, eta, beta1, beta2, eps_mode, bias_correction)
+        denom = (v.sqrt() / bc2_sqrt).add_(eps) if not _is_one(bc2_sqrt) else v.sqrt().add_(eps)
+        if isinstance(step_size, Tensor):
+            work.sub_(m / denom * step_size)
+        else:
+            work.addcdiv_(m, denom, value=-step_size)
+        if decay and decay_mode == "post_update":
+            add_scaled_(work, work, -(eta * wd))
+        if work is not p_real:
+            p_real.copy_(work)
+
+
+def _multi_tensor_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    eps_mode: str,
+    bias_correction: bool,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    lr, weight_decay = scalar(lr), scalar(weight_decay)
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_sqs, state_steps])
+    for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
+        for s in ds:
+            s += 1
+        p_real, g, m, v = ([as_real(t)[0] for t in xs] for xs in (dp, dg, dm, dv))
+        if maximize:
+            g = torch._foreach_neg(g)
+        if m[0].dtype != p_real[0].dtype:
+            work = [t.to(m[0].dtype) for t in p_real]
+            g = [t.to(m[0].dtype) for t in g]
+        else:
+            work = p_real
+        decay = not is_zero(weight_decay)
+        if decay and decay_mode == "decoupled":
+            torch._foreach_mul_(work, 1 - lr * weight_decay)
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        coeffs = [_coefficients(_get_value(s), lr, beta1, beta2, eps_mode, bias_correction) for s in ds]
+        denom = torch._foreach_sqrt(v)
+        if not all(_is_one(c[1]) for c in coeffs):
+            torch._foreach_div_(denom, [c[1] for c in coeffs])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(work, m, denom, [-c[0] for c in coeffs])
+        if decay and decay_mode == "post_update":
+            torch._foreach_add_(work, work, alpha=-(lr * weight_decay))
+        if work is not p_real:
+            torch._foreach_copy_(p_real, work)
+
+
+def _fused_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    eps_mode: str,
+    bias_correction: bool,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    lr, weight_decay = scalar(lr), scalar(weight_decay)
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_sqs, state_steps])
+    for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
+        torch._foreach_add_(ds, 1)  # step counts live on the device for this path (see _init_state)
+        torch._fused_adamw_(
+            dp, dg, dm, dv, [], ds,
+            lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
+            amsgrad=False, maximize=maximize, grad_scale=None, found_inf=None,
+        )  # fmt: skip
+
+
+def _is_one(x: Any) -> bool:
+    return not isinstance(x, Tensor) and x == 1.0

@@ -1,0 +1,301 @@
+r"""FOCUS: First Order Concentrated Updating Scheme (Liu, Liu & Gore, 2025, arXiv 2501.12243).
+
+Algorithm 1 of the paper, for each parameter tensor :math:`\theta` with gradient :math:`g_t`:
+
+.. math::
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t \\
+    \bar\theta_t &= \beta_2 \bar\theta_{t-1} + (1-\beta_2)\, \theta_t \\
+    \hat\theta_t &= \bar\theta_t / (1-\beta_2^t) \\
+    \theta_t &\leftarrow \theta_t - \eta_t\, \omega\, \hat\theta_t
+        \quad\text{(weight decay toward 0 by the averaged parameters)} \\
+    \theta_{t+1} &= \theta_t - \eta_t \bigl(\operatorname{sign}(m_t)
+        + \gamma\, \operatorname{sign}(\theta_t - \hat\theta_t)\bigr)
+
+Variants, chosen by ``decay_mode``:
+
+* ``"algorithm1"`` (default): exactly the above; decay before the sign step.
+* ``"reference"``: the authors' ``focus.py`` (liuyz0/FOCUS@bdda7f8): the sign step uses the
+  pre-decay :math:`\theta`, then :math:`\theta \leftarrow \theta - \eta\omega\hat\theta`.
+  Use it to match published GPT-2 curves.
+* ``"decoupled"``: the toy-landscape code: :math:`\theta_{t+1} = \theta_t - \eta_t(\operatorname{sign}(m_t)
+  + \gamma\operatorname{sign}(\theta_t-\hat\theta_t) + \omega\theta_t)`, i.e. AdamW-style decay on
+  :math:`\theta` inside the same update.
+
+The attraction sign is evaluated as :math:`\operatorname{sign}((1-\beta_2^t)\theta_t - \bar\theta_t)`,
+which equals :math:`\operatorname{sign}(\theta_t - \hat\theta_t)` but makes the paper's
+:math:`\hat\theta_1 = \theta_1` an exact tie (zero attraction at the first step) instead of a
+rounding-error coin flip.
+
+State per parameter: ``exp_avg`` (:math:`m`), ``param_avg`` (:math:`\bar\theta`) and ``step``.
+With ``gamma=0`` and ``betas[1]=0`` the update is exactly :class:`~focus_optim.Signum`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _get_value
+
+from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar, step_value
+
+DecayMode = Literal["algorithm1", "reference", "decoupled"]
+DECAY_MODES: tuple[str, ...] = ("algorithm1", "reference", "decoupled")
+
+
+class FOCUS(BaseOptimizer):
+    r"""FOCUS optimizer (sign of momentum + attraction toward the parameter EMA).
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate :math:`\eta` (>= 0). A float, a 0-d tensor, or a 1-D tensor giving one
+            value per ensemble member along dim 0 (see :mod:`focus_optim.optim._common`).
+        betas: :math:`(\beta_1, \beta_2)`; :math:`\beta_1` for the gradient momentum, :math:`\beta_2`
+            for the parameter EMA. Each in [0, 1).
+        gamma: attraction strength :math:`\gamma`; any finite value (negative = repulsion).
+        weight_decay: :math:`\omega` (>= 0), float or tensor like ``lr``.
+        decay_mode: ``"algorithm1"`` (paper, default), ``"reference"`` (authors' code) or
+            ``"decoupled"`` (toy-landscape code); see the module docstring.
+        maximize: maximize the objective instead of minimizing it (``.grad`` is not modified).
+        foreach: use the ``torch._foreach_*`` multi-tensor path (default: on CUDA).
+        fused: use the fused path: one Triton kernel per group on CUDA (each state tensor read
+            and written once per step); a compiled graph on CPU.
+        fp32_state: keep ``exp_avg``/``param_avg`` in float32 for bf16/fp16 parameters.
+
+    Defaults follow the reference code's class (lr 1e-2, betas (0.9, 0.999), gamma 0.1, no
+    decay). The paper's GPT-2 setting is lr 6e-4, betas (0.9, 0.99), gamma 0.2, weight_decay 0.2.
+    """
+
+    _hparam_checks = {
+        "lr": V.check_nonneg,
+        "betas": V.check_betas,
+        "gamma": V.check_finite,
+        "weight_decay": V.check_nonneg,
+        "decay_mode": lambda name, v: V.check_choice(name, v, DECAY_MODES),
+    }
+    _state_keys = ("exp_avg", "param_avg")
+    _supports_fused = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        gamma: float = 0.1,
+        weight_decay: float | Tensor = 0.0,
+        *,
+        decay_mode: DecayMode = "algorithm1",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        fp32_state: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            gamma=gamma,
+            weight_decay=weight_decay,
+            decay_mode=decay_mode,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            fp32_state=fp32_state,
+        )
+        super().__init__(params, defaults)
+
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+    ) -> None:
+        focus(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["param_avg"] for s in states],
+            [s["step"] for s in states],
+            path=self._select_path(group, params),
+            lr=group["lr"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            gamma=group["gamma"],
+            weight_decay=group["weight_decay"],
+            decay_mode=group["decay_mode"],
+            maximize=group["maximize"],
+        )
+
+
+def focus(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    param_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    path: str = "single",
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    gamma: float,
+    weight_decay: float | Tensor,
+    decay_mode: str = "algorithm1",
+    maximize: bool = False,
+) -> None:
+    """Functional FOCUS: updates ``params``, ``exp_avgs``, ``param_avgs`` and ``state_steps`` in place."""
+    impl = {"single": _single_tensor_focus, "foreach": _multi_tensor_focus, "fused": _fused_focus}[path]
+    impl(
+        params,
+        grads,
+        exp_avgs,
+        param_avgs,
+        state_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        gamma=gamma,
+        weight_decay=weight_decay,
+        decay_mode=decay_mode,
+        maximize=maximize,
+    )
+
+
+def _single_tensor_focus(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    param_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    gamma: float,
+    weight_decay: float | Tensor,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    for p, g, m, a, step_t in zip(params, grads, exp_avgs, param_avgs, state_steps):
+        step_t += 1
+        step = step_value(step_t)
+        if maximize:
+            g = -g
+        p_real, g, m, a = as_real(p, g, m, a)
+        # Low-precision params with fp32 state are updated through an fp32 working copy.
+        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
+        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        eta = per_member(lr, work)
+        wd = per_member(weight_decay, work)
+        bc2 = 1 - beta2**step
+
+        m.lerp_(g, 1 - beta1)
+        a.lerp_(work, 1 - beta2)
+        decay = not is_zero(wd)
+        if decay and decay_mode != "decoupled":
+            eta_wd_hat = -(eta * wd) / bc2  # -eta*omega applied to theta_hat = a / bc2
+        if decay and decay_mode == "algorithm1":
+            add_scaled_(work, a, eta_wd_hat)
+        if gamma != 0:
+            update = torch.mul(work, bc2).sub_(a).sign_().mul_(gamma).add_(m.sign())
+        else:
+            update = m.sign()
+        if decay and decay_mode == "decoupled":
+            add_scaled_(update, work, wd)
+        add_scaled_(work, update, -eta)
+        if decay and decay_mode == "reference":
+            add_scaled_(work, a, eta_wd_hat)
+        if work is not p_real:
+            p_real.copy_(work)
+
+
+def _multi_tensor_focus(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    param_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    gamma: float,
+    weight_decay: float | Tensor,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    lr, weight_decay = scalar(lr), scalar(weight_decay)
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, param_avgs, state_steps])
+    for (_device, _dtype), ((dp, dg, dm, da, ds), _) in grouped.items():
+        for s in ds:
+            s += 1
+        # Tensors whose first gradient arrived at different steps have different bias corrections.
+        by_step: dict[float, list[int]] = defaultdict(list)
+        for i, s in enumerate(ds):
+            by_step[_get_value(s)].append(i)
+        for step, idx in by_step.items():
+            p_real, g, m, a = ([as_real(xs[i])[0] for i in idx] for xs in (dp, dg, dm, da))
+            if maximize:
+                g = torch._foreach_neg(g)
+            if m[0].dtype != p_real[0].dtype:
+                work = [t.to(m[0].dtype) for t in p_real]
+                g = [t.to(m[0].dtype) for t in g]
+            else:
+                work = p_real
+            bc2 = 1 - beta2**step
+
+            torch._foreach_lerp_(m, g, 1 - beta1)
+            torch._foreach_lerp_(a, work, 1 - beta2)
+            decay = not is_zero(weight_decay)
+            if decay and decay_mode != "decoupled":
+                eta_wd_hat = -(lr * weight_decay) / bc2
+            if decay and decay_mode == "algorithm1":
+                torch._foreach_add_(work, a, alpha=eta_wd_hat)
+            if gamma != 0:
+                update = torch._foreach_mul(work, bc2)
+                torch._foreach_sub_(update, a)
+                torch._foreach_sign_(update)
+                torch._foreach_mul_(update, gamma)
+                torch._foreach_add_(update, torch._foreach_sign(m))
+            else:
+                update = torch._foreach_sign(m)
+            if decay and decay_mode == "decoupled":
+                torch._foreach_add_(update, work, alpha=weight_decay)
+            torch._foreach_add_(work, update, alpha=-lr)
+            if decay and decay_mode == "reference":
+                torch._foreach_add_(work, a, alpha=eta_wd_hat)
+            if work is not p_real:
+                torch._foreach_copy_(p_real, work)
+
+
+def _fused_focus(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    param_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    gamma: float,
+    weight_decay: float | Tensor,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    from ._kernels import fused_sign_family_
+
+    fused_sign_family_(
+        params,
+        grads,
+        exp_avgs,
+        param_avgs,
+        state_steps,
+        single_fn=_single_tensor_focus,
+        lr=float(scalar(lr)),
+        beta1=beta1,
+        beta2=beta2,
+        gamma=gamma,
+        weight_decay=float(scalar(weight_decay)),
+        decay_mode=decay_mode,
+        maximize=maximize,
+    )

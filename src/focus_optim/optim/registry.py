@@ -1,0 +1,249 @@
+"""Optimizer registry: one name -> one class, its defaults with their source, and a parameter split.
+
+``make_optimizer(name, model_or_params, **hparams)`` is how every lab builds an optimizer:
+
+* given an ``nn.Module``, it builds the usual groups: weights with >= 2 dims are decayed; biases,
+  norm gains (and embeddings if ``decay_embeddings=False``) are not;
+* for matrix-only optimizers (Muon, ROOT, Conda) the hidden weight matrices form groups with
+  ``matrix=True`` and everything else (embeddings, the output head, 1-D params) groups with
+  ``matrix=False``, which the class updates with its auxiliary AdamW;
+* ``ensemble_dims`` leading dims of every parameter index independent ensemble members (stacked
+  models or trajectories) and are ignored when judging whether a parameter is a matrix;
+* given a list of param-group dicts, the groups are used as they are.
+
+Unknown hyperparameters raise a ValueError listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+ExcludeFn = Callable[[str, torch.Tensor], bool]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A registered optimizer.
+
+    Attributes:
+        name: registry name (lower case).
+        target: ``"module:Class"``, imported lazily.
+        defaults: hyperparameters passed unless overridden (the class defaults already follow the
+            official code; list here only what differs or deserves a source).
+        source: where the defaults come from.
+        matrix_only: hidden matrices get the main update; other params the class's aux AdamW.
+        description: one line for ``focus-optim list-optimizers``.
+        aliases: other accepted names.
+    """
+
+    name: str
+    target: str
+    source: str
+    description: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    matrix_only: bool = False
+    aliases: tuple[str, ...] = ()
+
+    def load(self) -> type[torch.optim.Optimizer]:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Constructor keyword arguments with their effective defaults."""
+        sig = inspect.signature(self.load().__init__)
+        out = {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if n not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        out.update(self.defaults)
+        return out
+
+
+REGISTRY: dict[str, OptimizerSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: OptimizerSpec) -> OptimizerSpec:
+    REGISTRY[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+    return spec
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    key = name.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in REGISTRY:
+        raise ValueError(f"Unknown optimizer {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[key]
+
+
+def available_optimizers() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def make_optimizer(
+    name: str,
+    model_or_params: nn.Module | Iterable[Any],
+    *,
+    ensemble_dims: int = 0,
+    decay_embeddings: bool = True,
+    decay_norms_and_biases: bool = False,
+    exclude_from_matrix: ExcludeFn | Iterable[str] | None = None,
+    **hparams: Any,
+) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` for a model (with the usual parameter splits) or for params/groups.
+
+    Args:
+        name: a registry name or alias (see ``available_optimizers()``).
+        model_or_params: an ``nn.Module``, an iterable of tensors, or of param-group dicts.
+        ensemble_dims: number of leading dims that index independent ensemble members.
+        decay_embeddings: decay ``nn.Embedding`` weights (nanoGPT: yes; Sophia/FOCUS GPT-2 code: no).
+        decay_norms_and_biases: decay 1-D parameters too.
+        exclude_from_matrix: names (or a predicate on (name, param)) kept out of the matrix
+            update of matrix-only optimizers, in addition to embeddings and output heads.
+        **hparams: constructor arguments; ``weight_decay`` goes to the decayed groups only.
+    """
+    spec = get_spec(name)
+    cls = spec.load()
+    kwargs = {**spec.defaults, **hparams}
+    valid = set(spec.hyperparameters())
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(
+            f"Unknown hyperparameter(s) for {spec.name}: {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
+    groups = param_groups(
+        model_or_params,
+        weight_decay=kwargs.get("weight_decay"),
+        ensemble_dims=ensemble_dims,
+        decay_embeddings=decay_embeddings,
+        decay_norms_and_biases=decay_norms_and_biases,
+        matrix_only=spec.matrix_only,
+        exclude_from_matrix=exclude_from_matrix,
+    )
+    if spec.matrix_only and not any(g.get("matrix") for g in groups):
+        raise ValueError(
+            f"{spec.name} updates hidden weight matrices only, and none of the given parameters is a matrix "
+            f"(after {ensemble_dims} ensemble dim(s)); use an element-wise optimizer such as focus or adamw"
+        )
+    return cls(groups, **kwargs)
+
+
+def param_groups(
+    model_or_params: nn.Module | Iterable[Any],
+    *,
+    weight_decay: Any = None,
+    ensemble_dims: int = 0,
+    decay_embeddings: bool = True,
+    decay_norms_and_biases: bool = False,
+    matrix_only: bool = False,
+    exclude_from_matrix: ExcludeFn | Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Split parameters into decay / no-decay (and matrix / aux) groups; see :func:`make_optimizer`."""
+    if isinstance(model_or_params, nn.Module):
+        named = _named_with_roles(model_or_params)
+    else:
+        items = list(model_or_params)
+        if items and all(isinstance(g, dict) for g in items):
+            return [dict(g) for g in items]
+        named = [(f"param{i}", p, "weight") for i, p in enumerate(items)]
+    excluded = _exclusion(exclude_from_matrix)
+
+    buckets: dict[tuple[bool, bool], list[torch.Tensor]] = {}
+    for n, p, role in named:
+        if not p.requires_grad:
+            continue
+        element_ndim = p.ndim - ensemble_dims
+        if role == "embedding":
+            decay = decay_embeddings
+        else:
+            decay = element_ndim >= 2 or decay_norms_and_biases
+        is_matrix = matrix_only and element_ndim >= 2 and role == "weight" and not excluded(n, p)
+        buckets.setdefault((decay, is_matrix), []).append(p)
+
+    groups = []
+    for (decay, is_matrix), params in buckets.items():
+        group: dict[str, Any] = {"params": params}
+        if weight_decay is not None and not decay:
+            group["weight_decay"] = 0.0
+        if matrix_only:
+            group["matrix"] = is_matrix
+        groups.append(group)
+    return groups
+
+
+_HEAD_NAMES = ("lm_head", "head", "classifier", "output", "wte", "wpe", "embed")
+
+
+def _named_with_roles(model: nn.Module) -> list[tuple[str, torch.Tensor, str]]:
+    """(name, param, role) with role 'embedding', 'head' or 'weight'; shared params once."""
+    roles: dict[int, str] = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Embedding):
+            roles[id(mod.weight)] = "embedding"
+        elif any(part in _HEAD_NAMES for part in mod_name.split(".")) and hasattr(mod, "weight"):
+            if isinstance(mod.weight, torch.Tensor):
+                roles.setdefault(id(mod.weight), "head")
+    return [(n, p, roles.get(id(p), "weight")) for n, p in model.named_parameters()]
+
+
+def _exclusion(spec: ExcludeFn | Iterable[str] | None) -> ExcludeFn:
+    if spec is None:
+        return lambda n, p: False
+    if callable(spec):
+        return spec
+    names = set(spec)
+    return lambda n, p: n in names
+
+
+def describe() -> str:
+    """A table of every registered optimizer with its defaults and source."""
+    lines = []
+    for name in available_optimizers():
+        spec = REGISTRY[name]
+        try:
+            hp = spec.hyperparameters()
+            shown = ", ".join(f"{k}={v!r}" for k, v in hp.items() if k not in ("foreach", "fused", "maximize"))
+        except Exception as exc:  # pragma: no cover - a broken optional import
+            shown = f"(unavailable: {exc})"
+        alias = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+        kind = " [matrix-only, aux AdamW for the rest]" if spec.matrix_only else ""
+        lines.append(f"{name}{alias}{kind}\n  {spec.description}\n  defaults: {shown}\n  source: {spec.source}")
+    return "\n".join(lines)
+
+
+# --- entries -----------------------------------------------------------------------------------
+register(
+    OptimizerSpec(
+        name="focus",
+        target="focus_optim.optim.focus:FOCUS",
+        source="liuyz0/FOCUS@bdda7f8 focus.py class defaults; update = paper Algorithm 1",
+        description="Sign of momentum plus attraction toward the parameter EMA (Liu, Liu & Gore 2025).",
+    )
+)
+register(
+    OptimizerSpec(
+        name="signum",
+        target="focus_optim.optim.signum:Signum",
+        source="apache/mxnet SignumKernel defaults (lr 0.01, momentum 0.9); decoupled decay (wd_lh)",
+        description="Sign of the EMA momentum (Bernstein et al. 2018).",
+    )
+)
+register(
+    OptimizerSpec(
+        name="adamw",
+        target="focus_optim.optim.adamw:AdamW",
+        source="torch.optim.AdamW defaults",
+        description="AdamW (Loshchilov & Hutter 2019), torch.optim semantics; variants as options.",
+        aliases=("adam",),
+    )
+)

@@ -1,0 +1,164 @@
+r"""Signum: sign of the momentum (Bernstein et al., ICML 2018, arXiv 1802.04434).
+
+.. math::
+    m_t &= \beta\, m_{t-1} + (1-\beta)\, g_t \\
+    \theta_{t+1} &= \theta_t - \eta_t\,\omega\,\theta_t - \eta_t \operatorname{sign}(m_t)
+
+with decoupled weight decay :math:`\omega` on the pre-update weights (MXNet's ``wd_lh``) and
+:math:`\operatorname{sign}(0)=0`, as in MXNet's ``SignumKernel``. State: ``exp_avg`` and ``step``
+only. This is exactly FOCUS with ``gamma=0`` and ``betas[1]=0`` (the paper's definition of
+Signum), without FOCUS's parameter-EMA buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar
+
+
+class Signum(BaseOptimizer):
+    r"""Signum with decoupled weight decay.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (>= 0): float, 0-d tensor or 1-D per-ensemble-member tensor.
+        momentum: :math:`\beta` in [0, 1); 0 gives signSGD.
+        weight_decay: decoupled decay :math:`\omega` (>= 0).
+        maximize, foreach, fused, fp32_state: as in :class:`~focus_optim.FOCUS`.
+
+    Defaults: MXNet's (lr 0.01, momentum 0.9, no decay).
+    """
+
+    _hparam_checks = {"lr": V.check_nonneg, "momentum": V.check_beta, "weight_decay": V.check_nonneg}
+    _state_keys = ("exp_avg",)
+    _supports_fused = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-2,
+        momentum: float = 0.9,
+        weight_decay: float | Tensor = 0.0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        fp32_state: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            fp32_state=fp32_state,
+        )
+        super().__init__(params, defaults)
+
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+    ) -> None:
+        signum(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["step"] for s in states],
+            path=self._select_path(group, params),
+            lr=group["lr"],
+            beta1=group["momentum"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
+
+
+def signum(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    path: str = "single",
+    lr: float | Tensor,
+    beta1: float,
+    weight_decay: float | Tensor,
+    maximize: bool = False,
+) -> None:
+    """Functional Signum: updates ``params``, ``exp_avgs`` and ``state_steps`` in place."""
+    if path == "fused":
+        from ._kernels import fused_sign_family_
+
+        fused_sign_family_(
+            params, grads, exp_avgs, None, state_steps, single_fn=_single_tensor_signum,
+            lr=float(scalar(lr)), beta1=beta1, beta2=0.0, gamma=0.0,
+            weight_decay=float(scalar(weight_decay)), decay_mode="algorithm1", maximize=maximize,
+        )  # fmt: skip
+        return
+    impl = _single_tensor_signum if path == "single" else _multi_tensor_signum
+    impl(params, grads, exp_avgs, state_steps, lr=lr, beta1=beta1, weight_decay=weight_decay, maximize=maximize)
+
+
+def _single_tensor_signum(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    weight_decay: float | Tensor,
+    maximize: bool,
+) -> None:
+    for p, g, m, step_t in zip(params, grads, exp_avgs, state_steps):
+        step_t += 1
+        if maximize:
+            g = -g
+        p_real, g, m = as_real(p, g, m)
+        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
+        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        eta = per_member(lr, work)
+        wd = per_member(weight_decay, work)
+        m.lerp_(g, 1 - beta1)
+        if not is_zero(wd):
+            add_scaled_(work, work, -(eta * wd))
+        add_scaled_(work, m.sign(), -eta)
+        if work is not p_real:
+            p_real.copy_(work)
+
+
+def _multi_tensor_signum(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    weight_decay: float | Tensor,
+    maximize: bool,
+) -> None:
+    lr, weight_decay = scalar(lr), scalar(weight_decay)
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, state_steps])
+    for (_device, _dtype), ((dp, dg, dm, ds), _) in grouped.items():
+        for s in ds:
+            s += 1
+        p_real, g, m = ([as_real(t)[0] for t in xs] for xs in (dp, dg, dm))
+        if maximize:
+            g = torch._foreach_neg(g)
+        if m[0].dtype != p_real[0].dtype:
+            work = [t.to(m[0].dtype) for t in p_real]
+            g = [t.to(m[0].dtype) for t in g]
+        else:
+            work = p_real
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        if not is_zero(weight_decay):
+            torch._foreach_add_(work, work, alpha=-(lr * weight_decay))
+        torch._foreach_add_(work, torch._foreach_sign(m), alpha=-lr)
+        if work is not p_real:
+            torch._foreach_copy_(p_real, work)
