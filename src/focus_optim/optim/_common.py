@@ -14,7 +14,7 @@ Ensemble hyperparameters
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -138,29 +138,28 @@ class BaseOptimizer(Optimizer):
             states.append(state)
         return params, grads, states
 
-    @staticmethod
-    def _process_value_according_to_param_policy(
-        param: Tensor,
-        value: Tensor,
-        param_id: int,
-        param_groups: list[dict[Any, Any]],
-        key: Hashable = None,
-    ) -> Tensor:
-        # ``step`` stays a CPU scalar on every path; fp32 state stays fp32 for low-precision params.
-        if key == "step":
-            return value.to(dtype=_get_scalar_dtype())
-        fp32_state = False
-        for pg in param_groups:
-            if param_id in pg["params"]:
-                fp32_state = bool(pg.get("fp32_state", False))
-                break
-        if param.is_floating_point() or param.is_complex():
-            if value.is_floating_point() or value.is_complex():
-                dtype = param.dtype
-                if fp32_state and param.dtype in (torch.float16, torch.bfloat16):
-                    dtype = torch.float32
-                return value.to(dtype=dtype, device=param.device)
-        return value.to(device=param.device)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim`` loading, then: ``step`` back on the CPU (torch moves it to the device for
+        groups flagged ``fused``) and state dtypes per ``fp32_state``, taken from the saved tensors
+        rather than from torch's cast to the parameter dtype (which would round fp32 state)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        live = [(g, p) for g in self.param_groups for p in g["params"]]
+        for pid, (group, p) in zip(saved_ids, live):
+            saved = state_dict["state"].get(pid)
+            if saved is None or p not in self.state:
+                continue
+            state = self.state[p]
+            if torch.is_tensor(state.get("step")):
+                state["step"] = self._place_step(group, p, saved["step"])
+            dtype = self._state_dtype(group, p)
+            for key in self._state_keys:
+                value = saved.get(key)
+                if torch.is_tensor(value) and (value.is_floating_point() or value.is_complex()):
+                    state[key] = value.to(device=p.device, dtype=dtype, copy=True)
+
+    def _place_step(self, group: dict[str, Any], p: Tensor, step: Tensor) -> Tensor:
+        return step.to(device="cpu", dtype=_get_scalar_dtype(), copy=True)
 
     # --- step ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -110,12 +110,10 @@ class AdamW(BaseOptimizer):
         if group.get("fused"):  # torch's fused kernel reads the step count on the device
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(), device=p.device)
 
-    @staticmethod
-    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
-        out = BaseOptimizer._process_value_according_to_param_policy(param, value, param_id, param_groups, key)
-        if key == "step" and any(param_id in g["params"] and g.get("fused") for g in param_groups):
-            out = out.to(device=param.device, dtype=torch.float32)
-        return out
+    def _place_step(self, group: dict[str, Any], p: Tensor, step: Tensor) -> Tensor:
+        if group.get("fused"):
+            return step.to(device=p.device, dtype=_get_scalar_dtype(), copy=True)
+        return super()._place_step(group, p, step)
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]

@@ -177,35 +177,54 @@ def _single_tensor_focus(
 ) -> None:
     for p, g, m, a, step_t in zip(params, grads, exp_avgs, param_avgs, state_steps):
         step_t += 1
-        step = step_value(step_t)
-        if maximize:
-            g = -g
-        p_real, g, m, a = as_real(p, g, m, a)
-        # Low-precision params with fp32 state are updated through an fp32 working copy.
-        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-        g = g if g.dtype == m.dtype else g.to(m.dtype)
-        eta = per_member(lr, work)
-        wd = per_member(weight_decay, work)
-        bc2 = 1 - beta2**step
+        bc2 = 1 - beta2 ** step_value(step_t)
+        focus_update_(p, g, m, a, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, gamma=gamma,
+                      bc2=bc2, decay_mode=decay_mode, maximize=maximize)  # fmt: skip
 
-        m.lerp_(g, 1 - beta1)
-        a.lerp_(work, 1 - beta2)
-        decay = not is_zero(wd)
-        if decay and decay_mode != "decoupled":
-            eta_wd_hat = -(eta * wd) / bc2  # -eta*omega applied to theta_hat = a / bc2
-        if decay and decay_mode == "algorithm1":
-            add_scaled_(work, a, eta_wd_hat)
-        if gamma != 0:
-            update = torch.mul(work, bc2).sub_(a).sign_().mul_(gamma).add_(m.sign())
-        else:
-            update = m.sign()
-        if decay and decay_mode == "decoupled":
-            add_scaled_(update, work, wd)
-        add_scaled_(work, update, -eta)
-        if decay and decay_mode == "reference":
-            add_scaled_(work, a, eta_wd_hat)
-        if work is not p_real:
-            p_real.copy_(work)
+
+def focus_update_(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    a: Tensor,
+    *,
+    lr: float | Tensor,
+    weight_decay: float | Tensor,
+    beta1: float,
+    beta2: float,
+    gamma: float,
+    bc2: float | Tensor,
+    decay_mode: str,
+    maximize: bool,
+) -> None:
+    """The element-wise FOCUS update of one tensor, given its bias correction ``bc2 = 1 - beta2**t``."""
+    if maximize:
+        g = -g
+    p_real, g, m, a = as_real(p, g, m, a)
+    # Low-precision params with fp32 state are updated through an fp32 working copy.
+    work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
+    g = g if g.dtype == m.dtype else g.to(m.dtype)
+    eta = per_member(lr, work)
+    wd = per_member(weight_decay, work)
+
+    m.lerp_(g, 1 - beta1)
+    a.lerp_(work, 1 - beta2)
+    decay = not is_zero(wd)
+    if decay and decay_mode != "decoupled":
+        eta_wd_hat = -(eta * wd) / bc2  # -eta*omega applied to theta_hat = a / bc2
+    if decay and decay_mode == "algorithm1":
+        add_scaled_(work, a, eta_wd_hat)
+    if gamma != 0:
+        update = torch.mul(work, bc2).sub_(a).sign_().mul_(gamma).add_(m.sign())
+    else:
+        update = m.sign()
+    if decay and decay_mode == "decoupled":
+        add_scaled_(update, work, wd)
+    add_scaled_(work, update, -eta)
+    if decay and decay_mode == "reference":
+        add_scaled_(work, a, eta_wd_hat)
+    if work is not p_real:
+        p_real.copy_(work)
 
 
 def _multi_tensor_focus(
@@ -290,7 +309,7 @@ def _fused_focus(
         exp_avgs,
         param_avgs,
         state_steps,
-        single_fn=_single_tensor_focus,
+        update_fn=focus_update_,
         lr=float(scalar(lr)),
         beta1=beta1,
         beta2=beta2,

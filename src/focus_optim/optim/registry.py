@@ -135,6 +135,8 @@ def make_optimizer(
             f"{spec.name} updates hidden weight matrices only, and none of the given parameters is a matrix "
             f"(after {ensemble_dims} ensemble dim(s)); use an element-wise optimizer such as focus or adamw"
         )
+    if spec.matrix_only:
+        kwargs["ensemble_dims"] = ensemble_dims
     return cls(groups, **kwargs)
 
 
@@ -245,5 +247,78 @@ register(
         source="torch.optim.AdamW defaults",
         description="AdamW (Loshchilov & Hutter 2019), torch.optim semantics; variants as options.",
         aliases=("adam",),
+    )
+)
+register(
+    OptimizerSpec(
+        name="onebit_adam",
+        target="focus_optim.optim.onebit_adam:OneBitAdam",
+        source="microsoft/DeepSpeed deepspeed/runtime/fp16/onebit/adam.py OnebitAdam defaults",
+        description="1-bit Adam (Tang et al. 2021): Adam warm-up, then frozen v, 1-bit compressed momentum.",
+        defaults={"lr": 1e-3, "freeze_step": 100000, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        aliases=("1bit_adam",),
+    )
+)
+register(
+    OptimizerSpec(
+        name="lion",
+        target="focus_optim.optim.lion:Lion",
+        source="google/automl lion/lion_pytorch.py class defaults (lr 1e-4, betas (0.9, 0.99), wd 0)",
+        description="Sign of an interpolation of momentum and gradient, momentum updated after (Chen et al. 2023).",
+        defaults={"weight_decay": 0.0},
+    )
+)
+register(
+    OptimizerSpec(
+        name="muon",
+        target="focus_optim.optim.muon:Muon",
+        source="KellerJordan/Muon@857d1ad SingleDeviceMuonWithAuxAdam defaults (lr 0.02, momentum 0.95; "
+        "aux Adam lr 3e-4, betas (0.9, 0.95), eps 1e-10)",
+        description="Momentum orthogonalised by Newton-Schulz (bf16 NS5) on hidden matrices; aux Adam for the rest.",
+        defaults={"weight_decay": 0.0},
+        matrix_only=True,
+    )
+)
+register(
+    OptimizerSpec(
+        name="sophia",
+        target="focus_optim.optim.sophia:SophiaG",
+        source="Liuhong99/Sophia@a7e1572 sophia.py SophiaG defaults (lr 1e-4, betas (0.965, 0.99), rho 0.04, "
+        "wd 0.1, bs 5120); k=10 from train_sophiag.py",
+        description="Sophia-G: clipped m/(rho*bs*h) with a sampled-label (GNB) Hessian EMA every k steps.",
+        defaults={"weight_decay": 0.1},
+        aliases=("sophiag",),
+    )
+)
+register(
+    OptimizerSpec(
+        name="conda",
+        target="focus_optim.optim.conda:Conda",
+        source="jie040109/Conda@449af71 Conda class defaults + torchrun_main.py CLI (update_proj_gap 50, scale 1); "
+        "shipped scripts use T=2000, scale 0.25, betas (0.9, 0.99)",
+        description="Adam in a momentum-SVD rotated frame on hidden matrices (Wang et al. 2025); HF Adam for the rest.",
+        defaults={"weight_decay": 0.0},
+        matrix_only=True,
+    )
+)
+register(
+    OptimizerSpec(
+        name="root",
+        target="focus_optim.optim.root:ROOT",
+        source="huawei-noah/noah-research@aa0f80c ROOT/examples/example_train.py class defaults "
+        "(lr 1e-3, wd 0.1, momentum 0.95, adamw betas (0.9, 0.95), eps 1e-8)",
+        description="Quantile-clipped Nesterov momentum, shape-tuned Newton-Schulz, 0.2*sqrt(max dim) scale (He et al. 2025).",
+        defaults={"weight_decay": 0.1},
+        matrix_only=True,
+    )
+)
+register(
+    OptimizerSpec(
+        name="exadam",
+        target="focus_optim.optim.exadam:EXAdam",
+        source="AhmedMostafa16/EXAdam exadam.py defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 0); "
+        "paper v2 update (growing_step=True: v1)",
+        description="Adam with cross-moment debiasing and a gradient-acceleration term (Adly 2024).",
+        defaults={"weight_decay": 0.0},
     )
 )

@@ -95,7 +95,7 @@ def signum(
         from ._kernels import fused_sign_family_
 
         fused_sign_family_(
-            params, grads, exp_avgs, None, state_steps, single_fn=_single_tensor_signum,
+            params, grads, exp_avgs, None, state_steps, update_fn=signum_update_,
             lr=float(scalar(lr)), beta1=beta1, beta2=0.0, gamma=0.0,
             weight_decay=float(scalar(weight_decay)), decay_mode="algorithm1", maximize=maximize,
         )  # fmt: skip
@@ -117,19 +117,27 @@ def _single_tensor_signum(
 ) -> None:
     for p, g, m, step_t in zip(params, grads, exp_avgs, state_steps):
         step_t += 1
-        if maximize:
-            g = -g
-        p_real, g, m = as_real(p, g, m)
-        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-        g = g if g.dtype == m.dtype else g.to(m.dtype)
-        eta = per_member(lr, work)
-        wd = per_member(weight_decay, work)
-        m.lerp_(g, 1 - beta1)
-        if not is_zero(wd):
-            add_scaled_(work, work, -(eta * wd))
-        add_scaled_(work, m.sign(), -eta)
-        if work is not p_real:
-            p_real.copy_(work)
+        signum_update_(p, g, m, lr=lr, weight_decay=weight_decay, beta1=beta1, maximize=maximize)
+
+
+def signum_update_(
+    p: Tensor, g: Tensor, m: Tensor, *, lr: float | Tensor, weight_decay: float | Tensor, beta1: float,
+    maximize: bool,
+) -> None:  # fmt: skip
+    """The element-wise Signum update of one tensor."""
+    if maximize:
+        g = -g
+    p_real, g, m = as_real(p, g, m)
+    work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
+    g = g if g.dtype == m.dtype else g.to(m.dtype)
+    eta = per_member(lr, work)
+    wd = per_member(weight_decay, work)
+    m.lerp_(g, 1 - beta1)
+    if not is_zero(wd):
+        add_scaled_(work, work, -(eta * wd))
+    add_scaled_(work, m.sign(), -eta)
+    if work is not p_real:
+        p_real.copy_(work)
 
 
 def _multi_tensor_signum(

@@ -46,7 +46,7 @@ def fused_sign_family_(
     param_avgs: list[Tensor] | None,
     state_steps: list[Tensor],
     *,
-    single_fn: Callable[..., None],
+    update_fn: Callable[..., None],
     lr: float,
     beta1: float,
     beta2: float,
@@ -57,56 +57,47 @@ def fused_sign_family_(
 ) -> None:
     """Fused update for FOCUS (``param_avgs`` given) or Signum (``param_avgs=None``).
 
-    ``single_fn`` is the optimizer's per-tensor reference implementation; it is what gets
-    compiled where Triton is not used, so every path computes the same function.
+    ``update_fn`` is the optimizer's element-wise update of one tensor (e.g. ``focus_update_``);
+    it is what gets compiled where Triton is not used, so every path computes the same function.
     """
-    triton_ok = _use_triton(params[0].device)
-    if not triton_ok:
-        _compiled_per_tensor(params, grads, exp_avgs, param_avgs, state_steps, single_fn=single_fn,
-                             lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay,
-                             decay_mode=decay_mode, maximize=maximize)
-        return
-    from .triton_sign import sign_family_
-
-    buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    focus = param_avgs is not None
+    buckets: dict[tuple[Any, ...] | None, list[int]] = defaultdict(list)
     for i, (p, g, m, s) in enumerate(zip(params, grads, exp_avgs, state_steps)):
         s += 1
-        a = param_avgs[i] if param_avgs is not None else m
+        a = param_avgs[i] if focus else m
         contiguous = all(t.is_contiguous() for t in (p, g, m, a))
         key = (p.device, p.dtype, g.dtype, m.dtype, _get_value(s)) if contiguous else None
         buckets[key].append(i)
+    triton_ok = _use_triton(params[0].device)
     for key, idx in buckets.items():
-        if key is None:  # rare: non-contiguous tensors take the reference path (step already counted)
-            for i in idx:
-                state_steps[i] -= 1
-            single_fn(*_select(idx, params, grads, exp_avgs, param_avgs, state_steps),
-                      **_single_kwargs(param_avgs, lr, beta1, beta2, gamma, weight_decay, decay_mode, maximize))
+        if key is None or not triton_ok:
+            _per_tensor(idx, params, grads, exp_avgs, param_avgs, state_steps, update_fn=update_fn,
+                        compiled=key is not None, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
+                        weight_decay=weight_decay, decay_mode=decay_mode, maximize=maximize)  # fmt: skip
             continue
+        from .triton_sign import sign_family_
+
         step = key[-1]
         p, g, m = ([as_real(xs[i])[0].view(-1) for i in idx] for xs in (params, grads, exp_avgs))
-        a = [as_real(param_avgs[i])[0].view(-1) for i in idx] if param_avgs is not None else None
+        a = [as_real(param_avgs[i])[0].view(-1) for i in idx] if focus else None
         sign_family_(p, g, m, a, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay,
-                     bc2=1.0 - beta2**step if param_avgs is not None else 1.0,
-                     decay_mode=decay_mode, maximize=maximize)
+                     bc2=1.0 - beta2**step if focus else 1.0, decay_mode=decay_mode, maximize=maximize)
 
 
-def _select(idx: list[int], *lists: list[Tensor] | None) -> list[list[Tensor]]:
-    return [[xs[i] for i in idx] for xs in lists if xs is not None]
-
-
-def _single_kwargs(param_avgs, lr, beta1, beta2, gamma, weight_decay, decay_mode, maximize) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(lr=lr, beta1=beta1, weight_decay=weight_decay, maximize=maximize)
+def _per_tensor(idx, params, grads, exp_avgs, param_avgs, state_steps, *, update_fn, compiled, lr, beta1,
+                beta2, gamma, weight_decay, decay_mode, maximize) -> None:  # fmt: skip
+    """``update_fn`` tensor by tensor: compiled on flat views (scalars as 0-d tensors, so a schedule
+    does not recompile), or eagerly for non-contiguous tensors."""
+    fn = _compiled(update_fn) if compiled else update_fn
+    dt = torch.float64 if params[idx[0]].dtype == torch.float64 else torch.float32
+    as_t = (lambda x: torch.tensor(x, dtype=dt)) if compiled else (lambda x: x)
+    kw: dict[str, Any] = dict(lr=as_t(lr), weight_decay=as_t(weight_decay), beta1=beta1, maximize=maximize)
     if param_avgs is not None:
         kw.update(beta2=beta2, gamma=gamma, decay_mode=decay_mode)
-    return kw
-
-
-def _compiled_per_tensor(params, grads, exp_avgs, param_avgs, state_steps, *, single_fn, lr, beta1, beta2,
-                         gamma, weight_decay, decay_mode, maximize) -> None:
-    fn = _compiled(single_fn)
-    kw = _single_kwargs(param_avgs, torch.tensor(lr, dtype=torch.float64), beta1, beta2, gamma,
-                        torch.tensor(weight_decay, dtype=torch.float64), decay_mode, maximize)
-    for i in range(len(params)):
-        lists = _select([i], params, grads, exp_avgs, param_avgs, state_steps)
-        flat = [[t.view(-1)] if t.is_contiguous() else [t] for (t,) in lists[:-1]]
-        fn(*flat, lists[-1], **kw)
+    for i in idx:
+        tensors = [params[i], grads[i], exp_avgs[i]] + ([param_avgs[i]] if param_avgs is not None else [])
+        if compiled:
+            tensors = [t.view(-1) for t in tensors]
+        if param_avgs is not None:
+            kw["bc2"] = as_t(1.0 - beta2 ** _get_value(state_steps[i]))
+        fn(*tensors, **kw)

@@ -7,7 +7,6 @@ per element, reads p, g, m (and the parameter EMA a) once and writes p, m (and a
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor

@@ -1,0 +1,161 @@
+"""The training configuration: a dataclass, loaded from TOML and overridden by ``key=value`` pairs.
+
+Example ``configs/lm/focus.toml``::
+
+    model = "gpt2"
+    optimizer = "focus"
+    lr = 6e-4
+    [optimizer_args]
+    betas = [0.9, 0.99]
+    gamma = 0.2
+    weight_decay = 0.2
+
+Overrides are ``key=value`` strings whose value is parsed as TOML (``lr=1e-3``,
+``optimizer_args.betas=[0.9,0.95]``, ``compile=true``); a value that is not valid TOML is taken
+as a string (``optimizer=adamw``). Dotted keys reach into the two table fields
+(``optimizer_args``, ``model_args``). Unknown keys raise a ValueError listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DTYPES = ("bfloat16", "float16", "float32")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults: GPT-2 124M, nanoGPT/paper schedule shape."""
+
+    # where
+    data_dir: str = ".data/lm/corpus"  # a `focus-optim lm prepare` output
+    out_dir: str = "runs/lm"  # config.json, log.jsonl, ckpt.pt, tb/
+    name: str = ""  # label in logs and plots (default: the out_dir's name)
+    # model
+    model: str = "gpt2"  # tiny | gpt2 | gpt2-medium
+    model_args: dict[str, Any] = field(default_factory=dict)  # GPTConfig overrides, e.g. block_size
+    # batch: tokens per step = batch_size * grad_accum * block_size (grad_accum summed over ranks)
+    batch_size: int = 16  # sequences per micro-batch per rank
+    grad_accum: int = 1  # micro-batches per optimizer step over all ranks (multiple of world size)
+    sampling: str = "shuffle"  # shuffle (epochs of non-overlapping windows) | random (nanoGPT)
+    seed: int = 1337
+    # optimisation
+    optimizer: str = "adamw"  # any registered name (focus-optim list-optimizers)
+    lr: float = 6e-4  # peak learning rate
+    optimizer_args: dict[str, Any] = field(default_factory=dict)  # other hyperparameters
+    decay_embeddings: bool = True  # nanoGPT: True; the Sophia/FOCUS GPT-2 code: False
+    max_steps: int = 100_000
+    warmup_steps: int = 2000
+    decay_steps: int = 0  # cosine decay ends here (0: max_steps), then stays at min_lr
+    min_lr_ratio: float = 0.05  # final lr / peak lr (paper: about 0.05)
+    grad_clip: float = 1.0  # global grad-norm clip; 0 disables
+    nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (skip that step)
+    # numerics and speed
+    dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (with GradScaler) | float32
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # evaluation, logging, checkpoints
+    eval_interval: int = 250  # steps between val evaluations (0: only at the start and the end)
+    eval_sequences: int = 256  # fixed val windows (evenly spaced; fewer if the split is short)
+    log_interval: int = 10  # steps between log flushes (one host sync each)
+    ckpt_interval: int = 1000  # steps between checkpoints (0: none during the run)
+    save_final: bool = True  # write a checkpoint at the end
+    tensorboard: bool = True  # also log to out_dir/tb when tensorboard is installed
+    progress: bool = True  # tqdm bar on rank 0
+    peak_flops: float = 989e12  # per device, for MFU (H100 SXM bf16 dense)
+
+    @classmethod
+    def valid_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(values) - set(cls.valid_keys()))
+        if unknown:
+            raise ValueError(f"Unknown config key(s): {', '.join(unknown)}; valid: {', '.join(cls.valid_keys())}")
+        cfg = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        checks = [
+            (self.dtype in DTYPES, f"dtype {self.dtype!r} (allowed: {', '.join(DTYPES)})"),
+            (self.nonfinite in NONFINITE_POLICIES, f"nonfinite {self.nonfinite!r} (allowed: stop, skip)"),
+            (self.batch_size >= 1, f"batch_size {self.batch_size} (allowed: >= 1)"),
+            (self.grad_accum >= 1, f"grad_accum {self.grad_accum} (allowed: >= 1)"),
+            (self.max_steps >= 0, f"max_steps {self.max_steps} (allowed: >= 0)"),
+            (self.warmup_steps >= 0, f"warmup_steps {self.warmup_steps} (allowed: >= 0)"),
+            (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio {self.min_lr_ratio} (allowed: [0, 1])"),
+            (self.log_interval >= 1, f"log_interval {self.log_interval} (allowed: >= 1)"),
+            (self.lr >= 0, f"lr {self.lr} (allowed: >= 0)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"Invalid {msg}")
+
+
+def _coerce(cls: type, key: str, value: Any) -> Any:
+    """TOML gives ints for floats written without a dot (``lr = 1``) and lists for tuples."""
+    default = {f.name: f for f in dataclasses.fields(cls)}[key]
+    if default.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if key == "optimizer_args" and isinstance(value, dict):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML if it parses (numbers, booleans, arrays, quoted strings), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` (or ``table.key=value``) strings to a config dict (returns a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"Invalid override {item!r}: expected key=value")
+        head, dot, sub = key.partition(".")
+        if head not in TrainConfig.valid_keys():
+            raise ValueError(f"Unknown config key {head!r}; valid: {', '.join(TrainConfig.valid_keys())}")
+        if dot:
+            if head not in ("optimizer_args", "model_args"):
+                raise ValueError(f"Invalid override {item!r}: only optimizer_args and model_args are tables")
+            out.setdefault(head, {})[sub] = parse_value(text)
+        else:
+            out[head] = parse_value(text)
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Config from a TOML file (optional) plus overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: invalid TOML ({exc})") from None
+        unknown = sorted(set(values) - set(TrainConfig.valid_keys()))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown config key(s): {', '.join(unknown)}; valid: {', '.join(TrainConfig.valid_keys())}"
+            )
+    return TrainConfig.from_dict(apply_overrides(values, overrides or []))

@@ -1,0 +1,85 @@
+"""Run logs: ``log.jsonl`` always (one JSON object per line), TensorBoard when installed.
+
+Record kinds (field ``kind``): ``train`` (step, loss, lr, grad_norm, tokens, train_time,
+tok_per_s, mfu), ``val`` (step, val_loss, tokens, train_time), ``event`` (start, resume,
+skip, nonfinite, end). ``step`` counts optimizer steps completed; the ``val`` record at step
+``s`` evaluates the model after ``s`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "log.jsonl"
+
+
+class RunLogger:
+    """Appends records to ``out_dir/log.jsonl`` (and TensorBoard scalars); a no-op when disabled."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.path = Path(out_dir) / LOG_NAME
+        self.enabled = enabled
+        self._tb: Any = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            except ImportError:
+                self._tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+        if self._tb is not None and "step" in record:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (a run interrupted past its last checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if _keep(line, step)]
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _keep(line: str, step: int) -> bool:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return False  # a line cut by the interruption
+    return rec.get("step", -1) <= step and rec.get("kind") != "end"
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    """Non-finite floats become strings ('nan', 'inf'), which JSON cannot hold as numbers."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records of a ``log.jsonl`` (``path`` may be the file or its run directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / LOG_NAME
+    if not p.is_file():
+        raise FileNotFoundError(f"no run log at {p}")
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

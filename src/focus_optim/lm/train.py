@@ -1,0 +1,424 @@
+"""``focus-optim lm train``: GPT-2 training with any registered optimizer, nanoGPT style.
+
+One optimizer step (``Trainer.train_step``)::
+
+    for each of this rank's micro-batches:            # grad_accum / world_size of them
+        loss = model(x, y) / local_accum              # under autocast (bf16 default)
+        scaler.scale(loss).backward()                 # DDP all-reduces on the last one only
+    scaler.unscale_(opt); clip_grad_norm_(params, 1.0)
+    scaler.step(opt, **protocol.step_kwargs(opt, tokens=tokens_per_step))   # Sophia: bs
+    scaler.update(); opt.zero_grad(); scheduler.step()
+    if protocol.hessian_due(opt, step): hessian pass  # Sophia-G: sampled labels on fresh batches
+
+Optimizers that all-reduce by themselves (1-bit Adam after its freeze step) report
+``protocol.needs_grad_sync(opt) == False``; then every micro-step runs under DDP's ``no_sync()``.
+
+Run directory (``out_dir``): ``config.json``, ``log.jsonl`` (see :mod:`~focus_optim.lm.runlog`),
+``ckpt.pt`` (see :mod:`~focus_optim.lm.checkpoint`) and ``tb/``. ``resume=True`` reloads
+``ckpt.pt`` and continues the exact run: with the same world size the logged losses equal those of
+an uninterrupted run bit for bit. A non-finite loss (or gradient norm) stops the run with a
+:class:`NonFiniteLossError` before any further checkpoint is written, unless ``nonfinite="skip"``,
+which drops that step's update and goes on.
+
+Launch on several GPUs/nodes with torchrun (see ``docs/lm.md``); each rank reads a disjoint
+part of the same global batch (:mod:`~focus_optim.lm.loader`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..optim import make_optimizer, protocol
+from . import checkpoint, distributed
+from .config import TrainConfig
+from .data import load_meta
+from .loader import TrainLoader, gather, open_tokens, val_windows
+from .model import GPT, model_config
+from .progress import progress
+from .runlog import RunLogger
+from .schedule import warmup_cosine
+
+CKPT_NAME = "ckpt.pt"
+PTDTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the last checkpoint written is still good."""
+
+
+class Trainer:
+    """Builds model, optimizer, scheduler and loaders from a :class:`TrainConfig`; ``run()`` trains."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.dist = distributed.init(cfg.device)
+        self.device = self.dist.device
+        if cfg.grad_accum % self.dist.world_size:
+            raise ValueError(
+                f"grad_accum ({cfg.grad_accum}) must be a multiple of the world size ({self.dist.world_size})"
+            )
+        self.local_accum = cfg.grad_accum // self.dist.world_size
+        self.out_dir = Path(cfg.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.out_dir / CKPT_NAME
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # model, optimizer, schedule (same seed on every rank: identical initial weights)
+        self.meta = load_meta(cfg.data_dir)
+        self.model_cfg = model_config(cfg.model, **cfg.model_args)
+        if self.model_cfg.vocab_size < self.meta["vocab_size"]:
+            raise ValueError(
+                f"model vocab_size {self.model_cfg.vocab_size} < the data's {self.meta['vocab_size']}; "
+                "set model_args.vocab_size"
+            )
+        _seed_all(cfg.seed)
+        self.raw_model = GPT(self.model_cfg).to(self.device)
+        self.optimizer = make_optimizer(
+            cfg.optimizer, self.raw_model, decay_embeddings=cfg.decay_embeddings, lr=cfg.lr, **cfg.optimizer_args
+        )
+        decay_steps = cfg.decay_steps or cfg.max_steps
+        self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.dtype == "float16")
+        self.autocast = torch.autocast(
+            self.device.type, dtype=PTDTYPE[cfg.dtype], enabled=cfg.dtype != "float32"
+        )
+        _seed_all(cfg.seed + 1 + self.dist.rank)  # per-rank streams (e.g. Sophia's sampled labels)
+
+        self.step, self.tokens, self.train_time, chunks = 0, 0, 0.0, 0
+        self.resumed = resume and self.ckpt_path.exists()
+        if resume and not self.resumed:
+            self._print(f"no checkpoint at {self.ckpt_path}; starting from scratch")
+        if self.resumed:
+            chunks = self._load(checkpoint.load(self.ckpt_path))
+
+        self.model: torch.nn.Module = self.raw_model
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        if self.dist.ddp:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.model, device_ids=ids, gradient_as_bucket_view=True)
+
+        T = self.model_cfg.block_size
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * T
+        self.loader = TrainLoader(
+            Path(cfg.data_dir) / "train.bin",
+            batch_size=cfg.batch_size,
+            block_size=T,
+            grad_accum=cfg.grad_accum,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            seed=cfg.seed,
+            sampling=cfg.sampling,
+            device=self.device,
+            consumed=chunks * self.local_accum,
+        )
+        self.val_tokens = open_tokens(Path(cfg.data_dir) / "val.bin")
+        self.val_starts = val_windows(len(self.val_tokens), T, cfg.eval_sequences)
+        self.flops_per_token = self.raw_model.flops_per_token()
+        self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
+        self._pending: list[tuple[int, float, torch.Tensor, torch.Tensor, bool]] = []
+        self._last_val: float | None = None
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to ``max_steps``; returns a summary (final val loss, steps, tokens, time)."""
+        cfg = self.cfg
+        self._write_config()
+        if self.resumed:
+            self.logger.truncate_after(self.step)
+            self.logger.log({"kind": "event", "event": "resume", "step": self.step})
+        else:
+            self.logger.log({"kind": "event", "event": "start", "step": 0, **self._run_facts()})
+        bar = progress(
+            cfg.max_steps, initial=self.step, desc=self.label, unit="step", enabled=self.dist.is_main and cfg.progress
+        )
+        try:
+            if not self.resumed:
+                self._evaluate_and_log(bar)
+            self._mark = time.perf_counter()
+            while self.step < cfg.max_steps:
+                loss, gnorm, skipped, lr = self.train_step()
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                self._pending.append((self.step, lr, loss, gnorm, skipped))
+                bar.update(1)
+                last = self.step == cfg.max_steps
+                eval_due = last or (cfg.eval_interval > 0 and self.step % cfg.eval_interval == 0)
+                ckpt_due = cfg.ckpt_interval > 0 and self.step % cfg.ckpt_interval == 0
+                if last or eval_due or ckpt_due or self.step % cfg.log_interval == 0:
+                    self._flush(bar)
+                if eval_due:
+                    self._evaluate_and_log(bar)
+                if ckpt_due or (last and cfg.save_final):
+                    self.save()
+                if eval_due or ckpt_due:
+                    self._mark = time.perf_counter()  # evaluation and checkpoints are not training time
+        except BaseException:
+            self.logger.close()
+            raise
+        finally:
+            bar.close()
+            self.loader.close()
+        summary = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "train_time": self.train_time,
+            "val_loss": self._last_val,
+        }
+        if self.device.type == "cuda":
+            summary["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.logger.log({"kind": "event", "event": "end", **summary})
+        self.logger.close()
+        return summary
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+        """One optimizer step; returns (mean loss, grad norm, skipped, lr) without a host sync."""
+        cfg, opt = self.cfg, self.optimizer
+        lr = float(opt.param_groups[0]["lr"])
+        sync = protocol.needs_grad_sync(opt)
+        loss_sum = torch.zeros((), device=self.device)
+        for k in range(self.local_accum):
+            x, y = self.loader.next()
+            with self._grad_sync(sync and k == self.local_accum - 1), self.autocast:
+                loss = self.model(x, y) / self.local_accum
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf)
+        skipped = cfg.nonfinite == "skip" and self._nonfinite_anywhere(loss_sum, gnorm)
+        if skipped:
+            opt.zero_grad(set_to_none=True)
+            self.scaler.update()
+        else:
+            self.scaler.step(opt, **protocol.step_kwargs(opt, tokens=self.tokens_per_step))
+            self.scaler.update()
+            opt.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if not skipped and protocol.hessian_due(opt, self.step):
+            self.hessian_step()
+        return loss_sum, gnorm.detach(), skipped, lr
+
+    def hessian_step(self) -> None:
+        """Sophia-G's Gauss-Newton-Bartlett refresh: labels sampled from the model on fresh batches,
+        the same accumulation divisor, the same grad-norm clip, then ``update_hessian()``."""
+        from ..optim.sophia import sampled_label_loss  # written alongside Sophia; imported lazily
+
+        for k in range(self.local_accum):
+            x, _ = self.loader.next()
+            with self._grad_sync(k == self.local_accum - 1), self.autocast:
+                loss = sampled_label_loss(self.model(x)) / self.local_accum
+            loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+        protocol.update_hessian(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed val windows, split across ranks (eager model, no DDP)."""
+        cfg, T = self.cfg, self.model_cfg.block_size
+        starts = self.val_starts[self.dist.rank :: self.dist.world_size]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i in range(0, len(starts), cfg.batch_size):
+            chunk = starts[i : i + cfg.batch_size]
+            x, y = (t.to(self.device, non_blocking=True) for t in gather(self.val_tokens, chunk, T))
+            with self.autocast:
+                loss = self.raw_model(x, y)
+            total[0] += loss.double() * len(chunk)
+            total[1] += len(chunk)
+        if self.dist.ddp:
+            dist.all_reduce(total)
+        return (total[0] / total[1]).item()
+
+    # --- logging -----------------------------------------------------------------------------------
+    def _flush(self, bar: Any) -> None:
+        """Fetch the pending per-step losses (one host sync), log them, stop on non-finite values."""
+        if not self._pending:
+            return
+        losses = torch.stack([p[2] for p in self._pending])
+        if self.dist.ddp:
+            dist.all_reduce(losses)
+            losses /= self.dist.world_size
+        values = losses.tolist()
+        norms = torch.stack([p[3] for p in self._pending]).float().tolist()
+        n, dt = len(self._pending), time.perf_counter() - self._mark
+        tok_s = n * self.tokens_per_step / max(dt, 1e-9)
+        mfu = self.flops_per_token * tok_s / (self.cfg.peak_flops * self.dist.world_size)
+        first_step, start_time = self._pending[0][0], self.train_time
+        self.train_time += dt
+        for i, ((step, lr, _, _, skipped), loss, gnorm) in enumerate(zip(self._pending, values, norms)):
+            record = {
+                "kind": "train",
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": gnorm,
+                "tokens": self.tokens - (self.step - step) * self.tokens_per_step,
+                "train_time": start_time + dt * (i + 1) / n,
+                "tok_per_s": tok_s,
+                "mfu": mfu,
+            }
+            if skipped:
+                record["skipped"] = True
+                self.logger.log({"kind": "event", "event": "skip", "step": step, "loss": loss, "grad_norm": gnorm})
+            bad = not math.isfinite(loss) or (not self.scaler.is_enabled() and not math.isfinite(gnorm))
+            self.logger.log(record)
+            if bad and not skipped:
+                self._stop_nonfinite(step, loss, gnorm)
+        self._pending.clear()
+        self._mark = time.perf_counter()
+        bar.set_postfix_str(
+            f"loss {values[-1]:.4f} val {self._last_val or float('nan'):.4f} "
+            f"{tok_s / 1e3:.0f}K tok/s mfu {100 * mfu:.1f}% (steps {first_step}-{self.step})"
+        )
+
+    def _stop_nonfinite(self, step: int, loss: float, gnorm: float) -> None:
+        self.logger.log({"kind": "event", "event": "nonfinite", "step": step, "loss": loss, "grad_norm": gnorm})
+        good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"non-finite loss {loss} (grad norm {gnorm}) at step {step} of {self.label}; stopping. {good} "
+            "(resume with --resume, lower the lr, or set nonfinite='skip' to skip such steps)"
+        )
+
+    def _evaluate_and_log(self, bar: Any) -> None:
+        self._last_val = self.evaluate()
+        self.logger.log(
+            {
+                "kind": "val",
+                "step": self.step,
+                "val_loss": self._last_val,
+                "tokens": self.tokens,
+                "train_time": self.train_time,
+            }
+        )
+        if self.dist.is_main:
+            bar.write(f"{self.label} step {self.step}: val loss {self._last_val:.4f}")
+
+    def _run_facts(self) -> dict[str, Any]:
+        return {
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "params": self.raw_model.num_params(non_embedding=False),
+            "flops_per_token": self.flops_per_token,
+            "tokens_per_step": self.tokens_per_step,
+            "train_tokens": self.meta["train_tokens"],
+            "val_tokens_evaluated": int(len(self.val_starts) * self.model_cfg.block_size),
+        }
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write ``ckpt.pt`` atomically (rank 0), after checking the pending losses are finite."""
+        self._flush(_NoBar())
+        rng = checkpoint.rng_state()
+        if self.dist.ddp:
+            states: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if self.dist.is_main:
+            state = {
+                "model": self.raw_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": states,
+                "loader": {"chunks": self.loader.consumed // self.local_accum, "seed": self.cfg.seed},
+                "step": self.step,
+                "tokens": self.tokens,
+                "train_time": self.train_time,
+                "world_size": self.dist.world_size,
+                "config": json.loads(json.dumps(self.cfg.to_dict())),
+            }
+            checkpoint.save_atomic(state, self.ckpt_path)
+        if self.dist.ddp:
+            dist.barrier()
+
+    def _load(self, state: dict[str, Any]) -> int:
+        """Restore everything from a checkpoint; returns the data position (global batches)."""
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens, self.train_time = state["step"], state["tokens"], state["train_time"]
+        if state["world_size"] == self.dist.world_size:
+            checkpoint.set_rng_state(state["rng"][self.dist.rank])
+        else:
+            self._print(f"world size changed ({state['world_size']} -> {self.dist.world_size}): RNG streams reseeded")
+        changed = {
+            k for k, v in state["config"].items() if json.loads(json.dumps(self.cfg.to_dict())).get(k) != v
+        }
+        if changed:
+            self._print(f"resuming with changed config keys: {', '.join(sorted(changed))}")
+        return int(state["loader"]["chunks"])
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return self.cfg.name or self.out_dir.name
+
+    def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        if self.dist.ddp and not sync:
+            return self.model.no_sync()  # type: ignore[operator]
+        return contextlib.nullcontext()
+
+    def _nonfinite_anywhere(self, loss: torch.Tensor, gnorm: torch.Tensor) -> bool:
+        bad = ~torch.isfinite(loss)
+        if not self.scaler.is_enabled():  # with fp16 the scaler itself skips inf gradients
+            bad = bad | ~torch.isfinite(gnorm)
+        bad = bad.float()
+        if self.dist.ddp:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item())
+
+    def _write_config(self) -> None:
+        if not self.dist.is_main:
+            return
+        info = {
+            "config": self.cfg.to_dict(),
+            "label": self.label,
+            "model": self.model_cfg.__dict__,
+            "world_size": self.dist.world_size,
+            "tokens_per_step": self.tokens_per_step,
+            "data": {k: self.meta.get(k) for k in ("train_tokens", "val_tokens", "split", "tokenizer")},
+        }
+        path = self.out_dir / "config.json"
+        tmp = path.with_name(f".config.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def _print(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(f"[lm train] {msg}", flush=True)
+
+
+class _NoBar:
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run one training job (joining the torchrun process group if launched by torchrun)."""
+    try:
+        return Trainer(cfg, resume=resume).run()
+    finally:
+        distributed.shutdown()

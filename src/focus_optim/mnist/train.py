@@ -1,0 +1,213 @@
+"""Train one cell of the scan: E members (every lr x replicate) of one optimizer at one batch size.
+
+Per step, as in the authors' loop (``MNIST/scan-18.py``): draw each member's next minibatch, record
+its training loss (train-mode forward, before the update), update, then evaluate every member on
+the whole test set in eval mode. Differences that are only about speed: the E members run as one
+:class:`~.model.EnsembleMLP`; the test pass is the folded, batched one of
+:meth:`~.model.EnsembleMLP.evaluate` (all 10,000 images at once; the paper's test batch of 8,192
+gives the same numbers since eval-mode BN ignores the batch); ``eval_every`` can thin it.
+
+Data order: like ``DataLoader(shuffle=True, drop_last=False)``, each member walks through its
+own random permutation of the 60,000 training images, a fresh one every epoch, the last batch
+of an epoch holding the remainder (60,000 mod batch size). All members share the epoch
+structure, so one step's batches have one size; their contents are independent.
+
+Optimizers are built by :func:`focus_optim.make_optimizer` on the ensemble with
+``ensemble_dims=1`` and a 1-D ``lr`` tensor (one value per member); the registry's split leaves
+biases and BN parameters undecayed. Optimizers that need more than ``backward(); step()`` are driven
+through :mod:`focus_optim.optim.protocol` (Sophia: ``step(bs=...)`` and a Hessian refresh every k
+steps from labels sampled from the model's own softmax).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..optim import make_optimizer, protocol
+from .data import MNIST
+from .model import PRECISIONS, EnsembleMLP, _matmul_precision
+from .optimizers import OptimizerConfig
+
+METRICS: tuple[str, ...] = ("train_loss", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything about a cell's training except the optimizer, batch size, lrs and seed."""
+
+    steps: int = 400
+    weight_decay: float = 1e-2
+    eval_every: int = 1
+    eval_precision: str = "fp32"
+    train_precision: str = "fp32"
+    eval_chunk: int = 0
+    drop_last: bool = False
+    matrix_input_layer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"Invalid steps: {self.steps} (allowed: >= 1)")
+        if self.eval_every < 1:
+            raise ValueError(f"Invalid eval_every: {self.eval_every} (allowed: >= 1)")
+        if self.eval_precision not in PRECISIONS:
+            raise ValueError(f"Invalid eval_precision: {self.eval_precision!r} (allowed: {', '.join(PRECISIONS)})")
+        if self.train_precision not in ("fp32", "tf32"):
+            raise ValueError(f"Invalid train_precision: {self.train_precision!r} (allowed: fp32, tf32)")
+        if self.eval_chunk < 0:
+            raise ValueError(f"Invalid eval_chunk: {self.eval_chunk} (allowed: 0 for all at once, or >= 1)")
+
+    def eval_steps(self) -> np.ndarray:
+        """Boolean mask over steps: every ``eval_every``-th step and always the last one."""
+        mask = (np.arange(1, self.steps + 1) % self.eval_every) == 0
+        mask[-1] = True
+        return mask
+
+
+@dataclass
+class DeviceData:
+    """MNIST on one device: train images ``(N, 784)`` float in [0, 1], test images feature-major."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x_t: Tensor
+    test_y: Tensor
+    _test_bf16: Tensor | None = None
+
+    @classmethod
+    def from_mnist(cls, data: MNIST, device: str | torch.device) -> DeviceData:
+        def images(a: np.ndarray) -> Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(a.reshape(len(a), -1))).to(device)
+            return t.float().div_(255.0)  # torchvision's ToTensor
+
+        def labels(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a.astype(np.int64)).to(device)
+
+        return cls(
+            images(data.train_images),
+            labels(data.train_labels),
+            images(data.test_images).T.contiguous(),
+            labels(data.test_labels),
+        )
+
+    def test_images(self, precision: str) -> Tensor:
+        if precision != "bf16":
+            return self.test_x_t
+        if self._test_bf16 is None:
+            self._test_bf16 = self.test_x_t.to(torch.bfloat16)
+        return self._test_bf16
+
+
+class DataOrder:
+    """Independent shuffled epochs for E members (``DataLoader(shuffle=True)`` semantics)."""
+
+    def __init__(
+        self, members: int, n: int, batch_size: int, *, drop_last: bool, generator: torch.Generator
+    ) -> None:
+        if batch_size < 1 or batch_size > n:
+            raise ValueError(f"Invalid batch_size: {batch_size} (allowed: 1 .. {n})")
+        self.members, self.n, self.batch_size, self.generator = members, n, batch_size, generator
+        self.per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+        if not drop_last and n % batch_size == 1:
+            raise ValueError(
+                f"batch_size {batch_size} leaves a last batch of 1 image per epoch, which batch norm cannot "
+                "train on; use drop_last"
+            )
+        self._epoch = -1
+        self._perm: Tensor | None = None
+
+    def batch(self, step: int) -> Tensor:
+        """Indices ``(E, b)`` of every member's minibatch at ``step`` (call with increasing steps)."""
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            device = self.generator.device
+            keys = torch.rand(self.members, self.n, generator=self.generator, device=device, dtype=torch.float64)
+            self._perm, self._epoch = keys.argsort(dim=1), epoch
+        assert self._perm is not None
+        return self._perm[:, k * self.batch_size : (k + 1) * self.batch_size]
+
+
+def build_optimizer(
+    model: EnsembleMLP, config: OptimizerConfig, lrs: Tensor, settings: TrainSettings
+) -> torch.optim.Optimizer:
+    """The registry's optimizer for the ensemble (matrix-only ones: hidden 128x128 matrices only,
+    unless ``settings.matrix_input_layer``; the head is an output layer for the registry)."""
+    exclude = None
+    if config.matrix_only and not settings.matrix_input_layer:
+        exclude = [EnsembleMLP.INPUT_LAYER]
+    return make_optimizer(
+        config.name,
+        model,
+        ensemble_dims=1,
+        exclude_from_matrix=exclude,
+        lr=lrs,
+        weight_decay=settings.weight_decay,
+        **config.hparams,
+    )
+
+
+def train_cell(
+    config: OptimizerConfig,
+    batch_size: int,
+    lrs: Sequence[float],
+    data: DeviceData,
+    settings: TrainSettings,
+    *,
+    seed: int,
+) -> np.ndarray:
+    """Train ``len(lrs)`` members (member ``e`` with ``lrs[e]``) and return their history,
+    ``(E, steps, 3)`` float32 with metrics :data:`METRICS`; test metrics are NaN at steps not
+    evaluated. Initialisation and data orders come from one generator seeded with ``seed``."""
+    device = data.train_x.device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed & ((1 << 63) - 1))
+    E = len(lrs)
+    model = EnsembleMLP(E, device=device, generator=gen)
+    lr_t = torch.tensor(list(lrs), dtype=torch.float32, device=device)
+    opt = build_optimizer(model, config, lr_t, settings)
+    order = DataOrder(E, len(data.train_y), batch_size, drop_last=settings.drop_last, generator=gen)
+    history = torch.full((E, settings.steps, len(METRICS)), float("nan"), device=device)
+    eval_mask = settings.eval_steps()
+    test_x = data.test_images(settings.eval_precision)
+    chunk = settings.eval_chunk or None
+
+    for t in range(settings.steps):
+        idx = order.batch(t)
+        x = data.train_x[idx].transpose(1, 2).contiguous()  # (E, 784, b)
+        y = data.train_y[idx]  # (E, b)
+        model.train()
+        with _matmul_precision(settings.train_precision, device):
+            losses = F.cross_entropy(model.forward_features(x), y, reduction="none").mean(1)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # member e's gradient is that of its own mean loss
+        opt.step(**protocol.step_kwargs(opt, tokens=y.shape[1]))
+        history[:, t, 0] = losses.detach()
+        if protocol.hessian_due(opt, t):
+            with _matmul_precision(settings.train_precision, device):
+                _refresh_hessian(model, opt, x, gen)
+        if eval_mask[t]:
+            model.eval()
+            loss, acc = model.evaluate(test_x, data.test_y, precision=settings.eval_precision, chunk=chunk)
+            history[:, t, 1] = loss
+            history[:, t, 2] = acc
+    return history.cpu().numpy()
+
+
+def _refresh_hessian(model: EnsembleMLP, opt: torch.optim.Optimizer, x: Tensor, gen: torch.Generator) -> None:
+    """Sophia-G's estimator: labels sampled from the model's softmax on the current batch (Gumbel-max,
+    so diverged members cannot break the sampler), their loss backpropagated, ``update_hessian()``.
+    Running BN statistics are left alone (the extra forward is not a training step)."""
+    opt.zero_grad(set_to_none=True)
+    logits = model.forward_features(x, update_stats=False)  # (E, C, b)
+    with torch.no_grad():
+        u = torch.rand(logits.shape, generator=gen, device=logits.device).clamp_(min=1e-20)
+        sampled = (logits.float() - torch.log(-torch.log(u))).argmax(1)
+    F.cross_entropy(logits, sampled, reduction="none").mean(1).sum().backward()
+    protocol.update_hessian(opt)
+    opt.zero_grad(set_to_none=True)

@@ -1,0 +1,393 @@
+"""The one sweep runner: a grid of cells, per-cell seeds, shards, an atomic results store, progress.
+
+A sweep is a grid of named axes split in two:
+
+* ``outer`` axes are iterated across *cells*; each cell is computed, stored and resumed as a unit;
+* ``inner`` axes are vectorised inside a cell (e.g. noise x lr x replicate trajectories as rows).
+
+``compute(cells, device)`` returns, for each cell, a dict ``{variable: array}`` whose shape is the
+inner shape followed by the variable's trailing dims (e.g. ``("metric",)`` or ``("step", "metric")``).
+Several cells can be computed together (``batch_cells``) when that is faster, e.g. on a GPU; each
+is still stored in its own file, so storage and resume granularity do not depend on batching.
+
+Store layout (a directory)::
+
+    manifest.json          name, config, grid, variables, config hash, package version
+    cells/<key>.npz        one file per finished cell, written to a temp name then renamed
+
+A changed configuration refuses to write into an old store. Resume skips cells whose file exists.
+Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th pending cell, so
+processes, GPUs or cluster array jobs can share one directory; ``load_results`` stitches whatever
+is there into an ``xarray.Dataset`` (missing cells are NaN; ``attrs["complete"]`` says if none is).
+Each cell's seed is derived from (seed, sweep name, cell coordinates), never from the shard or the
+order of computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a point of the outer grid."""
+
+    index: tuple[int, ...]
+    coords: Mapping[str, Any]
+    key: str
+    seed: int
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep computes. Everything that changes results must be in ``config`` or the grid."""
+
+    name: str
+    outer: Mapping[str, Sequence[Any]]
+    inner: Mapping[str, Sequence[Any]]
+    variables: Mapping[str, Sequence[str]]
+    extra_coords: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        dims = list(self.outer) + list(self.inner)
+        for var, trailing in self.variables.items():
+            for d in trailing:
+                if d not in self.extra_coords:
+                    raise ValueError(f"variable {var!r} has dim {d!r} with no entry in extra_coords")
+            dims_v = dims + list(trailing)
+            if len(set(dims_v)) != len(dims_v):
+                raise ValueError(f"variable {var!r} repeats a dim: {dims_v}")
+
+    @property
+    def inner_shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.inner.values())
+
+    def variable_shape(self, var: str) -> tuple[int, ...]:
+        return self.inner_shape + tuple(len(self.extra_coords[d]) for d in self.variables[var])
+
+    def manifest(self) -> dict[str, Any]:
+        body = {
+            "name": self.name,
+            "format": FORMAT_VERSION,
+            "seed": self.seed,
+            "config": _jsonable(self.config),
+            "outer_dims": list(self.outer),
+            "inner_dims": list(self.inner),
+            "outer": {k: _jsonable(list(v)) for k, v in self.outer.items()},
+            "inner": {k: _jsonable(list(v)) for k, v in self.inner.items()},
+            "variables": {k: list(v) for k, v in self.variables.items()},
+            "extra_coords": {k: _jsonable(list(v)) for k, v in self.extra_coords.items()},
+        }
+        body["config_hash"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        return body
+
+    def cells(self) -> list[Cell]:
+        names = list(self.outer)
+        out = []
+        for index in np.ndindex(*(len(v) for v in self.outer.values())):
+            coords = {n: _plain(self.outer[n][i]) for n, i in zip(names, index)}
+            key = "-".join(str(i) for i in index) or "all"
+            ident = json.dumps({"seed": self.seed, "name": self.name, "cell": coords}, sort_keys=True)
+            seed = int(hashlib.sha256(ident.encode()).hexdigest()[:15], 16)
+            out.append(Cell(index=tuple(int(i) for i in index), coords=coords, key=key, seed=seed))
+        return out
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"Invalid shard {self.index}/{self.count}: need 0 <= i < n and n >= 1")
+
+    def take(self, items: Sequence[Any]) -> list[Any]:
+        return list(items[self.index :: self.count])
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """``"i/n"`` -> Shard(i, n); None -> the torchrun shard from RANK/WORLD_SIZE, if any."""
+    if text is None:
+        return shard_from_env()
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"Invalid --shard {text!r}: expected i/n with integers, e.g. 0/4") from None
+    return Shard(i, n)
+
+
+def shard_from_env() -> Shard | None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "RANK" in os.environ:
+        return Shard(int(os.environ["RANK"]), world)
+    return None
+
+
+def default_device() -> str:
+    """cuda:LOCAL_RANK under torchrun with GPUs, cuda if available, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+@dataclass
+class SweepReport:
+    store: Path
+    total_cells: int
+    shard_cells: int
+    computed: int
+    skipped: int
+    seconds: float
+
+
+ComputeFn = Callable[[list[Cell], str], list[Mapping[str, np.ndarray]]]
+
+
+class Store:
+    """The results directory of one sweep."""
+
+    def __init__(self, path: str | os.PathLike[str], spec: SweepSpec) -> None:
+        self.path = Path(path)
+        self.spec = spec
+        self.manifest = spec.manifest()
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.path / "cells"
+
+    def open(self) -> Store:
+        """Create the store, or check that an existing one holds this configuration."""
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        target = self.path / "manifest.json"
+        if not target.exists():
+            tmp = self.path / f".manifest.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(self.manifest, indent=1))
+            with contextlib.suppress(FileExistsError):  # another shard won the race
+                os.link(tmp, target)
+            tmp.unlink()
+        existing = read_manifest(self.path)
+        if existing.get("config_hash") != self.manifest["config_hash"]:
+            diff = _diff(existing, self.manifest)
+            raise ValueError(
+                f"{self.path} holds results of a different configuration "
+                f"(hash {existing.get('config_hash')} != {self.manifest['config_hash']}; differs in {diff}). "
+                "Use a new --out directory, or delete the old one."
+            )
+        return self
+
+    def cell_path(self, cell: Cell) -> Path:
+        return self.cells_dir / f"{cell.key}.npz"
+
+    def has(self, cell: Cell) -> bool:
+        return self.cell_path(cell).exists()
+
+    def write(self, cell: Cell, result: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        for var in self.spec.variables:
+            if var not in result:
+                raise ValueError(f"cell {cell.key}: compute returned no {var!r} (got {sorted(result)})")
+            arr = np.asarray(result[var], dtype=np.float32)
+            want = self.spec.variable_shape(var)
+            if arr.shape != want:
+                raise ValueError(f"cell {cell.key}: {var!r} has shape {arr.shape}, expected {want}")
+            arrays[var] = arr
+        info = {"key": cell.key, "coords": cell.coords, "config_hash": self.manifest["config_hash"], **meta}
+        arrays["__meta__"] = np.array(json.dumps(_jsonable(info)))
+        tmp = self.cells_dir / f".{cell.key}.{os.getpid()}.tmp.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.cell_path(cell))
+
+
+def run_sweep(
+    spec: SweepSpec,
+    compute: ComputeFn,
+    out: str | os.PathLike[str],
+    *,
+    shard: Shard | None = None,
+    device: str | None = None,
+    batch_cells: int = 1,
+    group_by: Sequence[str] = (),
+    progress: bool = True,
+    max_cells: int | None = None,
+) -> SweepReport:
+    """Compute every missing cell of this shard and store it; see the module docstring.
+
+    Args:
+        batch_cells: up to this many cells (sharing the ``group_by`` coordinates) per compute call.
+        max_cells: stop after computing this many cells (tests use it to simulate a killed run).
+    """
+    start = time.perf_counter()
+    store = Store(out, spec).open()
+    device = device or default_device()
+    cells = spec.cells()
+    mine = shard.take(cells) if shard else cells
+    todo = [c for c in mine if not store.has(c)]
+    skipped = len(mine) - len(todo)
+    if max_cells is not None:
+        todo = todo[:max_cells]
+    bar = _progress(len(mine), skipped, enabled=progress, desc=spec.name)
+    computed = 0
+    try:
+        for batch in _batches(todo, batch_cells, group_by):
+            t0 = time.perf_counter()
+            results = compute(batch, device)
+            if len(results) != len(batch):
+                raise ValueError(f"compute returned {len(results)} results for {len(batch)} cells")
+            per_cell = (time.perf_counter() - t0) / len(batch)
+            for cell, result in zip(batch, results):
+                store.write(cell, result, {"seconds": per_cell, "device": device, "batch": len(batch)})
+            computed += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return SweepReport(
+        store=store.path,
+        total_cells=len(cells),
+        shard_cells=len(mine),
+        computed=computed,
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    target = Path(path) / "manifest.json"
+    if not target.exists():
+        raise FileNotFoundError(f"{path} is not a results store (no manifest.json)")
+    try:
+        return json.loads(target.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{target} is corrupt: {exc}") from None
+
+
+def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Any:
+    """Stitch the cells of one or more stores of the same sweep into an ``xarray.Dataset``."""
+    import xarray as xr
+
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    manifest = read_manifest(paths[0])
+    for p in paths[1:]:
+        if read_manifest(p).get("config_hash") != manifest["config_hash"]:
+            raise ValueError(f"{p} and {paths[0]} hold different configurations and cannot be merged")
+    outer = {k: list(manifest["outer"][k]) for k in manifest["outer_dims"]}
+    inner = {k: list(manifest["inner"][k]) for k in manifest["inner_dims"]}
+    extra = {k: list(v) for k, v in manifest["extra_coords"].items()}
+    outer_shape = tuple(len(v) for v in outer.values())
+    data = {
+        var: np.full(outer_shape + tuple(len(v) for v in inner.values()) + tuple(len(extra[d]) for d in dims),
+                     np.nan, dtype=np.float32)
+        for var, dims in manifest["variables"].items()
+    }  # fmt: skip
+    done = np.zeros(outer_shape, dtype=bool)
+    for p in paths:
+        for f in sorted((p / "cells").glob("*.npz")):
+            index = tuple(int(i) for i in f.stem.split("-")) if f.stem != "all" else ()
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    meta = json.loads(str(z["__meta__"]))
+                    if meta.get("config_hash") != manifest["config_hash"]:
+                        raise ValueError("config hash mismatch")
+                    for var in data:
+                        data[var][index] = z[var]
+            except Exception as exc:
+                raise ValueError(f"corrupt results file {f}: {exc}") from None
+            done[index] = True
+    coords = {**outer, **inner, **extra}
+    dims_outer_inner = list(outer) + list(inner)
+    ds = xr.Dataset(
+        {var: (dims_outer_inner + list(dims), data[var]) for var, dims in manifest["variables"].items()},
+        coords=coords,
+    )
+    ds["cell_done"] = (list(outer), done)
+    ds.attrs.update(
+        name=manifest["name"],
+        config=json.dumps(manifest["config"]),
+        config_hash=manifest["config_hash"],
+        seed=manifest["seed"],
+        complete=bool(done.all()),
+        cells_done=int(done.sum()),
+        cells_total=int(done.size),
+    )
+    return ds
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _batches(cells: list[Cell], size: int, group_by: Sequence[str]) -> Iterator[list[Cell]]:
+    if size < 1:
+        raise ValueError(f"Invalid batch_cells: {size} (allowed: an integer >= 1)")
+    groups: dict[tuple[Any, ...], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(tuple(c.coords[g] for g in group_by), []).append(c)
+    for members in groups.values():
+        for i in range(0, len(members), size):
+            yield members[i : i + size]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, *, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a lab dependency
+        return _NoBar()
+    return tqdm(total=total, initial=initial, desc=desc, unit="cell", dynamic_ncols=True)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return str(x)
+    return x
+
+
+def _diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    out = []
+    for k in sorted((set(a) | set(b)) - {"config_hash"}):
+        if k == "config" and isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += [f"config.{c}" for c in sorted(set(a[k]) | set(b[k])) if a[k].get(c) != b[k].get(c)]
+        elif a.get(k) != b.get(k):
+            out.append(k)
+    return out

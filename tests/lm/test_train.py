@@ -1,0 +1,197 @@
+"""Trainer: exact resume, non-finite handling, optimizers by name, protocol hooks, schedule."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from focus_optim.lm import checkpoint
+from focus_optim.lm.loader import TrainLoader
+from focus_optim.lm.model import GPT
+from focus_optim.lm.schedule import WarmupCosine
+from focus_optim.lm.train import NonFiniteLossError, Trainer, train
+from focus_optim.optim import registry
+from focus_optim.optim.adamw import AdamW
+
+from lm_helpers import records, tiny_config
+
+
+def _losses(out_dir):
+    train_recs = [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in records(out_dir, "train")]
+    return train_recs, [(r["step"], r["val_loss"]) for r in records(out_dir, "val")]
+
+
+def test_resume_equals_uninterrupted_bit_for_bit(synthetic_data, tmp_path, monkeypatch):
+    # FOCUS with its parameter EMA exercises optimizer state; decay_steps spans the interruption
+    opts = ("optimizer=focus", "optimizer_args.betas=[0.9, 0.99]", "optimizer_args.gamma=0.2",
+            "optimizer_args.weight_decay=0.1", "max_steps=10", "ckpt_interval=3", "eval_interval=3")
+    full = tiny_config(synthetic_data, tmp_path / "full", *opts)
+    train(full)
+
+    # the interrupted run crashes while fetching the first micro-batch of step 8 (checkpoint at 6)
+    cut = tiny_config(synthetic_data, tmp_path / "cut", *opts)
+    real_next, calls = TrainLoader.next, {"n": 0}
+
+    def crashing_next(self):
+        calls["n"] += 1
+        if calls["n"] > 7 * 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_next(self)
+
+    monkeypatch.setattr(TrainLoader, "next", crashing_next)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut)
+    monkeypatch.setattr(TrainLoader, "next", real_next)
+    assert checkpoint.load(tmp_path / "cut" / "ckpt.pt")["step"] == 6
+    assert max(r["step"] for r in records(tmp_path / "cut", "train")) == 7  # logged past the checkpoint
+
+    train(cut, resume=True)
+    got_train, got_val = _losses(tmp_path / "cut")
+    want_train, want_val = _losses(tmp_path / "full")
+    assert [s for s, *_ in got_train] == list(range(1, 11))
+    assert got_train == want_train  # exact float equality of every logged loss, lr and grad norm
+    assert got_val == want_val
+    a, b = checkpoint.load(tmp_path / "full" / "ckpt.pt"), checkpoint.load(tmp_path / "cut" / "ckpt.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k])
+
+
+def test_checkpoint_contents_are_weights_only_and_complete(synthetic_data, tmp_path):
+    cfg = tiny_config(synthetic_data, tmp_path / "run", max_steps=2)
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "loader", "step", "config"} <= set(state)
+    assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert state["loader"]["chunks"] == 2 and state["step"] == 2
+    assert state["config"]["optimizer"] == "adamw"
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_data, tmp_path / "run", "max_steps=8", "ckpt_interval=2", "log_interval=3")
+    real_forward, calls = GPT.forward, {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        calls["n"] += 1
+        out = real_forward(self, idx, targets)
+        return out * float("nan") if targets is not None and calls["n"] > 2 + 4 * 2 else out  # step 5
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss nan .* at step 5.*last good checkpoint"):
+        train(cfg)
+    state = checkpoint.load(tmp_path / "run" / "ckpt.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    events = [r["event"] for r in records(tmp_path / "run", "event")]
+    assert events[-1] == "nonfinite"
+
+
+def test_nonfinite_skip_policy_skips_the_update(synthetic_data, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_data, tmp_path / "run", "max_steps=4", "nonfinite='skip'", "eval_interval=0")
+    real_forward, calls = GPT.forward, {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        out = real_forward(self, idx, targets)
+        if targets is not None:
+            calls["n"] += 1
+            if calls["n"] in (5, 6):  # both micro-batches of step 3
+                return out * float("inf")
+        return out
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    summary = train(cfg)
+    assert summary["step"] == 4 and math.isfinite(summary["val_loss"])
+    train_recs = records(tmp_path / "run", "train")
+    assert [r.get("skipped", False) for r in train_recs] == [False, False, True, False]
+    assert any(r.get("event") == "skip" for r in records(tmp_path / "run", "event"))
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("focus", ("optimizer_args.betas=[0.9, 0.99]", "optimizer_args.gamma=0.2", "optimizer_args.weight_decay=0.2")),
+        ("adamw", ("optimizer_args.betas=[0.9, 0.95]", "optimizer_args.weight_decay=0.1")),
+        ("signum", ("optimizer_args.momentum=0.9", "optimizer_args.weight_decay=0.2")),
+    ],
+)
+def test_optimizers_by_name_reduce_the_loss(synthetic_data, tmp_path, name, args):
+    cfg = tiny_config(synthetic_data, tmp_path / name, f"optimizer={name}", *args, "max_steps=12",
+                      "eval_interval=12", "ckpt_interval=0", "save_final=false", lr=3e-3)
+    summary = train(cfg)
+    val = [r["val_loss"] for r in records(tmp_path / name, "val")]
+    assert val[0] > math.log(512) - 0.2 and val[-1] < val[0] - 0.3, val
+    assert summary["tokens"] == 12 * 4 * 2 * 64
+
+
+def test_decay_embeddings_switch(synthetic_data, tmp_path):
+    for flag in (True, False):
+        cfg = tiny_config(synthetic_data, tmp_path / str(flag), max_steps=0, decay_embeddings=flag,
+                          optimizer_args={"weight_decay": 0.1})
+        trainer = Trainer(cfg)
+        wte = trainer.raw_model.transformer.wte.weight
+        group = next(g for g in trainer.optimizer.param_groups if any(p is wte for p in g["params"]))
+        assert (group["weight_decay"] == 0.1) is flag
+        trainer.loader.close()
+
+
+def test_warmup_cosine_schedule_like_nanogpt():
+    f = WarmupCosine(warmup_steps=10, decay_steps=110, min_ratio=0.05)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.05 + 0.5 * 0.95)
+    assert f(110) == f(500) == pytest.approx(0.05)
+
+
+class _ProtocolAdamW(AdamW):
+    """AdamW that records the training-loop protocol calls (a stand-in for Sophia / 1-bit Adam)."""
+
+    calls: list = []
+
+    def step_kwargs(self, tokens):
+        return {"closure": None} if tokens > 0 else {}
+
+    def step(self, closure=None):
+        type(self).calls.append(("step",))
+        return super().step(closure)
+
+    def hessian_due(self, iteration):
+        return iteration % 2 == 1
+
+    def update_hessian(self):
+        type(self).calls.append(("update_hessian", all(p.grad is not None for p in self._params())))
+
+    def needs_grad_sync(self):
+        return False
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+
+def test_training_loop_protocol_hooks(synthetic_data, tmp_path, monkeypatch):
+    spec = registry.OptimizerSpec(name="protocol_adamw", target=f"{__name__}:_ProtocolAdamW", source="test",
+                                  description="test")
+    monkeypatch.setitem(registry.REGISTRY, "protocol_adamw", spec)
+    sampled = {"n": 0}
+
+    def sampled_label_loss(logits):
+        sampled["n"] += 1
+        assert logits.ndim == 3 and logits.shape[-1] == 512  # full-sequence logits
+        labels = torch.distributions.Categorical(logits=logits.detach()).sample()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    monkeypatch.setitem(sys.modules, "focus_optim.optim.sophia",
+                        types.SimpleNamespace(sampled_label_loss=sampled_label_loss))
+    _ProtocolAdamW.calls = []
+    cfg = tiny_config(synthetic_data, tmp_path / "run", "optimizer=protocol_adamw", "max_steps=4",
+                      "ckpt_interval=0", "eval_interval=0")
+    trainer = Trainer(cfg)
+    trainer.run()
+    kinds = [c[0] for c in _ProtocolAdamW.calls]
+    assert kinds == ["step", "step", "update_hessian", "step", "step", "update_hessian"]
+    assert all(c[1] for c in _ProtocolAdamW.calls if c[0] == "update_hessian")
+    assert sampled["n"] == 2 * 2  # two Hessian passes of grad_accum=2 fresh micro-batches each
+    assert trainer.loader.consumed == 4 * 2 + 2 * 2  # they consumed fresh data

@@ -1,0 +1,179 @@
+"""The single-tensor, foreach and fused paths compute the same function; ensembles = separate runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from focus_optim import FOCUS, AdamW, Signum
+
+F64 = torch.float64
+CASES = [
+    (FOCUS, dict(betas=(0.9, 0.99), gamma=0.2, weight_decay=0.1, decay_mode="algorithm1")),
+    (FOCUS, dict(betas=(0.8, 0.9), gamma=-0.3, weight_decay=0.05, decay_mode="reference")),
+    (FOCUS, dict(betas=(0.9, 0.9), gamma=0.2, weight_decay=0.1, decay_mode="decoupled", maximize=True)),
+    (Signum, dict(momentum=0.9, weight_decay=0.1)),
+    (AdamW, dict(betas=(0.9, 0.95), weight_decay=0.1)),
+    (AdamW, dict(betas=(0.9, 0.99), eps_mode="before_bias_correction", decay_mode="post_update")),
+]
+
+
+def run(cls, kwargs, path, dtype=F64, steps=12, device="cpu", late=True):
+    """Train three params (one of which first gets a gradient at step 4) with a schedule."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 5), (17,), (3, 2, 2)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=F64).to(device, dtype)) for s in shapes]
+    flags = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[path]
+    opt = cls(params, lr=0.02, **kwargs, **flags)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.05 * t))
+    for t in range(steps):
+        for i, p in enumerate(params):
+            g = torch.randn(p.shape, generator=gen, dtype=F64).to(device, dtype)
+            p.grad = None if (late and i == 2 and t < 4) else g
+        opt.step()
+        sched.step()
+    return [p.detach().to("cpu", F64) for p in params]
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), CASES)
+def test_foreach_equals_single_in_float64(cls, kwargs):
+    for a, b in zip(run(cls, kwargs, "single"), run(cls, kwargs, "foreach")):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), [c for c in CASES if c[0] is not AdamW or len(c[1]) == 2])
+def test_fused_cpu_path_equals_single_in_float64(cls, kwargs):
+    torch._dynamo.reset()
+    for a, b in zip(run(cls, kwargs, "single"), run(cls, kwargs, "fused")):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_adamw_matches_torch_adamw():
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(7, 3, generator=gen, dtype=F64)
+    grads = [torch.randn(7, 3, generator=gen, dtype=F64) for _ in range(15)]
+    for flags in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
+        p, q = torch.nn.Parameter(x0.clone()), torch.nn.Parameter(x0.clone())
+        ours = AdamW([p], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, **flags)
+        ref = torch.optim.AdamW([q], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+        for g in grads:
+            p.grad, q.grad = g.clone(), g.clone()
+            ours.step()
+            ref.step()
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), CASES[:1] + CASES[3:5])
+def test_ensemble_hyperparameters_equal_separate_runs(cls, kwargs):
+    """A 1-D lr / weight_decay gives member i (slice i along dim 0) its own value."""
+    gen = torch.Generator().manual_seed(1)
+    E = 4
+    lrs = torch.tensor([0.001, 0.01, 0.05, 0.2], dtype=F64)
+    wds = torch.tensor([0.0, 0.1, 0.2, 0.3], dtype=F64)
+    x0 = torch.randn(E, 3, 2, generator=gen, dtype=F64)
+    grads = [torch.randn(E, 3, 2, generator=gen, dtype=F64) for _ in range(10)]
+    kw = {k: v for k, v in kwargs.items() if k != "weight_decay"}
+    stacked = torch.nn.Parameter(x0.clone())
+    opt = cls([stacked], lr=lrs, weight_decay=wds, **kw)
+    for g in grads:
+        stacked.grad = g.clone()
+        opt.step()
+    for i in range(E):
+        p = torch.nn.Parameter(x0[i].clone())
+        o = cls([p], lr=lrs[i].item(), weight_decay=wds[i].item(), **kw)
+        for g in grads:
+            p.grad = g[i].clone()
+            o.step()
+        torch.testing.assert_close(stacked.detach()[i], p.detach(), rtol=0, atol=1e-12)
+
+
+def test_ensemble_hyperparameters_check_lengths_and_paths():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="length 4"):
+        FOCUS([p], lr=torch.full((4,), 0.1))
+    with pytest.raises(ValueError, match="foreach=True"):
+        opt = FOCUS([p], lr=torch.full((3,), 0.1), foreach=True)
+        p.grad = torch.ones(3, 2)
+        opt.step()
+
+
+def test_signum_is_focus_with_gamma_zero_and_beta2_zero():
+    a = run(Signum, dict(momentum=0.9, weight_decay=0.1), "single", dtype=torch.float32)
+    b = run(FOCUS, dict(betas=(0.9, 0.0), gamma=0.0, weight_decay=0.1), "single", dtype=torch.float32)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    # the other decay orders agree too, up to the order of two additions
+    for mode in ("reference", "decoupled"):
+        c = run(FOCUS, dict(betas=(0.9, 0.0), gamma=0.0, weight_decay=0.1, decay_mode=mode), "single")
+        for x, y in zip(run(Signum, dict(momentum=0.9, weight_decay=0.1), "single"), c):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+TRITON_SCRIPT = textwrap.dedent(
+    """
+    import os, torch, sys
+    sys.path.insert(0, {tests!r})
+    from test_paths import run, CASES
+    for cls, kwargs in CASES[:4]:
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-5)):
+            a, b = run(cls, kwargs, "single", dtype=dtype), run(cls, kwargs, "fused", dtype=dtype)
+            err = max((x - y).abs().max().item() for x, y in zip(a, b))
+            assert err < tol, (cls.__name__, kwargs, dtype, err)
+    print("ok")
+    """
+)
+
+
+def test_triton_kernel_in_interpreter_mode():
+    """The CUDA kernel's logic, run by Triton's CPU interpreter (skipped without triton)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    script = TRITON_SCRIPT.format(tests=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("cls", "kwargs"), CASES[:4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cuda_matches_single(cls, kwargs, dtype):
+    a = run(cls, kwargs, "single", dtype=torch.float32, device="cuda")
+    b = run(cls, kwargs, "fused", dtype=dtype, device="cuda")
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("cls", "kwargs"), CASES)
+def test_foreach_cuda_matches_cpu(cls, kwargs):
+    for x, y in zip(run(cls, kwargs, "single"), run(cls, kwargs, "foreach", device="cuda")):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
+
+
+@pytest.mark.gpu
+def test_state_dict_from_cpu_to_cuda_continues_identically():
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(33, 7, generator=gen)
+    grads = [torch.randn(33, 7, generator=gen) for _ in range(10)]
+    p = torch.nn.Parameter(x0.clone())
+    opt = FOCUS([p], lr=0.01, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.1, foreach=False)
+    for g in grads[:5]:
+        p.grad = g.clone()
+        opt.step()
+    q = torch.nn.Parameter(p.detach().cuda())
+    opt_gpu = FOCUS([q], foreach=False)
+    opt_gpu.load_state_dict(opt.state_dict())
+    assert opt_gpu.state[q]["exp_avg"].is_cuda and opt_gpu.state[q]["step"].device.type == "cpu"
+    for g in grads[5:]:
+        p.grad = g.clone()
+        q.grad = g.cuda()
+        opt.step()
+        opt_gpu.step()
+    torch.testing.assert_close(p.detach(), q.detach().cpu(), rtol=0, atol=1e-6)
