@@ -23,7 +23,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focus-optim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in SUBCOMMANDS:
+    for _name, module in SUBCOMMANDS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -52,7 +52,12 @@ def tiny_config(data_dir: Path, out_dir: Path, *overrides: str, **values: Any) -
         "tensorboard=false",
         "device=cpu",
     ]
-    extra = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+    extra = []
+    for k, v in values.items():
+        if isinstance(v, dict):  # tables as dotted keys
+            extra += [f"{k}.{sub}={json.dumps(x)}" for sub, x in v.items()]
+        else:
+            extra.append(f"{k}={json.dumps(v)}")
     return load_config(None, base + list(overrides) + extra)
 
 

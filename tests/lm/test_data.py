@@ -29,12 +29,17 @@ DOCS = ["Hello world.", "The quick brown fox jumps over the lazy dog.", "def f(x
 
 
 def _corpus(tmp_path: Path) -> list[str]:
-    return [str(_jsonl(tmp_path / "docs.jsonl", DOCS)), str(_jsonl(tmp_path / "wiki.jsonl.gz", WIKI, gz=True))]
+    return [
+        str(_jsonl(tmp_path / "docs.jsonl", DOCS)),
+        str(_jsonl(tmp_path / "wiki.jsonl.gz", WIKI, gz=True)),
+    ]
 
 
 def test_prepare_tokens_eot_and_split(tmp_path):
     out = tmp_path / "out"
-    meta = prepare(_corpus(tmp_path), out, val_source="wiki*", val_fraction=0.5, workers=1, show_progress=False)
+    meta = prepare(
+        _corpus(tmp_path), out, val_source="wiki*", val_fraction=0.5, workers=1, show_progress=False
+    )
     enc = gpt2_encoding()
     train = np.fromfile(out / "train.bin", dtype=np.uint16)
     val = np.fromfile(out / "val.bin", dtype=np.uint16)

@@ -24,7 +24,9 @@ def test_shapes_tied_weights_and_param_count():
     assert model(idx).shape == (3, 17, c.vocab_size)
     assert model(idx, idx).shape == ()
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert not any(m.bias is not None for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm)))
+    assert not any(
+        m.bias is not None for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))
+    )
     # nanoGPT's count: 12 L d^2 + V d (tied) + T d (positions) + LayerNorm gains (2 L + 1) d
     d, L = c.n_embd, c.n_layer
     total = 12 * L * d * d + c.vocab_size * d + c.block_size * d + (2 * L + 1) * d

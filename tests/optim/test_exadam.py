@@ -65,7 +65,9 @@ def test_matches_restatement_with_groups_and_schedule(path, growing_step):
         sched.step()
     for i, (p, h) in enumerate(zip(params, hp)):
         lrs = [h["lr"] / (1 + 0.1 * t) for t in range(steps)]
-        want, m, v = reference_exadam(inits[i], grads[i], lrs, *h["betas"], h["eps"], h["weight_decay"], growing_step)
+        want, m, v = reference_exadam(
+            inits[i], grads[i], lrs, *h["betas"], h["eps"], h["weight_decay"], growing_step
+        )
         torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(opt.state[p]["exp_avg"], m, rtol=1e-13, atol=0)
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], v, rtol=1e-13, atol=0)
@@ -99,7 +101,9 @@ def test_first_step_is_large_as_documented():
     p.grad = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
     opt.step()
     # m~ = 1.999 g, g~ = 19.99 g (d1 ~ 1.999), v~ = 1.9 g^2: 21.99 g/(sqrt(1.9)|g|) ~ 15.95 sign(g)
-    torch.testing.assert_close(p.detach(), -torch.sign(p.grad) * 1.999 * 11 / math.sqrt(1.9), rtol=1e-3, atol=0)
+    torch.testing.assert_close(
+        p.detach(), -torch.sign(p.grad) * 1.999 * 11 / math.sqrt(1.9), rtol=1e-3, atol=0
+    )
 
 
 def test_params_first_getting_gradients_at_different_steps_foreach_equals_single():

@@ -74,7 +74,9 @@ def test_matches_restatement_with_groups_and_schedule(order, path):
         sched.step()
     for i, (p, h) in enumerate(zip(params, hp)):
         lrs = [h["lr"] / (1 + 0.1 * t) for t in range(steps)]
-        want, m, bar = reference_focus(inits[i], grads[i], lrs, *h["betas"], h["gamma"], h["weight_decay"], order)
+        want, m, bar = reference_focus(
+            inits[i], grads[i], lrs, *h["betas"], h["gamma"], h["weight_decay"], order
+        )
         torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-12)
         torch.testing.assert_close(opt.state[p]["exp_avg"], m, rtol=0, atol=1e-12)
         torch.testing.assert_close(opt.state[p]["param_avg"], bar, rtol=0, atol=1e-12)
@@ -365,3 +367,23 @@ def test_none_grad_is_skipped_and_add_param_group_works():
     opt.step()
     assert a not in opt.state and torch.equal(a.detach(), torch.ones(2))
     torch.testing.assert_close(b.detach(), torch.full((2,), 0.5))
+
+
+def test_reference_mode_equals_the_authors_loop():
+    """decay_mode='reference' reproduces a restatement of the authors' focus.py (step 1 taken with
+    gamma=0: their sign(p - pbar_hat) at t=1 is a rounding-error coin flip, ours an exact 0)."""
+    from focus_optim.bench.reference_loop import ReferenceLoopFOCUS
+
+    torch.manual_seed(0)
+    x0 = torch.randn(50, dtype=F64)
+    grads = grad_sequence((50,), 25, seed=5)
+    p, q = torch.nn.Parameter(x0.clone()), torch.nn.Parameter(x0.clone())
+    ours = FOCUS([p], lr=0.01, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2, decay_mode="reference")
+    theirs = ReferenceLoopFOCUS([q], lr=0.01, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
+    for t, g in enumerate(grads):
+        for opt in (ours, theirs):
+            opt.param_groups[0]["gamma"] = 0.0 if t == 0 else 0.2
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)

@@ -44,7 +44,10 @@ def test_matches_restatement_with_groups_and_schedule(path):
     shapes = [(4, 3), (7,)]
     inits = [torch.randn(s, dtype=F64) for s in shapes]
     params = [torch.nn.Parameter(x.clone()) for x in inits]
-    hp = [dict(lr=0.05, betas=(0.9, 0.99), weight_decay=0.3), dict(lr=0.02, betas=(0.5, 0.8), weight_decay=0.0)]
+    hp = [
+        dict(lr=0.05, betas=(0.9, 0.99), weight_decay=0.3),
+        dict(lr=0.02, betas=(0.5, 0.8), weight_decay=0.0),
+    ]
     opt = Lion([{"params": [p], **h} for p, h in zip(params, hp)], **PATHS[path])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + 0.1 * t))
     steps = 30
@@ -126,7 +129,9 @@ def test_per_member_lr_equals_separate_runs():
     x0 = torch.randn(E, 4, dtype=F64)
     grads = grad_sequence((E, 4), 5)
     p = torch.nn.Parameter(x0.clone())
-    opt = make_optimizer("lion", [p], lr=torch.tensor(lrs, dtype=F64), weight_decay=torch.tensor(wds, dtype=F64))
+    opt = make_optimizer(
+        "lion", [p], lr=torch.tensor(lrs, dtype=F64), weight_decay=torch.tensor(wds, dtype=F64)
+    )
     _train(opt, [p], [grads], 0, 5)
     for i in range(E):
         want, _ = reference_lion(x0[i], [g[i] for g in grads], [lrs[i]] * 5, 0.9, 0.99, wds[i])

@@ -152,8 +152,12 @@ def test_aux_groups_run_the_official_adam_with_aux_defaults():
     gb, ge = grad_sequence((5,), 5, dtype=F64), grad_sequence((10, 5), 5, seed=1, dtype=F64)
     gw = grad_sequence((6, 5), 5, seed=2, dtype=F64)
     _train(opt, [w, b, e], [gw, gb, ge], 0, 5)
-    torch.testing.assert_close(b.detach(), ref_aux_adam(b0, gb, 1e-3, (0.8, 0.9), 1e-6, 0.2), rtol=0, atol=1e-14)
-    torch.testing.assert_close(e.detach(), ref_aux_adam(e0, ge, 0.01, (0.8, 0.9), 1e-6, 0.2), rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        b.detach(), ref_aux_adam(b0, gb, 1e-3, (0.8, 0.9), 1e-6, 0.2), rtol=0, atol=1e-14
+    )
+    torch.testing.assert_close(
+        e.detach(), ref_aux_adam(e0, ge, 0.01, (0.8, 0.9), 1e-6, 0.2), rtol=0, atol=1e-14
+    )
     assert set(opt.state[b]) == {"step", "exp_avg", "exp_avg_sq"}
     assert set(opt.state[w]) == {"step", "momentum_buffer"}
 
@@ -275,8 +279,11 @@ def test_compiled_step_equals_eager():
             step()
         return [p.detach() for p in ps]
 
-    for a, b in zip(run(False), run(True)):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-4)
+    eager, compiled = run(False), run(True)
+    # inductor keeps the bf16 NS pointwise intermediates in fp32; bf16 NS itself is ~2% off fp32 NS
+    d_eager, d_compiled = eager[0] - x0[0], compiled[0] - x0[0]
+    assert (d_eager - d_compiled).norm() < 0.05 * d_eager.norm()
+    torch.testing.assert_close(eager[1], compiled[1], rtol=1e-6, atol=1e-6)
 
 
 def test_close_to_pytorch_optimizer_muon():
@@ -289,7 +296,9 @@ def test_close_to_pytorch_optimizer_muon():
     bs = [torch.nn.Parameter(b0.clone()) for _ in range(2)]
     ours = Muon([{"params": [ws[0]]}, {"params": [bs[0]], "matrix": False}], lr=0.02, weight_decay=0.1)
     theirs = po.Muon(
-        [{"params": [ws[1]], "use_muon": True}, {"params": [bs[1]], "use_muon": False}], lr=0.02, weight_decay=0.1
+        [{"params": [ws[1]], "use_muon": True}, {"params": [bs[1]], "use_muon": False}],
+        lr=0.02,
+        weight_decay=0.1,
     )
     for _ in range(5):
         gw, gb = torch.randn(24, 16), torch.randn(16)
@@ -300,3 +309,17 @@ def test_close_to_pytorch_optimizer_muon():
     assert torch.nn.functional.cosine_similarity(d_ours.flatten(), d_theirs.flatten(), dim=0) > 0.999
     torch.testing.assert_close(d_ours, d_theirs, rtol=0, atol=0.02 * 0.02 * 5)
     torch.testing.assert_close(bs[0].detach(), bs[1].detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_pytorch_optimizer_muon_scales_conv_weights_by_the_flattened_shape():
+    """For (8, 2, 3, 1) ours (official) scales by sqrt(kh/kw) = sqrt(3), theirs by sqrt(8/6)."""
+    po = pytest.importorskip("pytorch_optimizer")
+    torch.manual_seed(0)
+    w0, g = torch.randn(8, 2, 3, 1), torch.randn(8, 2, 3, 1)
+    a, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    oa, ob = Muon([a]), po.Muon([{"params": [b], "use_muon": True}])
+    a.grad, b.grad = g.clone(), g.clone()
+    oa.step()
+    ob.step()
+    ratio = (b.detach() - w0).norm() / (a.detach() - w0).norm()
+    assert ratio.item() == pytest.approx(math.sqrt(8 / 6) / math.sqrt(3), rel=0.02)

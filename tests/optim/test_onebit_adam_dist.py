@@ -340,26 +340,31 @@ def test_four_ranks_hold_bit_identical_parameters_after_the_freeze(ranks4):
 
 
 # --- DDP + no_sync training loop: 1-bit Adam ends near Adam ---------------------------------------
-TRAIN_STEPS = 240
-TRAIN_FREEZE = 60
+TRAIN_STEPS = 800
+TRAIN_FREEZE = 200  # a 25 % warm-up, DeepSpeed's rule of thumb
+TRAIN_LR = 3e-2
+NOISE = 0.1  # the held-out loss cannot go below NOISE**2
 
 
-def _teacher_data(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_data(step: int, rank: int, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(100_003 * step + rank)
-    x = torch.randn(32, 10, generator=g)
+    x = torch.randn(batch, 10, generator=g)
     w = torch.Generator().manual_seed(5)
-    a, b = torch.randn(10, 32, generator=w) / 3, torch.randn(32, 1, generator=w) / 5
-    return x, torch.tanh(x @ a) @ b + 0.05 * torch.randn(32, 1, generator=g)
+    a, b = torch.randn(10, 8, generator=w) / 3, torch.randn(8, 1, generator=w) / 3
+    return x, torch.tanh(x @ a) @ b + NOISE * torch.randn(batch, 1, generator=g)
 
 
 def _train(rank: int, onebit: bool) -> tuple[float, list[bool], bool]:
+    """DDP training with the loop of ``protocol``: backward under ``no_sync()`` once the
+    optimizer says so; linear learning-rate decay to 0; held-out loss at the end."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
     model = nn.parallel.DistributedDataParallel(net)
     if onebit:
-        opt = OneBitAdam(model.parameters(), lr=float(__import__("os").environ.get("LR", 3e-3)), freeze_step=TRAIN_FREEZE)
+        opt = OneBitAdam(model.parameters(), lr=TRAIN_LR, freeze_step=TRAIN_FREEZE)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=float(__import__("os").environ.get("LR", 3e-3)))
+        opt = torch.optim.Adam(model.parameters(), lr=TRAIN_LR)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / TRAIN_STEPS)
     syncs = []
     for step in range(1, TRAIN_STEPS + 1):
         sync = protocol.needs_grad_sync(opt)
@@ -369,7 +374,8 @@ def _train(rank: int, onebit: bool) -> tuple[float, list[bool], bool]:
         with nullcontext() if sync else model.no_sync():
             nn.functional.mse_loss(model(x), y).backward()
         opt.step()
-    x, y = _teacher_data(0, 999)  # the same held-out batch on every rank
+        sched.step()
+    x, y = _teacher_data(0, 999, batch=4096)  # the same held-out set on every rank
     with torch.no_grad():
         loss = float(nn.functional.mse_loss(net(x), y))
     flat = _flat(net)
@@ -386,9 +392,10 @@ def _w_train(rank: int, n: int, out_dir: str) -> dict[str, Any]:
 
 def test_ddp_training_with_onebit_adam_ends_within_two_percent_of_adam(ranks2):
     res = ranks2[0]["train"]
-    assert res["identical"]
+    assert res["identical"]  # DDP skipped its all-reduce after the freeze; the momentum sync suffices
     assert res["syncs"] == [True] * TRAIN_FREEZE + [False] * (TRAIN_STEPS - TRAIN_FREEZE)
-    assert res["onebit"] <= 1.02 * res["adam"], (res["onebit"], res["adam"])
+    assert res["adam"] < 1.2 * NOISE**2  # both near the noise floor, so 2 % is a real comparison
+    assert abs(res["onebit"] / res["adam"] - 1) <= 0.02, (res["onebit"], res["adam"])
 
 
 # --- one launch per world size; the tests above read its parts ------------------------------------

@@ -62,7 +62,9 @@ def test_matches_restatement_with_hessian_schedule(path, eps_mode):
     _run(opt, params, grads, hess, bs, 0, steps)
     for i, p in enumerate(params):
         hg = [hess[i][t] if t % k == k - 1 else None for t in range(steps)]
-        want, m, h = reference_sophia(inits[i], grads[i], hg, 0.01, 0.965, 0.99, 0.04, bs, 0.2, eps, eps_mode == "max")
+        want, m, h = reference_sophia(
+            inits[i], grads[i], hg, 0.01, 0.965, 0.99, 0.04, bs, 0.2, eps, eps_mode == "max"
+        )
         torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-13)
         torch.testing.assert_close(opt.state[p]["exp_avg"], m, rtol=0, atol=1e-15)
         torch.testing.assert_close(opt.state[p]["hessian"], h, rtol=0, atol=1e-15)
@@ -147,7 +149,9 @@ def test_sampled_label_loss_ignores_padding_positions():
     targets = torch.tensor([1, -1, 2, -1, 0, 4])
     gen_seed = 7
     got = sampled_label_loss(logits, targets, generator=torch.Generator().manual_seed(gen_seed))
-    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(gen_seed))[:, 0]
+    labels = torch.multinomial(
+        torch.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(gen_seed)
+    )[:, 0]
     keep = targets != -1
     torch.testing.assert_close(got, F.cross_entropy(logits[keep], labels[keep]))
 
@@ -178,7 +182,9 @@ def test_state_dict_round_trip_continues_bit_identically(path):
     torch.manual_seed(1)
     init = [torch.randn(3, 4), torch.randn(5)]
     grads = [grad_sequence(x.shape, 12, seed=i, dtype=torch.float32, scale=0.01) for i, x in enumerate(init)]
-    hess = [grad_sequence(x.shape, 12, seed=5 + i, dtype=torch.float32, scale=0.1) for i, x in enumerate(init)]
+    hess = [
+        grad_sequence(x.shape, 12, seed=5 + i, dtype=torch.float32, scale=0.1) for i, x in enumerate(init)
+    ]
     hp = dict(lr=0.01, rho=0.05, weight_decay=0.1, hessian_interval=3, **PATHS[path])
     ps = [torch.nn.Parameter(x.clone()) for x in init]
     _run(SophiaG(ps, **hp), ps, grads, hess, 100, 0, 12)
@@ -220,7 +226,9 @@ def test_per_member_lr_equals_separate_runs():
     grads = grad_sequence((3, 4), 6, scale=0.01)
     hess = grad_sequence((3, 4), 6, seed=1, scale=0.1)
     p = torch.nn.Parameter(x0.clone())
-    opt = SophiaG([p], lr=torch.tensor(lrs, dtype=F64), weight_decay=torch.tensor(wds, dtype=F64), hessian_interval=2)
+    opt = SophiaG(
+        [p], lr=torch.tensor(lrs, dtype=F64), weight_decay=torch.tensor(wds, dtype=F64), hessian_interval=2
+    )
     _run(opt, [p], [grads], [hess], 50, 0, 6)
     for i in range(3):
         hg = [hess[t][i] if t % 2 == 1 else None for t in range(6)]
@@ -249,3 +257,25 @@ def test_invalid_bs_is_refused():
     p.grad = torch.ones(2)
     with pytest.raises(ValueError, match=r"Invalid bs.*allowed"):
         SophiaG([p]).step(bs=0)
+
+
+def test_compiled_step_equals_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x0 = [torch.randn(8, 4), torch.randn(4)]
+    grads = [[0.01 * torch.randn_like(x) for x in x0] for _ in range(4)]
+
+    def run(compiled):
+        ps = [torch.nn.Parameter(x.clone()) for x in x0]
+        opt = SophiaG(ps, lr=0.01, hessian_interval=2)
+        step = torch.compile(opt.step) if compiled else opt.step
+        for t, gs in enumerate(grads):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            step(bs=100)
+            if opt.hessian_due(t):
+                opt.update_hessian()
+        return [p.detach() for p in ps]
+
+    for a, b in zip(run(False), run(True)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -54,7 +54,10 @@ class ShapeModel(nn.Module):
         self.wte = nn.Embedding(*shapes[0][1], device=device, dtype=dtype)
         self.wpe = nn.Embedding(*shapes[1][1], device=device, dtype=dtype)
         self.rest = nn.ParameterDict(
-            {n.replace(".", "_"): nn.Parameter(torch.empty(s, device=device, dtype=dtype)) for n, s in shapes[2:]}
+            {
+                n.replace(".", "_"): nn.Parameter(torch.empty(s, device=device, dtype=dtype))
+                for n, s in shapes[2:]
+            }
         )
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
@@ -69,7 +72,6 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
     times = _time(lambda: dst.copy_(src), device, warmup=3, reps=10 if device != "cpu" else 5)
-    del src, dst
     return 2 * nbytes / statistics.median(times)
 
 
@@ -78,7 +80,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable[[], Any], device: str, warmup: int, reps: int) -> list[float]:
+def _time(fn: Callable[[], Any], device: str, warmup: int, reps: int, inner: int = 10) -> list[float]:
+    """Seconds per call: on CUDA, ``inner`` back-to-back calls between two events (steady-state
+    throughput, as in a training loop where host work overlaps the GPU), ``reps`` times."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -87,10 +91,11 @@ def _time(fn: Callable[[], Any], device: str, warmup: int, reps: int) -> list[fl
         for _ in range(reps):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(inner):
+                fn()
             end.record()
             end.synchronize()
-            out.append(start.elapsed_time(end) / 1e3)
+            out.append(start.elapsed_time(end) / 1e3 / inner)
     else:
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -161,13 +166,19 @@ def run_bench(
             rows.append(dict(name=label, ms=None, x_roofline=None, note=f"failed: {exc}"[:160]))
         else:
             t = statistics.median(times)
-            rows.append(dict(name=label, ms=t * 1e3, x_roofline=t / roofline, spread_ms=(max(times) - min(times)) * 1e3))
+            rows.append(
+                dict(
+                    name=label, ms=t * 1e3, x_roofline=t / roofline, spread_ms=(max(times) - min(times)) * 1e3
+                )
+            )
         del model, opt
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return dict(
-        device=torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu",
+        device=torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
+        else platform.processor() or "cpu",
         device_kind=device,
         threads=torch.get_num_threads(),
         torch=torch.__version__,
@@ -185,8 +196,8 @@ def run_bench(
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [
-        f"bench-step  {report['device']} ({report['device_kind']}, {report['threads']} threads)  torch {report['torch']}"
-        f"  {report['date']}",
+        f"bench-step  {report['device']} ({report['device_kind']}, {report['threads']} threads)"
+        f"  torch {report['torch']}  {report['date']}",
         f"{report['n_params'] / 1e6:.1f}M params, {report['dtype']}; copy bandwidth "
         f"{report['copy_bandwidth_GBps']:.1f} GB/s; roofline {report['roofline_ms']:.3f} ms "
         f"({report['roofline_bytes_per_param']} B/param)",
@@ -201,21 +212,27 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-step", help="time one optimizer step on GPT-2-small shapes vs the memory roofline")
+    p = sub.add_parser(
+        "bench-step", help="time one optimizer step on GPT-2-small shapes vs the memory roofline"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     p.add_argument("--reps", type=int, default=None, help="timed repeats (median reported)")
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--optimizers", nargs="*", default=None,
-                   help="'all' adds every registered optimizer; other words filter the rows by name")  # fmt: skip
+    p.add_argument(
+        "--optimizers",
+        nargs="*",
+        default=None,
+        help="'all' adds every registered optimizer; other words filter the rows by name",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report here (atomically)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cuda = args.device.startswith("cuda")
-    reps = args.reps or (3 if args.quick or not cuda else 50)
+    reps = args.reps or (3 if args.quick or not cuda else 20)
     warmup = args.warmup if args.warmup is not None else (1 if not cuda else 5)
     words = args.optimizers or []
     report = run_bench(

@@ -86,19 +86,15 @@ def uniforms24(h: Tensor) -> Tensor:
     return _shr(h, 8).to(torch.float32) * _INV_2_24
 
 
-def normals(keys: Tensor, counter: Tensor | int, pairs: int) -> Tensor:
-    """Standard normals ``[R, 2 * pairs]`` for counters ``counter + j``, ``j < pairs``.
-
-    ``keys``: int32 ``[R]``; ``counter``: an int or an int32 0-d tensor (on the keys' device).
-    """
-    j = torch.arange(pairs, dtype=torch.int32, device=keys.device)
-    c = j + counter
-    k = keys.unsqueeze(-1)
-    h1 = mix32(k ^ mix32(c ^ to_i32(SALT_U1)))
-    h2 = mix32(k ^ mix32(c ^ to_i32(SALT_U2)))
+def normals(keys: Tensor, counters: Tensor) -> Tensor:
+    """Standard normals for every counter and key: ``[..., 2 * P, R]`` from int32 ``keys [R]`` and
+    ``counters [..., P, 1]`` (the cosine and the sine of one Box–Muller pair per counter and key;
+    coordinate-major, so that each output row is contiguous across keys)."""
+    h1 = mix32(keys ^ mix32(counters ^ to_i32(SALT_U1)))
+    h2 = mix32(keys ^ mix32(counters ^ to_i32(SALT_U2)))
     r = torch.sqrt(-2.0 * torch.log1p(-uniforms24(h1)))  # 1 - u1 in (0, 1]
     phi = uniforms24(h2) * _TWO_PI
-    return torch.cat((r * torch.cos(phi), r * torch.sin(phi)), dim=-1)
+    return torch.cat((r * torch.cos(phi), r * torch.sin(phi)), dim=-2)
 
 
 def normals_py(key: int, counter: int) -> tuple[float, float]:
@@ -110,13 +106,23 @@ def normals_py(key: int, counter: int) -> tuple[float, float]:
     return r * math.cos(_TWO_PI * u2), r * math.sin(_TWO_PI * u2)
 
 
-def step_normals(keys: Tensor, step: Tensor | int, dim: int) -> Tensor:
-    """The ``[R, dim]`` standard normals of step ``step`` (0 = initial position)."""
+def step_normals(keys: Tensor, step: Tensor | int, dim: int, count: int | None = None) -> Tensor:
+    """The standard normals of step ``step`` (0 = initial position): ``[R, dim]``; or, with
+    ``count``, of steps ``step .. step+count-1``: ``[count, R, dim]``.
+
+    Step ``t`` uses counters ``t * P + j`` for its ``P = ceil(dim / 2)`` Box–Muller pairs; normal ``i``
+    of the step is the cosine of pair ``i`` for ``i < P`` and the sine of pair ``i - P`` otherwise.
+    ``step`` may be an int32 0-d tensor (inside compiled code).
+    """
     pairs = (dim + 1) // 2
-    z = normals(keys, step * pairs, pairs)
-    if dim == 2 * pairs:
-        return z
-    return z[:, :dim]
+    j = torch.arange(pairs, dtype=torch.int32, device=keys.device).view(pairs, 1)
+    if count is None:
+        z = normals(keys, j + step * pairs)
+    else:
+        s = torch.arange(count, dtype=torch.int32, device=keys.device).view(count, 1, 1)
+        z = normals(keys, (s + step) * pairs + j)
+    z = z.transpose(-1, -2)  # [..., R, 2P], column-major like the simulator's parameters
+    return z if dim == 2 * pairs else z[..., :dim]
 
 
 __all__ = [

@@ -115,7 +115,7 @@ def coordinates(theta: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
         x, y = theta[..., 0], theta[..., 1]
         u = x * e[0] + y * e[1]
         s = y * e[0] - x * e[1]  # signed v along e_perp = (-e1, e0)
-        v = torch.stack((-s * e[1], s * e[0]), dim=-1)
+        v = torch.stack((-s * e[1], s * e[0])).transpose(0, -1)
         return u, v
     u = (theta * e).sum(-1)
     return u, theta - _col(u) * e
@@ -132,8 +132,8 @@ def loss_and_grad(theta: Tensor, a: Tensor | float, e: Tensor, c: float) -> tupl
         loss = 0.5 * au * u * w - c * u
         k = au * w - c  # coefficient of e
         q = au * u * s  # coefficient of e_perp
-        grad = torch.stack((k * e[0] - q * e[1], k * e[1] + q * e[0]), dim=-1)
-        return loss, grad, u
+        grad = torch.stack((k * e[0] - q * e[1], k * e[1] + q * e[0]))
+        return loss, grad.transpose(0, -1), u  # [R, 2] with each coordinate contiguous
     u, v = coordinates(theta, e)
     w = (v * v).sum(-1)
     au = a * u

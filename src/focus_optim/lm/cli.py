@@ -1,9 +1,14 @@
-"""``focus-optim lm {prepare,train,compare}``; heavy imports happen inside the handlers."""
+"""``focus-optim lm {prepare,train,compare}``; heavy imports happen inside the handlers.
+
+Exit codes: 0 done, 2 bad input or config (the message says which), 3 stopped on a non-finite
+loss (the last good checkpoint is kept).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 
@@ -27,9 +32,12 @@ def _add_prepare(sub: Any) -> None:
     p.add_argument(
         "--tokenizer-file",
         default=None,
-        help="local gpt2.tiktoken (default: $FOCUS_OPTIM_GPT2_BPE, .data/tokenizers/ or ../shared/data/tokenizers/)",
+        help="local gpt2.tiktoken (default: $FOCUS_OPTIM_GPT2_BPE, .data/tokenizers/, "
+        "../shared/data/tokenizers/)",
     )
-    p.add_argument("--val-source", default="wiki*", help="glob of source names eligible for val (default wiki*)")
+    p.add_argument(
+        "--val-source", default="wiki*", help="glob of source names eligible for val (default wiki*)"
+    )
     p.add_argument("--val-fraction", type=float, default=0.25, help="fraction of eligible documents in val")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
     p.add_argument("--workers", type=int, default=None, help="tokeniser processes (default: cores, max 16)")
@@ -51,8 +59,9 @@ def _prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(
-        f"wrote {args.out or DEFAULT_OUT_DIR}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-        f"({meta['train_docs']:,} / {meta['val_docs']:,} documents) in {meta['seconds']:.1f}s"
+        f"wrote {args.out or DEFAULT_OUT_DIR}: {meta['train_tokens']:,} train / "
+        f"{meta['val_tokens']:,} val tokens ({meta['train_docs']:,} / {meta['val_docs']:,} documents) "
+        f"in {meta['seconds']:.1f}s"
     )
     return 0
 
@@ -62,11 +71,18 @@ def _add_train(sub: Any) -> None:
         "train",
         help="train GPT-2 with any registered optimizer (torchrun for DDP)",
         description="Train GPT-2. Config: --config TOML, then --set key=value overrides (see "
-        "focus_optim.lm.config.TrainConfig for the keys). Multi-GPU: torchrun ... -m focus_optim.cli lm train ...",
+        "focus_optim.lm.config.TrainConfig for the keys). "
+        "Multi-GPU: torchrun ... -m focus_optim.cli lm train ...",
     )
     p.add_argument("--config", default=None, help="TOML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable); dotted keys for optimizer_args./model_args.")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable); dotted keys for optimizer_args./model_args.",
+    )
     p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt.pt if it exists")
     for flag, key in (
         ("--out-dir", "out_dir"),
@@ -78,14 +94,20 @@ def _add_train(sub: Any) -> None:
         ("--device", "device"),
     ):
         p.add_argument(flag, dest=key, default=None, help=f"same as --set {key}=...")
-    p.add_argument("--compile", dest="compile", action="store_const", const="true", default=None,
-                   help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_const",
+        const="true",
+        default=None,
+        help="torch.compile the model",
+    )
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
+    from .train import NonFiniteLossError, train
 
     flags = [
         f"{key}={_quote(getattr(args, key))}"
@@ -93,7 +115,11 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None
     ]
     cfg = load_config(args.config, args.overrides + flags)
-    summary = train(cfg, resume=args.resume)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except NonFiniteLossError as exc:
+        print(f"focus-optim lm train: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps(summary))
     return 0
 
@@ -117,7 +143,9 @@ def _add_compare(sub: Any) -> None:
     )
     p.add_argument("runs", nargs="+", help="run directories (or their log.jsonl)")
     p.add_argument("--reference", default=None, help="reference run (default: the first)")
-    p.add_argument("--target", type=float, default=None, help="target val loss (default: the reference's best)")
+    p.add_argument(
+        "--target", type=float, default=None, help="target val loss (default: the reference's best)"
+    )
     p.add_argument("--out", default=None, help="directory for compare.json and the figure (default: cwd)")
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--no-plot", action="store_true", help="table and JSON only")
@@ -127,6 +155,12 @@ def _add_compare(sub: Any) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
-    compare(args.runs, reference=args.reference, target=args.target, out_dir=args.out or ".",
-            title=args.title, plot=not args.no_plot)
+    compare(
+        args.runs,
+        reference=args.reference,
+        target=args.target,
+        out_dir=args.out or ".",
+        title=args.title,
+        plot=not args.no_plot,
+    )
     return 0

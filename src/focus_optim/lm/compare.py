@@ -84,8 +84,10 @@ def crossing(curve: Curve, target: float) -> dict[str, float] | None:
         return {"step": curve.steps[0], "tokens": curve.tokens[0], "time": curve.time[0]}
     l0, l1 = curve.val_loss[i - 1], curve.val_loss[i]
     w = 1.0 if not math.isfinite(l0) or l0 == l1 else (l0 - target) / (l0 - l1)
-    return {k: float(a[i - 1] + w * (a[i] - a[i - 1])) for k, a in
-            (("step", curve.steps), ("tokens", curve.tokens), ("time", curve.time))}
+    return {
+        k: float(a[i - 1] + w * (a[i] - a[i - 1]))
+        for k, a in (("step", curve.steps), ("tokens", curve.tokens), ("time", curve.time))
+    }
 
 
 def compare(
@@ -158,8 +160,10 @@ def format_table(result: dict[str, Any]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    lines = [head] + ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                                enumerate(zip(row, widths))) for row in rows]
+    lines = [head] + [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

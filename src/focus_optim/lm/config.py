@@ -10,6 +10,9 @@ Example ``configs/lm/focus.toml``::
     gamma = 0.2
     weight_decay = 0.2
 
+A file may start from another with ``base = "file.toml"`` (a path relative to it); each key the
+file sets replaces the base's value, tables (``optimizer_args``) included.
+
 Overrides are ``key=value`` strings whose value is parsed as TOML (``lr=1e-3``,
 ``optimizer_args.betas=[0.9,0.95]``, ``compile=true``); a value that is not valid TOML is taken
 as a string (``optimizer=adamw``). Dotted keys reach into the two table fields
@@ -82,7 +85,9 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(values) - set(cls.valid_keys()))
         if unknown:
-            raise ValueError(f"Unknown config key(s): {', '.join(unknown)}; valid: {', '.join(cls.valid_keys())}")
+            raise ValueError(
+                f"Unknown config key(s): {', '.join(unknown)}; valid: {', '.join(cls.valid_keys())}"
+            )
         cfg = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
         cfg.validate()
         return cfg
@@ -91,6 +96,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            want = _TYPES[str(f.type)]
+            value = getattr(self, f.name)
+            if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+                raise ValueError(f"Invalid {f.name}: {value!r} (allowed: a {f.type})")
         checks = [
             (self.dtype in DTYPES, f"dtype {self.dtype!r} (allowed: {', '.join(DTYPES)})"),
             (self.nonfinite in NONFINITE_POLICIES, f"nonfinite {self.nonfinite!r} (allowed: stop, skip)"),
@@ -105,6 +115,15 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Invalid {msg}")
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+    "dict[str, Any]": dict,
+}
 
 
 def _coerce(cls: type, key: str, value: Any) -> Any:
@@ -145,17 +164,30 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Config from a TOML file (optional) plus overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML ({exc})") from None
-        unknown = sorted(set(values) - set(TrainConfig.valid_keys()))
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown config key(s): {', '.join(unknown)}; valid: {', '.join(TrainConfig.valid_keys())}"
-            )
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's values; ``base = "other.toml"`` (relative to the file) is read first and
+    every key the file sets replaces the base's (a table as a whole). Unknown keys raise a
+    ValueError listing the valid ones."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML ({exc})") from None
+    base = values.pop("base", None)
+    unknown = sorted(set(values) - set(TrainConfig.valid_keys()))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown config key(s): {', '.join(unknown)}; "
+            f"valid: base, {', '.join(TrainConfig.valid_keys())}"
+        )
+    if base is None:
+        return values
+    return {**read_toml(path.parent / base), **values}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Config from a TOML file (optional) plus ``key=value`` overrides."""
+    values = read_toml(path) if path is not None else {}
     return TrainConfig.from_dict(apply_overrides(values, overrides or []))

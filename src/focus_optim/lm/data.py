@@ -102,7 +102,9 @@ def resolve_sources(specs: list[str], val_source: str) -> list[Source]:
             if not p.is_file():
                 raise FileNotFoundError(f"input file {p} does not exist")
             if _kind(p) is None:
-                raise DataError(f"{p}: unsupported file type (use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)})")
+                raise DataError(
+                    f"{p}: unsupported file type (use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)})"
+                )
             sources.append(Source(spec=str(p), name=p.name, path=p))
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -165,7 +167,7 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.lower().endswith(".gz") else raw
         lineno = 0
         try:
-            for lineno, line in enumerate(stream, start=1):  # noqa: B007 - lineno used in errors
+            for lineno, line in enumerate(stream, start=1):
                 if not line.strip():
                     continue
                 yield _parse_line(path, lineno, line, text_field), raw.tell()
@@ -254,7 +256,9 @@ def prepare(
     """Tokenise ``inputs`` into ``out_dir``; returns the ``meta.json`` contents."""
     out = Path(out_dir)
     if (out / "meta.json").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a prepared dataset (meta.json); pass --overwrite to redo it")
+        raise FileExistsError(
+            f"{out} already holds a prepared dataset (meta.json); pass --overwrite to redo it"
+        )
     if not 0.0 < val_fraction <= 1.0:
         raise ValueError(f"Invalid val_fraction: {val_fraction} (allowed: (0, 1])")
     sources = resolve_sources(inputs, val_source)
@@ -377,6 +381,7 @@ def load_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{data_dir} is not a prepared dataset (no meta.json); run `focus-optim lm prepare --out {data_dir}`"
+            f"{data_dir} is not a prepared dataset (no meta.json); "
+            f"run `focus-optim lm prepare --out {data_dir}`"
         )
     return json.loads(path.read_text())

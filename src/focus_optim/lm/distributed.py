@@ -15,10 +15,10 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
 
     @property
     def is_main(self) -> bool:

@@ -147,6 +147,8 @@ class TrainLoader:
         return gather(self.tokens, self.sampler.starts(first, self.batch_size), self.block_size)
 
     def _produce(self, j: int) -> None:
+        if self.pin:
+            torch.cuda.set_device(self.device)  # per thread: pin through this rank's GPU, not GPU 0
         while not self._stop.is_set():
             x, y = self.cpu_batch(j)
             if self.pin:

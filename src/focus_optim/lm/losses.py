@@ -20,26 +20,23 @@ from torch import Tensor
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
-        dtype = x.dtype
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-        acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: at least float32
-        with torch.autocast(x.device.type, enabled=False):
-            xc, wc = x.to(dtype), weight.to(dtype)
-            n = x.shape[0]
-            loss = torch.zeros((), dtype=acc, device=x.device)
-            grad_x = torch.empty_like(x)
-            grad_w = torch.zeros_like(weight, dtype=acc)
-            for s in range(0, n, chunk_size):
-                xs, ts = xc[s : s + chunk_size], targets[s : s + chunk_size]
-                logits = (xs @ wc.t()).to(acc)
-                lse = torch.logsumexp(logits, dim=-1)
-                loss = loss + (lse - logits.gather(1, ts[:, None]).squeeze(1)).sum()
-                g = torch.exp(logits - lse[:, None])  # softmax
-                g.scatter_add_(1, ts[:, None], torch.full_like(lse[:, None], -1.0))  # minus one-hot
-                g = g.to(dtype)
-                grad_x[s : s + chunk_size] = (g @ wc).to(x.dtype)
-                grad_w += (g.t() @ xs).to(acc)
+        # The matmuls follow the ambient autocast (bf16 like nn.Linear); softmax and sums in >= fp32.
+        acc = torch.promote_types(x.dtype, torch.float32)
+        n = x.shape[0]
+        loss = torch.zeros((), dtype=acc, device=x.device)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros_like(weight, dtype=acc)
+        classes = torch.arange(weight.shape[0], device=x.device)
+        for s in range(0, n, chunk_size):
+            xs, ts = x[s : s + chunk_size], targets[s : s + chunk_size, None]
+            logits = xs @ weight.t()
+            lf = logits.to(acc)
+            lse = torch.logsumexp(lf, dim=-1, keepdim=True)
+            loss = loss + (lse - lf.gather(1, ts)).sum()
+            # dloss/dlogits = softmax - onehot, one elementwise pass (fused under torch.compile)
+            g = (torch.exp(lf - lse) - (classes == ts).to(acc)).to(logits.dtype)
+            grad_x[s : s + chunk_size] = (g @ weight).to(x.dtype)
+            grad_w += (g.t() @ xs).to(acc)
         ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         ctx.scale = 1.0 / n
         return loss / n
@@ -51,7 +48,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None
 
 
-def chunked_linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 8192) -> Tensor:
+def chunked_linear_cross_entropy(
+    x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 8192
+) -> Tensor:
     """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (``x``: (N, C), ``weight``: (V, C)).
 
     Targets must all be valid class indices (no ``ignore_index``).
@@ -63,5 +62,7 @@ def chunked_linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chu
     total = x.new_zeros((), dtype=torch.promote_types(x.dtype, torch.float32))
     for s in range(0, x.shape[0], chunk_size):  # evaluation: the loss only, chunk by chunk
         logits = (x[s : s + chunk_size] @ weight.t()).to(total.dtype)
-        total = total + torch.nn.functional.cross_entropy(logits, targets[s : s + chunk_size], reduction="sum")
+        total = total + torch.nn.functional.cross_entropy(
+            logits, targets[s : s + chunk_size], reduction="sum"
+        )
     return total / x.shape[0]

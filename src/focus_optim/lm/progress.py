@@ -57,7 +57,7 @@ def progress(
         unit_scale=unit_scale,
         disable=not enabled,
         dynamic_ncols=True,
-        mininterval=1.0,
+        mininterval=1.0 if sys.stderr.isatty() else 15.0,  # keep captured logs short
     )
 
 

@@ -20,7 +20,9 @@ LOG_NAME = "log.jsonl"
 class RunLogger:
     """Appends records to ``out_dir/log.jsonl`` (and TensorBoard scalars); a no-op when disabled."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike[str], *, enabled: bool = True, tensorboard: bool = True
+    ) -> None:
         self.path = Path(out_dir) / LOG_NAME
         self.enabled = enabled
         self._tb: Any = None
@@ -39,8 +41,17 @@ class RunLogger:
             f.write(json.dumps(_jsonable(record)) + "\n")
         if self._tb is not None and "step" in record:
             for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if (
+                    key not in ("step", "kind")
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
                     self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+
+    def start_fresh(self) -> None:
+        """A new run in a used directory: keep the previous log as ``log.jsonl.prev``."""
+        if self.enabled and self.path.exists():
+            os.replace(self.path, self.path.with_name(self.path.name + ".prev"))
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after ``step`` (a run interrupted past its last checkpoint)."""

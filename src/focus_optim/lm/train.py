@@ -45,12 +45,14 @@ from . import checkpoint, distributed
 from .config import TrainConfig
 from .data import load_meta
 from .loader import TrainLoader, gather, open_tokens, val_windows
+from .losses import chunked_linear_cross_entropy
 from .model import GPT, model_config
 from .progress import progress
 from .runlog import RunLogger
 from .schedule import warmup_cosine
 
 CKPT_NAME = "ckpt.pt"
+EVAL_CHUNK = 8192  # rows of logits at a time during evaluation
 PTDTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -88,7 +90,11 @@ class Trainer:
         _seed_all(cfg.seed)
         self.raw_model = GPT(self.model_cfg).to(self.device)
         self.optimizer = make_optimizer(
-            cfg.optimizer, self.raw_model, decay_embeddings=cfg.decay_embeddings, lr=cfg.lr, **cfg.optimizer_args
+            cfg.optimizer,
+            self.raw_model,
+            decay_embeddings=cfg.decay_embeddings,
+            lr=cfg.lr,
+            **cfg.optimizer_args,
         )
         decay_steps = cfg.decay_steps or cfg.max_steps
         self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio)
@@ -142,11 +148,18 @@ class Trainer:
             self.logger.truncate_after(self.step)
             self.logger.log({"kind": "event", "event": "resume", "step": self.step})
         else:
+            self.logger.start_fresh()
             self.logger.log({"kind": "event", "event": "start", "step": 0, **self._run_facts()})
         bar = progress(
-            cfg.max_steps, initial=self.step, desc=self.label, unit="step", enabled=self.dist.is_main and cfg.progress
+            cfg.max_steps,
+            initial=self.step,
+            desc=self.label,
+            unit="step",
+            enabled=self.dist.is_main and cfg.progress,
         )
         try:
+            if cfg.compile:
+                self._compile_warmup()
             if not self.resumed:
                 self._evaluate_and_log(bar)
             self._mark = time.perf_counter()
@@ -212,6 +225,22 @@ class Trainer:
             self.hessian_step()
         return loss_sum, gnorm.detach(), skipped, lr
 
+    def _compile_warmup(self) -> None:
+        """Compile before the clock starts: forward + backward on the first training batch (read,
+        not consumed), then drop the gradients. No state changes, so the run is unaffected, and
+        ``train_time`` (the wall-time axis of the plots) excludes compilation."""
+        t0 = time.perf_counter()
+        x, y = (t.to(self.device) for t in self.loader.cpu_batch(0))
+        with self._grad_sync(False), self.autocast:
+            loss = self.model(x, y)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.logger.log({"kind": "event", "event": "compiled", "step": self.step, "seconds": seconds})
+        self._print(f"compiled in {seconds:.1f}s")
+
     def hessian_step(self) -> None:
         """Sophia-G's Gauss-Newton-Bartlett refresh: labels sampled from the model on fresh batches,
         the same accumulation divisor, the same grad-norm clip, then ``update_hessian()``."""
@@ -229,15 +258,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed val windows, split across ranks (eager model, no DDP)."""
+        """Mean loss over the fixed val windows, split across ranks.
+
+        Runs the eager model (no compile, no DDP) and the chunked loss, so evaluation neither
+        compiles a second graph nor materialises full logits next to the training memory."""
         cfg, T = self.cfg, self.model_cfg.block_size
         starts = self.val_starts[self.dist.rank :: self.dist.world_size]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        head = self.raw_model.lm_head.weight
         for i in range(0, len(starts), cfg.batch_size):
             chunk = starts[i : i + cfg.batch_size]
             x, y = (t.to(self.device, non_blocking=True) for t in gather(self.val_tokens, chunk, T))
             with self.autocast:
-                loss = self.raw_model(x, y)
+                h = self.raw_model.hidden_states(x).flatten(0, 1)
+                loss = chunked_linear_cross_entropy(h, head, y.flatten(), EVAL_CHUNK)
             total[0] += loss.double() * len(chunk)
             total[1] += len(chunk)
         if self.dist.ddp:
@@ -250,17 +284,20 @@ class Trainer:
         if not self._pending:
             return
         losses = torch.stack([p[2] for p in self._pending])
-        if self.dist.ddp:
+        norms_t = torch.stack([p[3] for p in self._pending]).float()
+        bad_norms = (~torch.isfinite(norms_t)).float()
+        if self.dist.ddp:  # every rank must take the same stop decision
             dist.all_reduce(losses)
             losses /= self.dist.world_size
-        values = losses.tolist()
-        norms = torch.stack([p[3] for p in self._pending]).float().tolist()
+            dist.all_reduce(bad_norms)
+        values, norms, bad_norm = losses.tolist(), norms_t.tolist(), bad_norms.tolist()
         n, dt = len(self._pending), time.perf_counter() - self._mark
         tok_s = n * self.tokens_per_step / max(dt, 1e-9)
         mfu = self.flops_per_token * tok_s / (self.cfg.peak_flops * self.dist.world_size)
         first_step, start_time = self._pending[0][0], self.train_time
         self.train_time += dt
-        for i, ((step, lr, _, _, skipped), loss, gnorm) in enumerate(zip(self._pending, values, norms)):
+        for i, (step, lr, _, _, skipped) in enumerate(self._pending):
+            loss, gnorm = values[i], norms[i]
             record = {
                 "kind": "train",
                 "step": step,
@@ -274,8 +311,10 @@ class Trainer:
             }
             if skipped:
                 record["skipped"] = True
-                self.logger.log({"kind": "event", "event": "skip", "step": step, "loss": loss, "grad_norm": gnorm})
-            bad = not math.isfinite(loss) or (not self.scaler.is_enabled() and not math.isfinite(gnorm))
+                self.logger.log(
+                    {"kind": "event", "event": "skip", "step": step, "loss": loss, "grad_norm": gnorm}
+                )
+            bad = not math.isfinite(loss) or (not self.scaler.is_enabled() and bad_norm[i] > 0)
             self.logger.log(record)
             if bad and not skipped:
                 self._stop_nonfinite(step, loss, gnorm)
@@ -287,8 +326,14 @@ class Trainer:
         )
 
     def _stop_nonfinite(self, step: int, loss: float, gnorm: float) -> None:
-        self.logger.log({"kind": "event", "event": "nonfinite", "step": step, "loss": loss, "grad_norm": gnorm})
-        good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written"
+        self.logger.log(
+            {"kind": "event", "event": "nonfinite", "step": step, "loss": loss, "grad_norm": gnorm}
+        )
+        good = (
+            f"the last good checkpoint is {self.ckpt_path}"
+            if self.ckpt_path.exists()
+            else "no checkpoint was written"
+        )
         raise NonFiniteLossError(
             f"non-finite loss {loss} (grad norm {gnorm}) at step {step} of {self.label}; stopping. {good} "
             "(resume with --resume, lower the lr, or set nonfinite='skip' to skip such steps)"
@@ -357,7 +402,9 @@ class Trainer:
         if state["world_size"] == self.dist.world_size:
             checkpoint.set_rng_state(state["rng"][self.dist.rank])
         else:
-            self._print(f"world size changed ({state['world_size']} -> {self.dist.world_size}): RNG streams reseeded")
+            self._print(
+                f"world size changed ({state['world_size']} -> {self.dist.world_size}): RNG streams reseeded"
+            )
         changed = {
             k for k, v in state["config"].items() if json.loads(json.dumps(self.cfg.to_dict())).get(k) != v
         }

@@ -117,7 +117,7 @@ def parse_idx(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> np.ndarr
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise MnistDataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header} for {ndim} dims)")
+        raise MnistDataError(f"{path}: truncated IDX header ({len(data)} bytes; {ndim} dims need {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
     need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
@@ -131,7 +131,7 @@ def parse_idx(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> np.ndarr
     if have > need:
         raise MnistDataError(f"{path}: {have - need} unexpected bytes after the {shape} items declared")
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=False)
+    return arr.astype(dtype.newbyteorder("="), copy=True)  # native byte order, writable
 
 
 def read_idx(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
@@ -275,9 +275,8 @@ def load_mnist(
     for split in ("train", "test"):
         ni, nl = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if ni != nl:
-            raise MnistDataError(
-                f"{paths[f'{split}_images']} holds {ni} images but {paths[f'{split}_labels']} holds {nl} labels"
-            )
+            images, labels = paths[f"{split}_images"], paths[f"{split}_labels"]
+            raise MnistDataError(f"{images} holds {ni} images but {labels} holds {nl} labels")
     verified = all(md5s[k] == FILES[k].md5 for k in FILES)
     data = MNIST(**arrays, directory=directory, verified=verified, md5=md5s)
     _CACHE[cache_key] = data

@@ -25,6 +25,7 @@ slice ``e``. Activations are kept feature-major, ``(E, features, batch)``, so th
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 
@@ -129,7 +130,7 @@ class EnsembleMLP(nn.Module):
         if members < 1 or len(widths) < 2:
             raise ValueError(f"Invalid ensemble: members={members}, widths={tuple(widths)}")
         self.members, self.widths = members, tuple(widths)
-        pairs = list(zip(widths[:-1], widths[1:]))
+        pairs = list(itertools.pairwise(widths))
         self.blocks = nn.ModuleList(Block(members, i, o, device=device) for i, o in pairs[:-1])
         self.head = Block(members, *pairs[-1], device=device)
         for block in self.all_blocks():
@@ -161,7 +162,8 @@ class EnsembleMLP(nn.Module):
         for block in self.all_blocks():
             scale, shift = block.norm.affine()
             w = block.linear.weight
-            out.append((w * scale.unsqueeze(1), torch.baddbmm(block.linear.bias.unsqueeze(-1), w, shift.unsqueeze(-1))))
+            bias = torch.baddbmm(block.linear.bias.unsqueeze(-1), w, shift.unsqueeze(-1))
+            out.append((w * scale.unsqueeze(1), bias))
         return out
 
     @torch.no_grad()
@@ -227,7 +229,8 @@ class EnsembleMLP(nn.Module):
     @torch.no_grad()
     def member(self, e: int) -> nn.Sequential:
         """Member ``e`` as an independent :func:`reference_mlp` (parameters and running stats copied)."""
-        m = reference_mlp(self.widths).to(self.head.linear.weight.device)
+        like = self.head.linear.weight
+        m = reference_mlp(self.widths).to(device=like.device, dtype=like.dtype)
         for block, (bn, lin) in zip(self.all_blocks(), _bn_linear_pairs(m)):
             bn.weight.copy_(block.norm.weight[e])
             bn.bias.copy_(block.norm.bias[e])
@@ -241,7 +244,7 @@ class EnsembleMLP(nn.Module):
 def reference_mlp(widths: Sequence[int] = WIDTHS) -> nn.Sequential:
     """One model of the paper, as a plain ``nn.Sequential`` (BN -> Linear -> ReLU ... BN -> Linear)."""
     layers: list[nn.Module] = []
-    pairs = list(zip(widths[:-1], widths[1:]))
+    pairs = list(itertools.pairwise(widths))
     for k, (i, o) in enumerate(pairs):
         layers += [nn.BatchNorm1d(i, eps=BN_EPS, momentum=BN_MOMENTUM), nn.Linear(i, o)]
         if k < len(pairs) - 1:

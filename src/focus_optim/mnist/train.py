@@ -15,8 +15,10 @@ structure, so one step's batches have one size; their contents are independent.
 Optimizers are built by :func:`focus_optim.make_optimizer` on the ensemble with
 ``ensemble_dims=1`` and a 1-D ``lr`` tensor (one value per member); the registry's split leaves
 biases and BN parameters undecayed. Optimizers that need more than ``backward(); step()`` are driven
-through :mod:`focus_optim.optim.protocol` (Sophia: ``step(bs=...)`` and a Hessian refresh every k
-steps from labels sampled from the model's own softmax).
+through :mod:`focus_optim.optim.protocol` (Sophia: ``step(bs=batch size)`` and, when
+``hessian_due``, a Hessian refresh on a fresh batch, drawn from a second shuffled stream so that
+the training data order depends on the seed only, with labels sampled from the
+model's own softmax).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class TrainSettings:
         if self.eval_every < 1:
             raise ValueError(f"Invalid eval_every: {self.eval_every} (allowed: >= 1)")
         if self.eval_precision not in PRECISIONS:
-            raise ValueError(f"Invalid eval_precision: {self.eval_precision!r} (allowed: {', '.join(PRECISIONS)})")
+            allowed = ", ".join(PRECISIONS)
+            raise ValueError(f"Invalid eval_precision: {self.eval_precision!r} (allowed: {allowed})")
         if self.train_precision not in ("fp32", "tf32"):
             raise ValueError(f"Invalid train_precision: {self.train_precision!r} (allowed: fp32, tf32)")
         if self.eval_chunk < 0:
@@ -126,8 +129,8 @@ class DataOrder:
         """Indices ``(E, b)`` of every member's minibatch at ``step`` (call with increasing steps)."""
         epoch, k = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            device = self.generator.device
-            keys = torch.rand(self.members, self.n, generator=self.generator, device=device, dtype=torch.float64)
+            gen = self.generator
+            keys = torch.rand(self.members, self.n, generator=gen, device=gen.device, dtype=torch.float64)
             self._perm, self._epoch = keys.argsort(dim=1), epoch
         assert self._perm is not None
         return self._perm[:, k * self.batch_size : (k + 1) * self.batch_size]
@@ -171,7 +174,10 @@ def train_cell(
     model = EnsembleMLP(E, device=device, generator=gen)
     lr_t = torch.tensor(list(lrs), dtype=torch.float32, device=device)
     opt = build_optimizer(model, config, lr_t, settings)
-    order = DataOrder(E, len(data.train_y), batch_size, drop_last=settings.drop_last, generator=gen)
+    n_train = len(data.train_y)
+    order = DataOrder(E, n_train, batch_size, drop_last=settings.drop_last, generator=gen)
+    hessian_order: DataOrder | None = None
+    hessian_refreshes = 0
     history = torch.full((E, settings.steps, len(METRICS)), float("nan"), device=device)
     eval_mask = settings.eval_steps()
     test_x = data.test_images(settings.eval_precision)
@@ -189,8 +195,17 @@ def train_cell(
         opt.step(**protocol.step_kwargs(opt, tokens=y.shape[1]))
         history[:, t, 0] = losses.detach()
         if protocol.hessian_due(opt, t):
+            if hessian_order is None:  # fresh batches (and label samples) from a stream of their own
+                hgen = torch.Generator(device=device)
+                hgen.manual_seed((seed + 1) & ((1 << 63) - 1))
+                hessian_order = DataOrder(
+                    E, n_train, batch_size, drop_last=settings.drop_last, generator=hgen
+                )
+            hidx = hessian_order.batch(hessian_refreshes)
+            hessian_refreshes += 1
             with _matmul_precision(settings.train_precision, device):
-                _refresh_hessian(model, opt, x, gen)
+                x_h = data.train_x[hidx].transpose(1, 2).contiguous()
+                _refresh_hessian(model, opt, x_h, hessian_order.generator)
         if eval_mask[t]:
             model.eval()
             loss, acc = model.evaluate(test_x, data.test_y, precision=settings.eval_precision, chunk=chunk)
@@ -200,9 +215,13 @@ def train_cell(
 
 
 def _refresh_hessian(model: EnsembleMLP, opt: torch.optim.Optimizer, x: Tensor, gen: torch.Generator) -> None:
-    """Sophia-G's estimator: labels sampled from the model's softmax on the current batch (Gumbel-max,
-    so diverged members cannot break the sampler), their loss backpropagated, ``update_hessian()``.
-    Running BN statistics are left alone (the extra forward is not a training step)."""
+    """Sophia-G's estimator on a fresh batch ``x``: labels sampled from the model's own softmax,
+    the mean cross-entropy against them backpropagated, then ``update_hessian()``.
+
+    Sampling is Gumbel-max (argmax of logits + Gumbel noise: the same distribution as
+    ``sophia.sampled_label_loss``'s multinomial, but a diverged member's NaN logits cannot abort the
+    whole ensemble). Running BN statistics are left alone: this forward is not a training step.
+    No gradient clipping (none of the lab's optimizers clip; the paper's MNIST runs do not)."""
     opt.zero_grad(set_to_none=True)
     logits = model.forward_features(x, update_stats=False)  # (E, C, b)
     with torch.no_grad():

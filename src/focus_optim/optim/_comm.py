@@ -83,45 +83,58 @@ def compressed_allreduce_bytes(
 
 
 # --- sign packing ---------------------------------------------------------------------------------
-def _shifts(device: torch.device) -> Tensor:
-    return torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+_SIGN_TABLES: dict[torch.device, Tensor] = {}
+
+
+def _sign_table(device: torch.device) -> Tensor:
+    """``(256, 8)`` float32: row ``b`` holds the ±1 signs that byte ``b`` encodes, MSB first."""
+    table = _SIGN_TABLES.get(device)
+    if table is None:
+        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+        bits = (torch.arange(256, dtype=torch.uint8, device=device).unsqueeze(-1) >> shifts) & 1
+        table = _SIGN_TABLES[device] = bits.float().add_(-0.5).mul_(2.0)
+    return table
 
 
 def pack_signs(x: Tensor) -> Tensor:
     """Signs of ``x`` (numel a multiple of 8) as uint8, 8 per byte, MSB first; bit 1 = ``x >= 0``."""
-    bits = (x >= 0).to(torch.uint8).reshape(-1, 8)
-    return (bits << _shifts(x.device)).sum(dim=1, dtype=torch.uint8)
+    return pack_bits(x >= 0)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A bool tensor (numel a multiple of 8) packed 8 per byte, most significant bit first."""
+    bits = mask.reshape(-1, 8).view(torch.uint8)
+    out = bits[:, 0] << 7
+    for k in range(1, 8):  # 7 strided passes over numel/8 bytes: cheaper than a reduction over dim 1
+        out.bitwise_or_(bits[:, k] << (7 - k))
+    return out
 
 
 def unpack_signs(packed: Tensor) -> Tensor:
     """Inverse of :func:`pack_signs` along the last dim: ``(..., B)`` uint8 -> ``(..., 8B)`` float ±1."""
-    bits = (packed.unsqueeze(-1) >> _shifts(packed.device)) & 1
-    return bits.reshape(*packed.shape[:-1], -1).float().add_(-0.5).mul_(2.0)
+    signs = _sign_table(packed.device)[packed.reshape(-1).long()]
+    return signs.reshape(*packed.shape[:-1], 8 * packed.shape[-1])
 
 
-def _pm1(x: Tensor) -> Tensor:
-    """σ(x) as float: +1 where ``x >= 0`` (zero included), -1 elsewhere."""
-    return (x >= 0).float().add_(-0.5).mul_(2.0)
-
-
-def pad_flat(t: Tensor, padded: int) -> Tensor:
-    """``t`` flattened into a fresh float32 vector of length ``padded`` (zeros after ``t.numel()``)."""
-    out = torch.zeros(padded, dtype=torch.float32, device=t.device)
-    out[: t.numel()] = t.reshape(-1)
-    return out
+def _scaled_signs(mask: Tensor, scale: Tensor) -> Tensor:
+    """``s σ``: ``+s`` where ``mask`` (``x >= 0``, zero included), ``-s`` elsewhere; exact, as
+    ``2s - s = s`` and ``0 - s = -s`` in floating point."""
+    return mask.float().mul_(2 * scale).sub_(scale)
 
 
 # --- the three arithmetic stages (shared by the real and the simulated all-reduce) --------------
-def compress_worker_(x_pad: Tensor, worker_error: Tensor, world_size: int) -> tuple[Tensor, Tensor]:
-    """Worker side: ``x = m + δ``, scale ``‖x‖/sqrt(L')``, ``δ ← x - s σ(x)``.
+def compress_worker_(m: Tensor, worker_error: Tensor, world_size: int) -> tuple[Tensor, Tensor]:
+    """Worker side: ``x = m + δ`` (``m`` zero-padded to ``L'``), scale ``‖x‖/sqrt(L')``, ``δ ← x - s σ(x)``.
 
     Returns the packed signs as ``(n, L'/(8n))`` uint8 (row ``i`` = chunk ``i``) and the scale
-    as a 1-element float32 tensor. ``worker_error`` is updated in place.
+    as a 1-element float32 tensor. ``worker_error`` (``L'`` float32) is updated in place.
     """
-    x = x_pad.add(worker_error)
+    x = worker_error.clone()
+    x[: m.numel()].add_(m.reshape(-1))
     scale = torch.linalg.vector_norm(x) / math.sqrt(x.numel())
-    worker_error.copy_(x - scale * _pm1(x))
-    return pack_signs(x).view(world_size, -1), scale.reshape(1)
+    mask = x >= 0
+    torch.sub(x, _scaled_signs(mask, scale), out=worker_error)
+    return pack_bits(mask).view(world_size, -1), scale.reshape(1)
 
 
 def server_reduce_(bits: Tensor, scales: Tensor, server_error: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,8 +147,9 @@ def server_reduce_(bits: Tensor, scales: Tensor, server_error: Tensor) -> tuple[
     y = unpack_signs(bits).mul_(scales.reshape(n, 1).mul(1 / n)).sum(0)
     y.add_(server_error)
     scale = torch.linalg.vector_norm(y) / math.sqrt(y.numel())
-    server_error.copy_(y - scale * _pm1(y))
-    return pack_signs(y), scale.reshape(1)
+    mask = y >= 0
+    torch.sub(y, _scaled_signs(mask, scale), out=server_error)
+    return pack_bits(mask), scale.reshape(1)
 
 
 def decode(bits: Tensor, scales: Tensor) -> Tensor:
@@ -163,7 +177,7 @@ def simulated_compressed_allreduce(
     chunk = lp // n
     packed, wscales = [], []
     for j in range(n):
-        bits, scale = compress_worker_(pad_flat(worker_inputs[j], lp), worker_error[j], n)
+        bits, scale = compress_worker_(worker_inputs[j], worker_error[j], n)
         packed.append(bits)
         wscales.append(scale)
     worker_scales = torch.cat(wscales)
@@ -241,7 +255,7 @@ def compressed_allreduce_(
     send = torch.empty(n, k_scale_bytes + offsets[-1], dtype=torch.uint8, device=device)
     scales = torch.empty(len(tensors), dtype=torch.float32, device=device)
     for k, (t, err) in enumerate(zip(tensors, worker_errors)):
-        bits, scales[k : k + 1] = compress_worker_(pad_flat(t, lps[k]), err, n)
+        bits, scales[k : k + 1] = compress_worker_(t, err, n)
         send[:, k_scale_bytes + offsets[k] : k_scale_bytes + offsets[k + 1]] = bits
     send[:, :k_scale_bytes] = scales.view(torch.uint8)
     recv, mode = _phase1_exchange(send, group, mode, rank)
@@ -294,8 +308,8 @@ __all__ = [
     "compressed_allreduce_",
     "compressed_allreduce_bytes",
     "decode",
+    "pack_bits",
     "pack_signs",
-    "pad_flat",
     "padded_numel",
     "ring_allreduce_bytes",
     "server_reduce_",

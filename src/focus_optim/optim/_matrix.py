@@ -31,8 +31,10 @@ def check_bool(name: str, value: object) -> None:
 class MatrixOptimizer(BaseOptimizer):
     """Base class: ``matrix``/``ensemble_dims`` group keys, per-kind state, aux AdamW dispatch.
 
-    Subclasses set ``_matrix_state_keys``, ``_max_matrix_ndim`` (largest number of per-member
-    dims a matrix parameter may have; ``None``: any, flattened by the subclass) and implement
+    Subclasses set ``_matrix_state_keys`` (buffers shaped like the parameter for matrix groups),
+    ``_state_keys`` (every floating state key of either kind; ``load_state_dict`` restores their
+    dtype per ``fp32_state``), ``_max_matrix_ndim`` (largest number of per-member dims a matrix
+    parameter may have; ``None``: any, flattened by the subclass) and implement
     ``_update_matrices`` and ``_update_aux``.
     """
 

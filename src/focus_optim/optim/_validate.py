@@ -58,7 +58,9 @@ def check_beta(name: str, value: Number) -> None:
 
 def check_betas(name: str, betas: Sequence[Number], count: int = 2) -> None:
     if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != count:
-        raise ValueError(f"Invalid {name}: {betas!r} (allowed: a tuple of {count} numbers, each 0 <= beta < 1)")
+        raise ValueError(
+            f"Invalid {name}: {betas!r} (allowed: a tuple of {count} numbers, each 0 <= beta < 1)"
+        )
     for i, b in enumerate(betas):
         check_beta(f"{name}[{i}]", b)
 

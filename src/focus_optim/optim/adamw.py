@@ -9,7 +9,8 @@ Default (identical to ``torch.optim.AdamW``):
 
 Options, each a documented convention of some official code (``specs/optimizers.md``):
 
-* ``eps_mode="before_bias_correction"``: :math:`\eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)\cdot m/(\sqrt v+\epsilon)`
+* ``eps_mode="before_bias_correction"``:
+  :math:`\eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)\cdot m/(\sqrt v+\epsilon)`
   (Hugging Face style; Conda's regular group, ROOT's AdamW backup).
 * ``bias_correction=False``: no bias correction at all (DeepSpeed's 1-bit Adam).
 * ``decay_mode="post_update"``: :math:`\theta \leftarrow \theta - \eta\lambda\theta` *after* the
@@ -236,7 +237,9 @@ def _multi_tensor_adamw(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_sqs, state_steps])
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, state_steps]
+    )
     for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
         for s in ds:
             s += 1
@@ -284,7 +287,9 @@ def _fused_adamw(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_sqs, state_steps])
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, state_steps]
+    )
     for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
         torch._foreach_add_(ds, 1)  # step counts live on the device for this path (see _init_state)
         torch._fused_adamw_(

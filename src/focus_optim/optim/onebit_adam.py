@@ -99,6 +99,10 @@ class OneBitAdam(BaseOptimizer):
         phase1: ``"auto"``, ``"all_to_all"`` or ``"all_gather"``: the collective of phase 1.
         maximize, foreach, fp32_state: as in :class:`~focus_optim.optim.adamw.AdamW`.
 
+    Ensemble hyperparameters (1-D ``lr``/``weight_decay``, one value per member along dim 0)
+    act per member in the update; the compression keeps the reference's one scale per
+    worker-tensor, so stacked members share it and are coupled once frozen.
+
     Defaults: DeepSpeed ``OnebitAdam`` (lr 1e-3, freeze_step 100000, betas (0.9, 0.999),
     eps 1e-8, no decay). DeepSpeed's tutorial recipes use a warm-up of 15-25 % of the steps.
 
@@ -202,7 +206,11 @@ class OneBitAdam(BaseOptimizer):
         mask = group.get("exp_avg_mask")
         if mask is not None:
             for p in group["params"]:
-                if torch.broadcast_shapes(mask.shape, p.shape) != p.shape:
+                try:
+                    fits = torch.broadcast_shapes(mask.shape, p.shape) == p.shape
+                except RuntimeError:
+                    fits = False
+                if not fits:
                     raise ValueError(
                         f"Invalid exp_avg_mask: shape {tuple(mask.shape)} does not broadcast to a parameter "
                         f"of shape {tuple(p.shape)} in its group"
@@ -356,7 +364,7 @@ class OneBitAdam(BaseOptimizer):
         if self.simulate_workers is not None:  # what each simulated worker's all-reduce would send
             numel = sum(p.numel() for p, _ in averaged)
             stats["allreduce_bytes"] += _comm.ring_allreduce_bytes(numel, n) if n > 1 else 0
-        elif (frozen or self.average_grads) and not self._grads_averaged:
+        elif self.world_size > 1 and (frozen or self.average_grads) and not self._grads_averaged:
             stats["allreduce_bytes"] += _comm.allreduce_mean_([grad for _, grad in averaged], self.group)
 
         for group, items in full:

@@ -119,11 +119,12 @@ def make_optimizer(
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ValueError(
-            f"Unknown hyperparameter(s) for {spec.name}: {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            f"Unknown hyperparameter(s) for {spec.name}: {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(valid))}"
         )
     groups = param_groups(
         model_or_params,
-        weight_decay=kwargs.get("weight_decay"),
+        weight_decay=kwargs.get("weight_decay", spec.hyperparameters().get("weight_decay")),
         ensemble_dims=ensemble_dims,
         decay_embeddings=decay_embeddings,
         decay_norms_and_biases=decay_norms_and_biases,
@@ -192,9 +193,10 @@ def _named_with_roles(model: nn.Module) -> list[tuple[str, torch.Tensor, str]]:
     for mod_name, mod in model.named_modules():
         if isinstance(mod, nn.Embedding):
             roles[id(mod.weight)] = "embedding"
-        elif any(part in _HEAD_NAMES for part in mod_name.split(".")) and hasattr(mod, "weight"):
-            if isinstance(mod.weight, torch.Tensor):
-                roles.setdefault(id(mod.weight), "head")
+        elif any(part in _HEAD_NAMES for part in mod_name.split(".")) and isinstance(
+            getattr(mod, "weight", None), torch.Tensor
+        ):
+            roles.setdefault(id(mod.weight), "head")
     return [(n, p, roles.get(id(p), "weight")) for n, p in model.named_parameters()]
 
 
@@ -214,12 +216,16 @@ def describe() -> str:
         spec = REGISTRY[name]
         try:
             hp = spec.hyperparameters()
-            shown = ", ".join(f"{k}={v!r}" for k, v in hp.items() if k not in ("foreach", "fused", "maximize"))
+            shown = ", ".join(
+                f"{k}={v!r}" for k, v in hp.items() if k not in ("foreach", "fused", "maximize")
+            )
         except Exception as exc:  # pragma: no cover - a broken optional import
             shown = f"(unavailable: {exc})"
         alias = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
         kind = " [matrix-only, aux AdamW for the rest]" if spec.matrix_only else ""
-        lines.append(f"{name}{alias}{kind}\n  {spec.description}\n  defaults: {shown}\n  source: {spec.source}")
+        lines.append(
+            f"{name}{alias}{kind}\n  {spec.description}\n  defaults: {shown}\n  source: {spec.source}"
+        )
     return "\n".join(lines)
 
 
@@ -264,7 +270,7 @@ register(
         name="lion",
         target="focus_optim.optim.lion:Lion",
         source="google/automl lion/lion_pytorch.py class defaults (lr 1e-4, betas (0.9, 0.99), wd 0)",
-        description="Sign of an interpolation of momentum and gradient, momentum updated after (Chen et al. 2023).",
+        description="Sign of a momentum/gradient interpolation; momentum updated after (Chen et al. 2023).",
         defaults={"weight_decay": 0.0},
     )
 )
@@ -274,7 +280,7 @@ register(
         target="focus_optim.optim.muon:Muon",
         source="KellerJordan/Muon@857d1ad SingleDeviceMuonWithAuxAdam defaults (lr 0.02, momentum 0.95; "
         "aux Adam lr 3e-4, betas (0.9, 0.95), eps 1e-10)",
-        description="Momentum orthogonalised by Newton-Schulz (bf16 NS5) on hidden matrices; aux Adam for the rest.",
+        description="Momentum orthogonalised by bf16 Newton-Schulz on hidden matrices (Jordan et al. 2024).",
         defaults={"weight_decay": 0.0},
         matrix_only=True,
     )
@@ -294,9 +300,9 @@ register(
     OptimizerSpec(
         name="conda",
         target="focus_optim.optim.conda:Conda",
-        source="jie040109/Conda@449af71 Conda class defaults + torchrun_main.py CLI (update_proj_gap 50, scale 1); "
-        "shipped scripts use T=2000, scale 0.25, betas (0.9, 0.99)",
-        description="Adam in a momentum-SVD rotated frame on hidden matrices (Wang et al. 2025); HF Adam for the rest.",
+        source="jie040109/Conda@449af71 Conda class defaults + torchrun_main.py CLI (update_proj_gap 50, "
+        "scale 1); shipped scripts use T=2000, scale 0.25, betas (0.9, 0.99)",
+        description="Adam in a rotated frame from an SVD of the momentum (Wang et al. 2025).",
         defaults={"weight_decay": 0.0},
         matrix_only=True,
     )
@@ -307,7 +313,7 @@ register(
         target="focus_optim.optim.root:ROOT",
         source="huawei-noah/noah-research@aa0f80c ROOT/examples/example_train.py class defaults "
         "(lr 1e-3, wd 0.1, momentum 0.95, adamw betas (0.9, 0.95), eps 1e-8)",
-        description="Quantile-clipped Nesterov momentum, shape-tuned Newton-Schulz, 0.2*sqrt(max dim) scale (He et al. 2025).",
+        description="Quantile-clipped momentum orthogonalised by shape-tuned Newton-Schulz (He et al. 2025).",
         defaults={"weight_decay": 0.1},
         matrix_only=True,
     )

@@ -101,7 +101,9 @@ def signum(
         )  # fmt: skip
         return
     impl = _single_tensor_signum if path == "single" else _multi_tensor_signum
-    impl(params, grads, exp_avgs, state_steps, lr=lr, beta1=beta1, weight_decay=weight_decay, maximize=maximize)
+    impl(
+        params, grads, exp_avgs, state_steps, lr=lr, beta1=beta1, weight_decay=weight_decay, maximize=maximize
+    )
 
 
 def _single_tensor_signum(

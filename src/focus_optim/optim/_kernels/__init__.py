@@ -61,30 +61,51 @@ def fused_sign_family_(
     it is what gets compiled where Triton is not used, so every path computes the same function.
     """
     focus = param_avgs is not None
-    buckets: dict[tuple[Any, ...] | None, list[int]] = defaultdict(list)
-    for i, (p, g, m, s) in enumerate(zip(params, grads, exp_avgs, state_steps)):
-        s += 1
-        a = param_avgs[i] if focus else m
-        contiguous = all(t.is_contiguous() for t in (p, g, m, a))
-        key = (p.device, p.dtype, g.dtype, m.dtype, _get_value(s)) if contiguous else None
-        buckets[key].append(i)
+    # One dispatch for all the CPU step counters; a tensor `1` avoids re-wrapping the scalar per tensor.
+    torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
+    steps = torch.stack(state_steps).tolist() if len(state_steps) > 1 else [_get_value(state_steps[0])]
+    rows = [params, grads, exp_avgs] + ([param_avgs] if focus else [])
     triton_ok = _use_triton(params[0].device)
+    kw = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay_mode=decay_mode,
+              maximize=maximize)  # fmt: skip
+    if triton_ok and _uniform(rows, steps):  # the common case: one launch, no per-tensor Python work
+        from .triton_sign import sign_family_
+
+        sign_family_(*rows[:3], param_avgs, bc2=1.0 - beta2 ** steps[0] if focus else 1.0, **kw)
+        return
+    buckets: dict[tuple[Any, ...] | None, list[int]] = defaultdict(list)
+    for i in range(len(params)):
+        tensors = [row[i] for row in rows]
+        contiguous = all(t.is_contiguous() for t in tensors)
+        key = (*(t.dtype for t in tensors), tensors[0].device, steps[i]) if contiguous else None
+        buckets[key].append(i)
     for key, idx in buckets.items():
         if key is None or not triton_ok:
-            _per_tensor(idx, params, grads, exp_avgs, param_avgs, state_steps, update_fn=update_fn,
-                        compiled=key is not None, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
-                        weight_decay=weight_decay, decay_mode=decay_mode, maximize=maximize)  # fmt: skip
+            _per_tensor(idx, params, grads, exp_avgs, param_avgs, steps, update_fn=update_fn,
+                        compiled=key is not None, **kw)  # fmt: skip
             continue
         from .triton_sign import sign_family_
 
-        step = key[-1]
-        p, g, m = ([as_real(xs[i])[0].view(-1) for i in idx] for xs in (params, grads, exp_avgs))
-        a = [as_real(param_avgs[i])[0].view(-1) for i in idx] if focus else None
-        sign_family_(p, g, m, a, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay,
-                     bc2=1.0 - beta2**step if focus else 1.0, decay_mode=decay_mode, maximize=maximize)
+        p, g, m = ([as_real(xs[i])[0] for i in idx] for xs in (params, grads, exp_avgs))
+        a = [as_real(param_avgs[i])[0] for i in idx] if focus else None
+        sign_family_(p, g, m, a, bc2=1.0 - beta2 ** key[-1] if focus else 1.0, **kw)
 
 
-def _per_tensor(idx, params, grads, exp_avgs, param_avgs, state_steps, *, update_fn, compiled, lr, beta1,
+def _uniform(rows: list[list[Tensor]], steps: list[float]) -> bool:
+    """Same step count, real dtypes uniform per row, everything contiguous."""
+    if steps.count(steps[0]) != len(steps):
+        return False
+    for row in rows:
+        if (
+            row[0].is_complex()
+            or len({t.dtype for t in row}) != 1
+            or not all([t.is_contiguous() for t in row])
+        ):
+            return False
+    return True
+
+
+def _per_tensor(idx, params, grads, exp_avgs, param_avgs, steps, *, update_fn, compiled, lr, beta1,
                 beta2, gamma, weight_decay, decay_mode, maximize) -> None:  # fmt: skip
     """``update_fn`` tensor by tensor: compiled on flat views (scalars as 0-d tensors, so a schedule
     does not recompile), or eagerly for non-contiguous tensors."""
@@ -99,5 +120,5 @@ def _per_tensor(idx, params, grads, exp_avgs, param_avgs, state_steps, *, update
         if compiled:
             tensors = [t.view(-1) for t in tensors]
         if param_avgs is not None:
-            kw["bc2"] = as_t(1.0 - beta2 ** _get_value(state_steps[i]))
+            kw["bc2"] = as_t(1.0 - beta2 ** steps[i])
         fn(*tensors, **kw)

@@ -40,7 +40,9 @@ def block_table(numels: tuple[int, ...], block: int, device: torch.device) -> tu
         per = (n + block - 1) // block
         which = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), per)
         first = torch.cumsum(per, 0) - per
-        start = (torch.arange(int(per.sum()), dtype=torch.int64) - torch.repeat_interleave(first, per)) * block
+        start = (
+            torch.arange(int(per.sum()), dtype=torch.int64) - torch.repeat_interleave(first, per)
+        ) * block
         return n.to(device), which.to(device), start.to(device)
 
     return _blocks.get_or_make((numels, block, str(device)), make)

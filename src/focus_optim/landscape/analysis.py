@@ -1,0 +1,89 @@
+"""From a phase-diagram store to the paper's pictures: best learning rates, winners, pairs.
+
+The paper picks each optimizer's learning rate by the mean final loss over replicates
+(section 2.2: "the optimal learning rate is selected via the mean of final losses") and colours a
+pixel by the optimizer with the lowest such best mean loss. Non-finite losses (diverged runs)
+count as +inf, so a learning rate with any diverged replicate is never the best one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+METRIC = "final_loss"
+
+
+def mean_over_replicates(ds: Any, metric: str = METRIC) -> Any:
+    """Mean of ``metric`` over replicates (+inf where any replicate is non-finite)."""
+    import xarray as xr
+
+    x = ds["metrics"].sel(metric=metric)
+    bad = (~np.isfinite(x)).any("replicate")
+    mean = x.where(np.isfinite(x)).mean("replicate")
+    return xr.where(bad, np.inf, mean)
+
+
+def best_lr(ds: Any, metric: str = METRIC) -> tuple[Any, Any]:
+    """``(best mean loss, its lr)`` per optimizer and pixel (the lr axis reduced)."""
+    mean = mean_over_replicates(ds, metric)
+    filled = mean.fillna(np.inf)
+    idx = filled.argmin("lr")
+    best = filled.isel(lr=idx)
+    lr = ds["lr"].isel(lr=idx)
+    done = ds["cell_done"]
+    return best.where(done), lr.where(done)
+
+
+def winners(ds: Any, optimizers: Sequence[str] | None = None, metric: str = METRIC) -> Any:
+    """Index (into ``optimizers``) of the best optimizer at each pixel; -1 where data are missing."""
+    best, _ = best_lr(ds, metric)
+    if optimizers is not None:
+        best = best.sel(optimizer=list(optimizers))
+    missing = best.isnull().any("optimizer")
+    arr = best.fillna(np.inf).argmin("optimizer")
+    return arr.where(~missing, -1)
+
+
+def pairwise(ds: Any, first: str, second: str, metric: str = METRIC) -> Any:
+    """+1 where ``first`` has the lower best mean loss, 0 where ``second`` does, NaN if missing."""
+    best, _ = best_lr(ds, metric)
+    a, b = best.sel(optimizer=first), best.sel(optimizer=second)
+    out = (a < b).astype(float)
+    return out.where(~(a.isnull() | b.isnull()))
+
+
+def outer_axis(ds: Any) -> str:
+    """The phase diagram's vertical axis: ``sharpness`` (2a) or ``weight_decay`` (2b, 6)."""
+    for name in ("sharpness", "weight_decay"):
+        if name in ds.dims:
+            return name
+    raise ValueError(f"not a phase-diagram store (dims {tuple(ds.dims)})")
+
+
+def summary(ds: Any) -> dict[str, Any]:
+    """Fractions of pixels won by each optimizer, overall and in four quadrants of the diagram
+    (low/high noise x low/high outer axis), used to check that a run shows the phase structure."""
+    win = winners(ds)
+    names = [str(o) for o in ds["optimizer"].values]
+    axis = outer_axis(ds)
+    n_noise, n_outer = ds.sizes["noise"], ds.sizes[axis]
+    out: dict[str, Any] = {"pixels": int((win >= 0).sum()), "overall": {}}
+    for i, name in enumerate(names):
+        out["overall"][name] = float((win == i).sum() / max(1, int((win >= 0).sum())))
+    quads = {
+        "low_noise_low_" + axis: dict(noise=slice(0, n_noise // 2), **{axis: slice(0, n_outer // 2)}),
+        "low_noise_high_" + axis: dict(noise=slice(0, n_noise // 2), **{axis: slice(n_outer // 2, None)}),
+        "high_noise_low_" + axis: dict(noise=slice(n_noise // 2, None), **{axis: slice(0, n_outer // 2)}),
+        "high_noise_high_" + axis: dict(noise=slice(n_noise // 2, None), **{axis: slice(n_outer // 2, None)}),
+    }
+    for q, sel in quads.items():
+        w = win.isel(**sel)
+        total = max(1, int((w >= 0).sum()))
+        out[q] = {name: float((w == i).sum() / total) for i, name in enumerate(names)}
+    return out
+
+
+__all__ = ["METRIC", "best_lr", "mean_over_replicates", "outer_axis", "pairwise", "summary", "winners"]

@@ -1,0 +1,400 @@
+"""Batched simulation of noisy optimization on the narrowing valley.
+
+Every trajectory of a sweep is one row of batched tensors: the parameters are a ``[R, N]``
+tensor optimized by the project's own optimizer classes with ensemble hyperparameters
+(``lr`` and ``weight_decay`` are ``[R]`` tensors, one value per row), built with
+``focus_optim.make_optimizer(name, [x], ensemble_dims=1, ...)``. Each step (section 2.2 and A.1):
+
+1. evaluate the exact loss and gradient of the valley at :math:`\\theta_t` (per-row sharpness);
+2. multiply each gradient component by an independent :math:`\\mathcal N(1, \\sigma^2)` draw;
+3. ``optimizer.step()``;
+4. update the metrics: minimum loss and maximum projection :math:`u` along the trajectory.
+
+After ``steps`` steps the final loss is recorded (and folded into the minimum). The initial
+position is :math:`\\mathcal N(0, (10^{-4})^2)` per coordinate.
+
+Random numbers come from :mod:`focus_optim.landscape.rng`, keyed by (cell seed, row of the cell,
+step), so results do not depend on batching, chunking or sharding.
+
+Speed. The step (gradient + noise + ``optimizer.step()`` + metrics, ``steps_per_call`` steps at
+a time) is compiled with ``torch.compile`` when ``compile=True``, which fuses it into one kernel.
+Rows are processed in chunks of at most ``chunk_rows``: on CPU each chunk stays in L2 cache for
+all steps and never mixes rows of different cells (so a cell's numbers are computed on tensors
+of the same shape however the cells are batched); on CUDA the cells of a call are packed
+together into big chunks (element-wise kernels compute every row identically wherever it sits).
+A workspace (parameters, optimizer, compiled step) is reused across chunks of the same shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import make_optimizer
+from . import rng
+from . import valley as V
+
+METRICS: tuple[str, ...] = ("final_loss", "min_loss", "max_u")
+INIT_STD = 1e-4
+ROW_ALIGN = 64
+EAGER_NOISE_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class OptimizerSetup:
+    """An optimizer of the toy experiments: a registry name plus hyperparameters (not lr/wd)."""
+
+    label: str
+    registry: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self) -> dict[str, Any]:
+        return {"registry": self.registry, **{k: _plain(v) for k, v in self.hparams.items()}}
+
+
+#: Appendix A.1's toy settings. AdamW with torch semantics (decoupled decay inside the update);
+#: FOCUS with the toy code's decoupled decay ``theta -= lr * (sign(m) + gamma*sign(...) + wd*theta)``;
+#: Signum = FOCUS with gamma = 0, beta2 = 0 (the registry's Signum: ``theta -= lr*(wd*theta + sign(m))``).
+PAPER_SETUPS: dict[str, OptimizerSetup] = {
+    "adamw": OptimizerSetup("adamw", "adamw", {"betas": (0.9, 0.999), "eps": 1e-8}),
+    "signum": OptimizerSetup("signum", "signum", {"momentum": 0.9}),
+    "focus": OptimizerSetup("focus", "focus", {"betas": (0.9, 0.9), "gamma": 0.2, "decay_mode": "decoupled"}),
+}
+
+
+def setup(name: str) -> OptimizerSetup:
+    """A paper setup by label (``adamw``/``adam``, ``signum``, ``focus``)."""
+    key = "adamw" if name.lower() == "adam" else name.lower()
+    if key not in PAPER_SETUPS:
+        raise ValueError(f"Invalid optimizer: {name!r} (allowed: {', '.join(PAPER_SETUPS)})")
+    return PAPER_SETUPS[key]
+
+
+@dataclass
+class Rows:
+    """Per-row settings of a block of trajectories (all ``[R]`` tensors; ``keys`` int32)."""
+
+    sharpness: Tensor
+    noise: Tensor
+    lr: Tensor
+    weight_decay: Tensor
+    keys: Tensor
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @staticmethod
+    def make(seed: int, sharpness: Any, noise: Any, lr: Any, weight_decay: Any) -> Rows:
+        """Rows of one cell: each setting broadcast to a common shape, flattened row-major; the
+        RNG keys are those of rows ``0..R-1`` of a cell with this seed."""
+        arrays = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64)
+                                           for v in (sharpness, noise, lr, weight_decay)))  # fmt: skip
+        flat = [t.reshape(-1).to(torch.float32) for t in arrays]
+        return Rows(*flat, keys=rng.row_keys(seed, flat[0].numel()))
+
+    def slice(self, start: int, stop: int) -> Rows:
+        return Rows(*(t[start:stop] for t in self._tensors()))
+
+    def _tensors(self) -> tuple[Tensor, ...]:
+        return (self.sharpness, self.noise, self.lr, self.weight_decay, self.keys)
+
+    @staticmethod
+    def cat(blocks: Sequence[Rows]) -> Rows:
+        return Rows(*(torch.cat(ts) for ts in zip(*(b._tensors() for b in blocks))))
+
+
+@dataclass
+class Options:
+    """How to run (never what is computed).
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        compile: fuse the step with ``torch.compile`` (``None``: on CUDA with Triton, or on CPU
+            with a C++ compiler when a call has at least ``compile_min_work`` trajectory-steps).
+        chunk_rows: rows per chunk (default: 16384 on CPU, ``2**27 // N`` on CUDA).
+        steps_per_call: steps unrolled in one compiled call (a divisor of ``steps`` is used).
+        pack_cells: pack the rows of different cells into the same chunks (default: on CUDA).
+        threads: CPU threads while simulating (``None``: leave torch's setting).
+    """
+
+    device: str = "cpu"
+    compile: bool | None = None
+    chunk_rows: int | None = None
+    steps_per_call: int = 1
+    pack_cells: bool | None = None
+    compile_min_work: float = 5e8
+    threads: int | None = None
+
+    def resolved(self, dim: int, work: float) -> Options:
+        dev = torch.device(self.device)
+        chunk = self.chunk_rows or (16384 if dev.type == "cpu" else max(ROW_ALIGN, (1 << 27) // dim))
+        comp = self.compile
+        if comp is None:
+            comp = compile_available(dev) and (dev.type != "cpu" or work >= self.compile_min_work)
+        pack = self.pack_cells if self.pack_cells is not None else dev.type != "cpu"
+        return Options(self.device, bool(comp), chunk, self.steps_per_call, pack, self.compile_min_work,
+                       self.threads)  # fmt: skip
+
+
+def compile_available(device: torch.device) -> bool:
+    """Whether torch.compile can generate code here (a C++ compiler on CPU, Triton on CUDA)."""
+    if os.environ.get("FOCUS_OPTIM_NO_COMPILE"):
+        return False
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@dataclass
+class Recording:
+    """Per-step history of a recorded run: ``loss [T+1, R]``, ``u [T+1, R]``, ``theta [T+1, R, N]``."""
+
+    loss: Tensor
+    u: Tensor
+    theta: Tensor
+
+
+class Workspace:
+    """Tensors, optimizer and (compiled) step for one chunk shape; reused across chunks."""
+
+    def __init__(self, opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Options) -> None:
+        dev = torch.device(opts.device)
+        self.valley, self.n_rows, self.opts = valley, n_rows, opts
+        n = valley.dim
+        # Column-major ("structure of arrays"): each coordinate is contiguous across rows, so the
+        # fused kernels vectorise over trajectories; optimizer state inherits the layout.
+        self.x = torch.zeros(n, n_rows, device=dev).t().requires_grad_()
+        self.x.grad = torch.zeros_like(self.x)
+        zeros = lambda: torch.zeros(n_rows, device=dev)  # noqa: E731
+        self.a, self.sigma, self.lr, self.wd = zeros(), zeros(), zeros(), zeros()
+        self.keys = torch.zeros(n_rows, dtype=torch.int32, device=dev)
+        self.min_loss, self.max_u = zeros(), zeros()
+        self.t = torch.zeros((), dtype=torch.int32, device=dev)
+        self.e = valley.axis_tensor(dev)
+        # decay_norms_and_biases: with ensemble_dims=1 the [R, N] parameter counts as 1-D per member,
+        # which make_optimizer would otherwise leave undecayed.
+        self.opt = make_optimizer(opt_setup.registry, [self.x], ensemble_dims=1, decay_norms_and_biases=True,
+                                  lr=self.lr, weight_decay=self.wd, **dict(opt_setup.hparams))  # fmt: skip
+        group = self.opt.param_groups[0]
+        if group["lr"] is not self.lr or group["weight_decay"] is not self.wd:
+            raise RuntimeError("make_optimizer did not keep the per-row lr/weight_decay tensors")
+        self.opt._init_state(group, self.x, self.opt.state[self.x])  # eager, so compiled code never sees it empty
+        if opts.compile:
+            self._advance = torch.compile(self._make_advance(opts.steps_per_call), fullgraph=True, dynamic=False)
+            self._advance1 = self._advance
+            if opts.steps_per_call > 1:
+                self._advance1 = torch.compile(self._make_advance(1), fullgraph=True, dynamic=False)
+
+    def _make_advance(self, k: int):
+        """``k`` fused steps drawing their own noise (the function torch.compile sees)."""
+        x, dim, t = self.x, self.valley.dim, self.t
+
+        @torch.no_grad()
+        def advance() -> None:
+            for _ in range(k):
+                self._step(rng.step_normals(self.keys, t, dim))
+                t.add_(1)
+
+        return advance
+
+    def _step(self, z: Tensor) -> None:
+        """One step with standard normals ``z [R, N]``: metrics at theta_t, noisy gradient, update."""
+        x = self.x
+        loss, grad, u = V.loss_and_grad(x, self.a, self.e, self.valley.c)
+        self.min_loss.copy_(torch.minimum(self.min_loss, loss))
+        self.max_u.copy_(torch.maximum(self.max_u, u))
+        x.grad.copy_(V.noisy(grad, self.sigma, z))
+        self.opt.step()
+
+    @torch.no_grad()
+    def _run_eager(self, steps: int, on_step: Any = None) -> None:
+        """Eager steps; the noise of ``block`` steps is drawn at once (fewer, larger tensor ops)."""
+        block = max(1, min(steps, EAGER_NOISE_ELEMENTS // (self.n_rows * self.valley.dim)))
+        t0 = int(self.t)
+        for start in range(0, steps, block):
+            n = min(block, steps - start)
+            z = rng.step_normals(self.keys, t0 + start, self.valley.dim, count=n)
+            for i in range(n):
+                if on_step is not None:
+                    on_step()
+                self._step(z[i])
+        self.t.fill_(t0 + steps)
+
+    def load(self, rows: Rows) -> None:
+        """Reset to step 0 with these rows (padding rows, if fewer, are inert: lr = sigma = 0)."""
+        n = len(rows)
+        with torch.no_grad():
+            for dst, src in zip((self.a, self.sigma, self.lr, self.wd, self.keys), rows._tensors()):
+                dst.zero_()
+                dst[:n].copy_(src)
+            for value in self.opt.state[self.x].values():
+                if isinstance(value, Tensor):
+                    value.zero_()
+            self.t.fill_(0)
+            self.x.copy_(INIT_STD * rng.step_normals(self.keys, self.t, self.valley.dim))
+            self.x.grad.zero_()
+            self.min_loss.fill_(math.inf)
+            self.max_u.fill_(-math.inf)
+            self.t.fill_(1)
+
+    def run(self, steps: int, record: bool = False) -> tuple[Tensor, Recording | None]:
+        """Take ``steps`` steps; return metrics ``[n_rows, 3]`` (and the history if ``record``)."""
+        rec = None
+        if record:
+            hist: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+            self._run_eager(steps, on_step=lambda: self._snapshot(*hist))
+            self._snapshot(*hist)
+            rec = Recording(*(torch.stack(h) for h in hist))
+        elif self.opts.compile:
+            k = self.opts.steps_per_call
+            for _ in range(steps // k):
+                self._advance()
+            for _ in range(steps % k):
+                self._advance1()
+        else:
+            self._run_eager(steps)
+        with torch.no_grad():
+            final, _, u = V.loss_and_grad(self.x, self.a, self.e, self.valley.c)
+            out = torch.stack((final, torch.minimum(self.min_loss, final), torch.maximum(self.max_u, u)), -1)
+        return out, rec
+
+    def _snapshot(self, hist_loss: list[Tensor], hist_u: list[Tensor], hist_x: list[Tensor]) -> None:
+        with torch.no_grad():
+            loss, _, u = V.loss_and_grad(self.x, self.a, self.e, self.valley.c)
+            hist_loss.append(loss.clone())
+            hist_u.append(u.clone())
+            hist_x.append(self.x.detach().clone())
+
+
+_WORKSPACES: dict[tuple[Any, ...], Workspace] = {}
+
+
+def workspace(opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Options) -> Workspace:
+    """A cached :class:`Workspace` (compiled code is reused by later calls with the same shape)."""
+    key = (opt_setup.label, opt_setup.registry, repr(sorted(opt_setup.hparams.items())), valley, n_rows,
+           opts.device, opts.compile, opts.steps_per_call)  # fmt: skip
+    if key not in _WORKSPACES:
+        if len(_WORKSPACES) >= 8:
+            _WORKSPACES.pop(next(iter(_WORKSPACES)))
+        _WORKSPACES[key] = Workspace(opt_setup, valley, n_rows, opts)
+    return _WORKSPACES[key]
+
+
+def _align(n: int) -> int:
+    return -(-n // ROW_ALIGN) * ROW_ALIGN
+
+
+def _chunks(n: int, max_rows: int) -> tuple[int, int]:
+    """(number of chunks, rows per chunk) splitting ``n`` rows evenly, chunk size aligned."""
+    count = -(-n // max_rows)
+    return count, _align(-(-n // count))
+
+
+def simulate(
+    opt_setup: OptimizerSetup | str,
+    blocks: Rows | Sequence[Rows],
+    valley: V.Valley,
+    steps: int = 1000,
+    options: Options | None = None,
+    record: bool = False,
+) -> list[Tensor] | tuple[list[Tensor], list[Recording]]:
+    """Run every row of every block; return the metrics of each block, ``[R_block, 3]`` on CPU.
+
+    Args:
+        opt_setup: an :class:`OptimizerSetup` or a paper label (``adamw``, ``signum``, ``focus``).
+        blocks: one :class:`Rows` per cell (or a single one).
+        valley: the landscape.
+        steps: optimizer steps per trajectory.
+        options: device, compilation and chunking (see :class:`Options`).
+        record: also return each block's per-step history (eager, for small runs).
+    """
+    opt_setup = setup(opt_setup) if isinstance(opt_setup, str) else opt_setup
+    if isinstance(blocks, Rows):
+        blocks = [blocks]
+    if steps < 1:
+        raise ValueError(f"Invalid steps: {steps} (allowed: an integer >= 1)")
+    total = sum(len(b) for b in blocks)
+    opts = (options or Options()).resolved(valley.dim, float(total) * steps)
+    if record:
+        opts.compile = False
+    k = math.gcd(steps, max(1, opts.steps_per_call))
+    opts.steps_per_call = k
+    with _threads(opts.threads if torch.device(opts.device).type == "cpu" else None):
+        return _simulate(opt_setup, list(blocks), valley, steps, opts, record)
+
+
+def _simulate(opt_setup: OptimizerSetup, blocks: list[Rows], valley: V.Valley, steps: int, opts: Options,
+              record: bool) -> Any:  # fmt: skip
+    groups = [Rows.cat(blocks)] if opts.pack_cells and len(blocks) > 1 else list(blocks)
+    outs: list[Tensor] = []
+    recs: list[Recording] = []
+    for rows in groups:
+        count, size = _chunks(len(rows), opts.chunk_rows)
+        ws = workspace(opt_setup, valley, size, opts)
+        parts, rparts = [], []
+        for i in range(count):
+            part = rows.slice(i * size, min(len(rows), (i + 1) * size))
+            ws.load(_to(part, opts.device))
+            metrics, rec = ws.run(steps, record)
+            parts.append(metrics[: len(part)].cpu())
+            if rec is not None:
+                n = len(part)
+                rparts.append(Recording(rec.loss[:, :n].cpu(), rec.u[:, :n].cpu(), rec.theta[:, :n].cpu()))
+        outs.append(torch.cat(parts))
+        if record:
+            recs.append(Recording(*(torch.cat(ts, dim=1) for ts in zip(*((r.loss, r.u, r.theta) for r in rparts)))))
+    if opts.pack_cells and len(blocks) > 1:
+        sizes = [len(b) for b in blocks]
+        outs = list(torch.split(outs[0], sizes))
+        if record:
+            recs = [Recording(*(t.split(sizes, dim=1)[i] for t in (recs[0].loss, recs[0].u, recs[0].theta)))
+                    for i in range(len(sizes))]  # fmt: skip
+    return (outs, recs) if record else outs
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _to(rows: Rows, device: str) -> Rows:
+    return Rows(*(t.to(device) for t in rows._tensors()))
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+__all__ = [
+    "INIT_STD",
+    "METRICS",
+    "PAPER_SETUPS",
+    "OptimizerSetup",
+    "Options",
+    "Recording",
+    "Rows",
+    "Workspace",
+    "compile_available",
+    "setup",
+    "simulate",
+]

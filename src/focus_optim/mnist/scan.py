@@ -1,0 +1,230 @@
+"""The batch-size scan of Figure 2c/2d on :mod:`focus_optim.sweep`.
+
+Grid: outer axes ``(optimizer, batch_size)``, one cell each; inner axes ``(lr, replicate)``, all
+trained as one ensemble of ``len(lrs) * replicates`` members inside the cell. One variable,
+``history``, with trailing dims ``(step, metric)``; metrics are :data:`~.train.METRICS`.
+
+Presets (:data:`PRESETS`): ``paper`` is appendix A.2 exactly (20 lrs in logspace(-4, 0) x batch
+sizes 2^1..2^12 x 3 replicates x AdamW, Signum, FOCUS gamma 0.2 and 0.4; 400 steps; test metrics
+every step). ``quick`` is a coarse grid for a CPU (see ``docs/mnist.md`` for its timing and the
+crossover it shows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..sweep import Cell, Shard, SweepReport, SweepSpec, default_device, run_sweep
+from .data import MNIST
+from .optimizers import PAPER_OPTIMIZERS, parse_optimizer
+from .train import METRICS, DeviceData, TrainSettings, train_cell
+
+SWEEP_NAME = "mnist-batch-size"
+
+
+def lr_grid(count: int = 20, lo: float = -4.0, hi: float = 0.0) -> tuple[float, ...]:
+    """``count`` learning rates uniform in log10 between ``10**lo`` and ``10**hi`` (the paper's grid)."""
+    return tuple(float(x) for x in np.logspace(lo, hi, count))
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """The whole scan. Everything here (but ``data_dir``-like run options, which live in the CLI)
+    changes results, so it is stored in the results' manifest; a changed config refuses to
+    write into an old results directory."""
+
+    optimizers: tuple[str, ...] = PAPER_OPTIMIZERS
+    batch_sizes: tuple[int, ...] = tuple(2**k for k in range(1, 13))
+    lrs: tuple[float, ...] = lr_grid(20)
+    replicates: int = 3
+    steps: int = 400
+    weight_decay: float = 1e-2
+    eval_every: int = 1
+    eval_precision: str = "fp32"
+    train_precision: str = "fp32"
+    eval_chunk: int = 0
+    drop_last: bool = False
+    matrix_input_layer: bool = False
+    seed: int = 0
+    data: str = "mnist"
+
+    def __post_init__(self) -> None:
+        for lab in self.optimizers:
+            parse_optimizer(lab)  # raises on unknown names / hyperparameters
+        if len(set(self.optimizers)) != len(self.optimizers):
+            raise ValueError(f"Invalid optimizers: {self.optimizers} (each at most once)")
+        if not self.batch_sizes or min(self.batch_sizes) < 2:
+            raise ValueError(f"Invalid batch_sizes: {self.batch_sizes} (allowed: integers >= 2)")
+        if not self.lrs or min(self.lrs) < 0:
+            raise ValueError(f"Invalid lrs: {self.lrs} (allowed: a non-empty list of numbers >= 0)")
+        if self.replicates < 1:
+            raise ValueError(f"Invalid replicates: {self.replicates} (allowed: >= 1)")
+        self.settings()  # validates the training settings
+
+    def replace(self, **changes: Any) -> ScanConfig:
+        """A copy with ``changes``; unknown keys raise an error listing the valid ones."""
+        valid = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise ValueError(f"Unknown scan config key(s): {', '.join(unknown)}; valid: {', '.join(valid)}")
+        norm = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        return dataclasses.replace(self, **norm)
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(
+            steps=self.steps,
+            weight_decay=self.weight_decay,
+            eval_every=self.eval_every,
+            eval_precision=self.eval_precision,
+            train_precision=self.train_precision,
+            eval_chunk=self.eval_chunk,
+            drop_last=self.drop_last,
+            matrix_input_layer=self.matrix_input_layer,
+        )
+
+    @property
+    def members(self) -> int:
+        return len(self.lrs) * self.replicates
+
+
+PRESETS: dict[str, ScanConfig] = {
+    "paper": ScanConfig(),
+    # Coarse, CPU-sized: the Adam/Signum pair, 6 batch sizes, 10 lrs (every 2nd paper lr), 2 replicates,
+    # test metrics every 100 steps. See docs/mnist.md for its measured time and crossover.
+    "quick": ScanConfig(
+        optimizers=("adamw", "signum"),
+        batch_sizes=(2, 8, 32, 128, 512),
+        lrs=lr_grid(20)[::2],
+        replicates=2,
+        eval_every=100,
+    ),
+}
+
+
+def sweep_spec(cfg: ScanConfig) -> SweepSpec:
+    """The :class:`~focus_optim.sweep.SweepSpec` of a scan."""
+    grid = ("optimizers", "batch_sizes", "lrs", "replicates", "steps", "seed")
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in grid}
+    return SweepSpec(
+        name=SWEEP_NAME,
+        outer={"optimizer": list(cfg.optimizers), "batch_size": list(cfg.batch_sizes)},
+        inner={"lr": list(cfg.lrs), "replicate": list(range(cfg.replicates))},
+        variables={"history": ("step", "metric")},
+        extra_coords={"step": list(range(1, cfg.steps + 1)), "metric": list(METRICS)},
+        config=config,
+        seed=cfg.seed,
+    )
+
+
+def make_compute(cfg: ScanConfig, data_dir: str | os.PathLike[str] | None = None, *, verify: bool = True):
+    """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use)."""
+    settings = cfg.settings()
+    members_lr = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]  # member = i_lr * R + r
+    cache: dict[str, DeviceData] = {}
+
+    def compute(cells: list[Cell], device: str) -> list[Mapping[str, np.ndarray]]:
+        if device not in cache:
+            data = load_data(data_dir, verify=verify)
+            if data.data_id != cfg.data:
+                raise ValueError(
+                    f"the scan's data is {cfg.data!r} but {data.directory} holds {data.data_id!r}"
+                )
+            cache[device] = DeviceData.from_mnist(data, device)
+        out = []
+        for cell in cells:
+            hist = train_cell(
+                parse_optimizer(cell.coords["optimizer"]),
+                int(cell.coords["batch_size"]),
+                members_lr,
+                cache[device],
+                settings,
+                seed=cell.seed,
+            )
+            out.append({"history": hist.reshape(len(cfg.lrs), cfg.replicates, cfg.steps, len(METRICS))})
+        return out
+
+    return compute
+
+
+def load_data(data_dir: str | os.PathLike[str] | None = None, *, verify: bool = True) -> MNIST:
+    """:func:`~.data.load_mnist` (imported here so that ``scan`` stays importable without numpy I/O)."""
+    from .data import load_mnist
+
+    return load_mnist(data_dir, verify=verify)
+
+
+def run_scan(
+    cfg: ScanConfig,
+    out: str | os.PathLike[str],
+    *,
+    shard: Shard | None = None,
+    device: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    progress: bool = True,
+    max_cells: int | None = None,
+    threads: int | None = None,
+) -> SweepReport:
+    """Run (or resume) this process's share of the scan into the results directory ``out``."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
+    return run_sweep(
+        sweep_spec(cfg),
+        make_compute(cfg, data_dir, verify=verify),
+        out,
+        shard=shard,
+        device=device,
+        progress=progress,
+        max_cells=max_cells,
+    )
+
+
+def run_workers(
+    cfg: ScanConfig,
+    out: str | os.PathLike[str],
+    workers: int,
+    *,
+    shard: Shard | None = None,
+    device: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    progress: bool = True,
+    threads: int | None = None,
+) -> list[SweepReport]:
+    """Split this process's shard over ``workers`` local processes (``spawn``), all writing into
+    ``out`` through the sweep's own sharding: worker ``w`` of shard ``i/n`` runs shard
+    ``i + n*w / (n*workers)``. Worker 0 shows its progress bar. On a CPU each worker gets
+    ``cores // workers`` threads by default (several single-threaded processes beat one
+    multi-threaded process on small tensors); on a GPU several processes hide Python overhead."""
+    base = shard or Shard(0, 1)
+    device = device or default_device()
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        jobs = [
+            pool.apply_async(
+                run_scan,
+                (cfg, str(out)),
+                dict(
+                    shard=Shard(base.index + base.count * w, base.count * workers),
+                    device=device,
+                    data_dir=data_dir,
+                    verify=verify,
+                    progress=progress and w == 0,
+                    threads=threads,
+                ),
+            )
+            for w in range(workers)
+        ]
+        return [j.get() for j in jobs]

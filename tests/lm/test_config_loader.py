@@ -1,0 +1,90 @@
+"""Config loading/overrides and the deterministic, rank-disjoint batch loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from focus_optim.lm.config import TrainConfig, apply_overrides, load_config, parse_value
+from focus_optim.lm.loader import TrainLoader, WindowSampler, val_windows
+
+
+def test_toml_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('optimizer = "focus"\nlr = 1\n[optimizer_args]\nbetas = [0.9, 0.99]\ngamma = 0.2\n')
+    cfg = load_config(path, ["lr=6e-4", "optimizer_args.gamma=0.3", "compile=true", "out_dir=runs/x"])
+    assert cfg.optimizer == "focus" and cfg.lr == 6e-4 and cfg.compile is True and cfg.out_dir == "runs/x"
+    assert cfg.optimizer_args == {"betas": (0.9, 0.99), "gamma": 0.3}
+    assert isinstance(load_config(path).lr, float)  # TOML `lr = 1` is an int
+    assert parse_value("adamw") == "adamw" and parse_value("[1, 2]") == [1, 2] and parse_value('"3"') == "3"
+
+
+def test_unknown_keys_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown config key 'learning_rate'; valid: .*\blr\b"):
+        load_config(None, ["learning_rate=1e-3"])
+    path = tmp_path / "c.toml"
+    path.write_text("lr = 1e-3\nwarmup = 10\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): warmup; valid: .*warmup_steps"):
+        load_config(path)
+    with pytest.raises(ValueError, match="Unknown config key"):
+        TrainConfig.from_dict({"batchsize": 3})
+    with pytest.raises(ValueError, match="Invalid dtype"):
+        load_config(None, ["dtype=fp8"])
+    with pytest.raises(ValueError, match="Invalid batch_size"):
+        load_config(None, ["batch_size='many'"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        apply_overrides({}, ["lr"])
+
+
+def _tokens(tmp_path, n=5000):
+    path = tmp_path / "train.bin"
+    np.arange(n, dtype=np.uint16).tofile(path)
+    return path
+
+
+@pytest.mark.parametrize("sampling", ["shuffle", "random"])
+def test_ranks_read_disjoint_parts_of_the_same_global_batch(tmp_path, sampling):
+    path = _tokens(tmp_path)
+    kw = dict(batch_size=3, block_size=16, grad_accum=4, seed=5, sampling=sampling)
+    single = TrainLoader(path, **kw)
+    ranks = [TrainLoader(path, rank=r, world_size=2, **kw) for r in range(2)]
+    try:
+        for _ in range(3):  # three optimizer steps
+            one = torch.cat([single.next()[0] for _ in range(4)])
+            two = torch.cat([torch.cat([ld.next()[0] for _ in range(2)]) for ld in ranks])
+            assert sorted(map(tuple, one.tolist())) == sorted(map(tuple, two.tolist()))
+    finally:
+        for ld in (single, *ranks):
+            ld.close()
+
+
+def test_loader_batches_are_shifted_windows_and_resumable(tmp_path):
+    path = _tokens(tmp_path)
+    first = TrainLoader(path, batch_size=2, block_size=8, seed=1)
+    batches = [first.next() for _ in range(5)]
+    first.close()
+    x, y = batches[0]
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    resumed = TrainLoader(path, batch_size=2, block_size=8, seed=1, consumed=3)
+    for want in batches[3:]:
+        got = resumed.next()
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    resumed.close()
+
+
+def test_shuffle_visits_every_window_once_per_epoch():
+    s = WindowSampler(n_tokens=1001, block_size=10, seed=3, sampling="shuffle")
+    assert s.n_windows == 100
+    epoch0, epoch1 = s.starts(0, 100), s.starts(100, 100)
+    assert sorted(epoch0.tolist()) == list(range(0, 1000, 10)) == sorted(epoch1.tolist())
+    assert not np.array_equal(epoch0, epoch1)
+    assert np.array_equal(s.starts(95, 10), np.concatenate([epoch0[95:], epoch1[:5]]))
+    r = WindowSampler(n_tokens=1001, block_size=10, seed=3, sampling="random").starts(0, 10_000)
+    assert r.min() >= 0 and r.max() <= 1001 - 11 and len(np.unique(r)) > 900
+
+
+def test_val_windows_are_fixed_and_in_range():
+    w = val_windows(n_tokens=1000, block_size=10, max_sequences=7)
+    assert len(w) == 7 and w[0] == 0 and w[-1] == 980 and np.all(np.diff(w) > 0)
+    assert len(val_windows(1000, 10, 10_000)) == 99

@@ -1,0 +1,71 @@
+"""DDP on CPU (gloo, 2 processes): the loss curve equals the 1-process run at the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from lm_helpers import records, tiny_config
+
+from focus_optim.lm import distributed
+from focus_optim.lm.train import Trainer, train
+
+pytestmark = [pytest.mark.distributed]
+
+OPTS = (
+    "batch_size=2",
+    "grad_accum=4",
+    "max_steps=6",
+    "eval_interval=3",
+    "ckpt_interval=3",
+    "sampling='random'",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(
+    rank: int, world_size: int, port: int, data_dir: str, out_dir: str, optimizers: tuple[str, ...]
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    try:
+        for name in optimizers:  # one process group for all runs (spawning is the slow part)
+            Trainer(tiny_config(Path(data_dir), Path(out_dir) / name, *OPTS, f"optimizer={name}")).run()
+    finally:
+        distributed.shutdown()
+
+
+def test_two_processes_match_one(synthetic_data, tmp_path):
+    optimizers = ("adamw", "focus")
+    for name in optimizers:
+        train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
+    mp.spawn(
+        _worker, args=(2, _free_port(), str(synthetic_data), str(tmp_path / "ddp"), optimizers), nprocs=2
+    )
+
+    for name in optimizers:
+        single, ddp = tmp_path / "single" / name, tmp_path / "ddp" / name
+        for kind, key in (("train", "loss"), ("val", "val_loss"), ("train", "grad_norm")):
+            one = [(r["step"], r[key]) for r in records(single, kind)]
+            two = [(r["step"], r[key]) for r in records(ddp, kind)]
+            assert [s for s, _ in one] == [s for s, _ in two]
+            torch.testing.assert_close([v for _, v in two], [v for _, v in one], rtol=1e-5, atol=1e-6)
+        start = next(r for r in records(ddp, "event") if r["event"] == "start")
+        assert start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 64
+        state = torch.load(ddp / "ckpt.pt", weights_only=True)
+        assert len(state["rng"]) == 2 and state["world_size"] == 2

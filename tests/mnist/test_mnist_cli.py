@@ -1,0 +1,85 @@
+"""`focus-optim mnist run|plot` end to end on tiny grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mnist_helpers import real_mnist_dir
+
+from focus_optim import load_results
+from focus_optim.cli import main
+
+TINY = ["--batch-sizes", "4", "8", "--num-lrs", "2", "--replicates", "2", "--steps", "3", "--eval-every", "3"]
+
+
+def test_run_and_plot_tiny_grid(tmp_path: Path, idx_dir_session: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = [
+        "mnist",
+        "run",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(idx_dir_session),
+        "--no-verify",
+        "--no-progress",
+    ]
+    assert main([*args, *TINY, "--device", "cpu", "--plot"]) == 0
+    text = capsys.readouterr().out
+    assert "4 cells computed" in text and "I_Signum (%)" in text
+    for name in ("fig2c.png", "fig2c.pdf", "fig2d.png", "fig2d.pdf", "summary.json", "summary.txt"):
+        assert (out / "figures" / name).stat().st_size > 0
+    summary = json.loads((out / "figures" / "summary.json").read_text())
+    assert summary["batch_sizes"] == [4, 8] and set(summary["optimizers"]) == {"adamw", "signum"}
+    ds = load_results(out)
+    assert ds["history"].shape == (2, 2, 2, 2, 3, 3)
+    assert json.loads(ds.attrs["config"])["data"].startswith("unverified:")
+    # resume: nothing left to do; plot again into another directory
+    assert main([*args, *TINY, "--device", "cpu"]) == 0
+    assert "0 cells computed, 4 already there" in capsys.readouterr().out
+    assert main(["mnist", "plot", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "fig2c.png").exists()
+
+
+def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["mnist", "run", "--out", str(tmp_path / "x"), "--optimizers", "adamw", "nope"]) == 2
+    assert "Unknown optimizer 'nope'" in capsys.readouterr().err
+    missing = tmp_path / "no-data"
+    missing.mkdir()
+    code = main(["mnist", "run", "--out", str(tmp_path / "y"), "--data-dir", str(missing), "--shard", "3/2"])
+    assert code == 2 and "Invalid shard 3/2" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(real_mnist_dir() is None, reason="../shared/data/mnist not present")
+def test_run_on_real_mnist_one_cell(tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    args = [
+        "mnist",
+        "run",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(real_mnist_dir()),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    tiny = [
+        "--optimizers",
+        "signum",
+        "--batch-sizes",
+        "32",
+        "--lrs",
+        "1e-3",
+        "--replicates",
+        "2",
+        "--steps",
+        "20",
+    ]
+    assert main([*args, *tiny, "--eval-every", "20"]) == 0
+    ds = load_results(out)
+    assert json.loads(ds.attrs["config"])["data"] == "mnist"
+    final = ds["history"].sel(metric="test_acc").isel(step=-1).values
+    assert final.shape == (1, 1, 1, 2) and (final > 0.5).all()  # 20 steps of signum: well above chance

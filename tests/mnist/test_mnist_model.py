@@ -1,0 +1,121 @@
+"""The ensemble MLP is exactly E independent copies of the paper's nn.Sequential MLP."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from focus_optim.mnist.model import EnsembleMLP, reference_mlp
+
+E, B = 3, 16
+
+
+def _models(seed: int = 0) -> list[nn.Sequential]:
+    torch.manual_seed(seed)
+    models = [reference_mlp() for _ in range(E)]
+    with torch.no_grad():  # non-trivial BN parameters and running stats
+        for m in models:
+            for mod in m:
+                if isinstance(mod, nn.BatchNorm1d):
+                    mod.weight.uniform_(0.5, 1.5)
+                    mod.bias.uniform_(-0.2, 0.2)
+                    mod.running_mean.uniform_(-0.1, 0.1)
+                    mod.running_var.uniform_(0.5, 2.0)
+    return models
+
+
+def test_layer_order_is_bn_linear_relu() -> None:
+    kinds = [type(m).__name__ for m in reference_mlp()]
+    assert kinds == ["BatchNorm1d", "Linear", "ReLU"] * 5 + ["BatchNorm1d", "Linear"]
+    widths = [m.in_features for m in reference_mlp() if isinstance(m, nn.Linear)]
+    assert widths == [784, 128, 128, 128, 128, 128]
+
+
+def test_train_forward_backward_and_running_stats_match_independent_models() -> None:
+    models = _models()
+    ens = EnsembleMLP.from_sequential(models)
+    x = torch.rand(E, B, 784)
+    y = torch.randint(0, 10, (E, B))
+    out = ens(x)
+    F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1).sum().backward()
+    for e, m in enumerate(models):
+        ref = m(x[e])
+        F.cross_entropy(ref, y[e]).backward()
+        torch.testing.assert_close(out[e], ref, rtol=1e-5, atol=1e-5)
+    for e, m in enumerate(models):
+        member = ens.member(e)  # running stats after one training forward
+        stats = [(a, b) for (n, a), b in zip(member.named_buffers(), m.buffers()) if "running" in n]
+        assert len(stats) == 12
+        for a, b in stats:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        grads = [p.grad for p in m.parameters()]
+        ens_grads = [
+            g[e]
+            for blk in ens.all_blocks()
+            for g in (blk.norm.weight.grad, blk.norm.bias.grad, blk.linear.weight.grad, blk.linear.bias.grad)
+        ]
+        for a, b in zip(ens_grads, grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_eval_forward_and_folded_test_pass_match_independent_models() -> None:
+    models = _models(1)
+    ens = EnsembleMLP.from_sequential(models).eval()
+    x = torch.rand(500, 784)
+    labels = torch.randint(0, 10, (500,))
+    loss, acc = ens.evaluate(x.T.contiguous(), labels)
+    chunked = ens.evaluate(x.T.contiguous(), labels, chunk=128)
+    out = ens(x.expand(E, -1, -1))
+    for e, m in enumerate(models):
+        ref = m.eval()(x)
+        torch.testing.assert_close(out[e], ref, rtol=1e-5, atol=1e-5)
+        assert loss[e].item() == pytest.approx(F.cross_entropy(ref, labels).item(), rel=1e-5)
+        assert acc[e].item() == pytest.approx((ref.argmax(1) == labels).float().mean().item())
+    torch.testing.assert_close(chunked[0], loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked[1], acc)
+    bf16, _ = ens.evaluate(x.T.contiguous().bfloat16(), labels, precision="bf16")
+    torch.testing.assert_close(bf16, loss, rtol=2e-2, atol=2e-2)
+
+
+def test_round_trip_and_member_independence() -> None:
+    models = _models(2)
+    ens = EnsembleMLP.from_sequential(models)
+    for e, m in enumerate(models):
+        for a, b in zip(ens.member(e).state_dict().values(), m.state_dict().values()):
+            torch.testing.assert_close(a.float(), b.float())
+    # changing member 1's input changes nothing of member 0's output (BN statistics are per member)
+    x = torch.rand(E, B, 784)
+    y0 = ens(x)[0]
+    x[1] = torch.rand(B, 784) * 10
+    torch.testing.assert_close(ens(x)[0], y0)
+
+
+def test_default_init_per_member() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ens = EnsembleMLP(4, generator=gen)
+    w, b = ens.blocks[0].linear.weight, ens.blocks[0].linear.bias
+    bound = 1 / math.sqrt(784)
+    assert w.abs().max() <= bound and b.abs().max() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # U(-b, b)
+    assert not torch.equal(w[0], w[1])
+    assert torch.equal(ens.head.norm.weight, torch.ones(4, 128))
+    gen2 = torch.Generator().manual_seed(0)
+    assert torch.equal(EnsembleMLP(4, generator=gen2).blocks[0].linear.weight, w)  # seeded
+
+
+def test_registry_groups_no_decay_on_biases_and_bn() -> None:
+    from focus_optim import make_optimizer
+
+    ens = EnsembleMLP(2)
+    lr = torch.tensor([1e-3, 1e-2])
+    opt = make_optimizer("adamw", ens, ensemble_dims=1, lr=lr, weight_decay=1e-2)
+    names = {id(p): n for n, p in ens.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 1e-2 for p in g["params"]}
+    plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decayed == {n for n in names.values() if n.endswith("linear.weight")} and len(decayed) == 6
+    assert plain == set(names.values()) - decayed and len(plain) == 18
+    assert all(torch.equal(g["lr"], lr) for g in opt.param_groups)

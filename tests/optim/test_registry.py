@@ -1,0 +1,73 @@
+"""make_optimizer: names, defaults, parameter splits, errors; list-optimizers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from focus_optim import FOCUS, AdamW, Signum, available_optimizers, make_optimizer
+from focus_optim.cli import main
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(11, 4)
+        self.block = nn.Linear(4, 4)
+        self.ln = nn.LayerNorm(4)
+        self.lm_head = nn.Linear(4, 11, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+
+
+def groups_by_id(opt):
+    return {id(p): g for g in opt.param_groups for p in g["params"]}
+
+
+def test_core_names_and_aliases():
+    names = available_optimizers()
+    assert {"focus", "signum", "adamw"} <= set(names)
+    assert isinstance(make_optimizer("FOCUS", [nn.Parameter(torch.zeros(2))]), FOCUS)
+    assert isinstance(make_optimizer("adam", [nn.Parameter(torch.zeros(2))]), AdamW)
+    assert isinstance(make_optimizer("signum", [nn.Parameter(torch.zeros(2))]), Signum)
+
+
+def test_unknown_name_and_hyperparameter_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'fokus'; available: .*focus"):
+        make_optimizer("fokus", [nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=r"Unknown hyperparameter\(s\) for focus: gama; valid: .*gamma"):
+        make_optimizer("focus", [nn.Parameter(torch.zeros(2))], gama=0.2)
+
+
+def test_nanogpt_decay_split_and_tied_params_once():
+    model = TinyLM()
+    opt = make_optimizer("focus", model, lr=1e-3, weight_decay=0.2)
+    g = groups_by_id(opt)
+    assert sum(len(gr["params"]) for gr in opt.param_groups) == len(list(model.parameters()))
+    assert g[id(model.block.weight)]["weight_decay"] == 0.2
+    assert g[id(model.wte.weight)]["weight_decay"] == 0.2  # nanoGPT decays embeddings
+    for p in (model.block.bias, model.ln.weight, model.ln.bias):
+        assert g[id(p)]["weight_decay"] == 0.0
+    opt = make_optimizer("focus", model, lr=1e-3, weight_decay=0.2, decay_embeddings=False)
+    assert groups_by_id(opt)[id(model.wte.weight)]["weight_decay"] == 0.0  # Sophia/FOCUS GPT-2 code
+
+
+def test_ensemble_dims_judge_shapes_per_member():
+    stacked_w = nn.Parameter(torch.zeros(5, 3, 4))  # 5 members of a 3x4 matrix
+    stacked_b = nn.Parameter(torch.zeros(5, 3))  # 5 members of a bias vector
+    opt = make_optimizer("adamw", [stacked_w, stacked_b], ensemble_dims=1, weight_decay=0.01,
+                         lr=torch.full((5,), 1e-3))  # fmt: skip
+    g = groups_by_id(opt)
+    assert g[id(stacked_w)]["weight_decay"] == 0.01 and g[id(stacked_b)]["weight_decay"] == 0.0
+
+
+def test_param_group_dicts_pass_through():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    opt = make_optimizer("focus", [{"params": [a], "lr": 0.1}, {"params": [b]}], lr=0.01)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
+
+
+def test_list_optimizers_cli(capsys):
+    assert main(["list-optimizers"]) == 0
+    out = capsys.readouterr().out
+    assert "focus" in out and "source:" in out and "gamma=0.1" in out

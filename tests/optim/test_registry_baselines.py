@@ -1,0 +1,160 @@
+"""The literature baselines through the registry: names, defaults, parameter splits, ensembles."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from focus_optim import make_optimizer
+from focus_optim.optim import ROOT, Conda, EXAdam, Lion, Muon, SophiaG, get_spec, protocol
+from focus_optim.optim.cli import run as list_optimizers
+
+BASELINES = {"lion": Lion, "muon": Muon, "sophia": SophiaG, "conda": Conda, "root": ROOT, "exadam": EXAdam}
+MATRIX_ONLY = {"muon", "conda", "root"}
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=17, d=8):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.fc = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(2 * d, d)
+        self.ln = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, x):
+        h = self.wte(x)
+        h = h + self.proj(torch.relu(self.fc(h)))
+        return self.lm_head(self.ln(h))
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_builds_from_a_model_and_trains(name):
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = make_optimizer(name, model, lr=3e-3) if name != "muon" else make_optimizer(name, model)
+    assert type(opt) is BASELINES[name]
+    x = torch.randint(0, 17, (4, 6))
+    before = [p.detach().clone() for p in model.parameters()]
+    first = None
+    for _ in range(25):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[:, :-1]).reshape(-1, 17), x[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step(**protocol.step_kwargs(opt, tokens=x.numel()))
+        first = loss.item() if first is None else first
+    assert loss.item() < first
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_ONLY))
+def test_matrix_only_split_of_a_model(name):
+    model = TinyLM()
+    opt = make_optimizer(name, model)
+    where = {id(p): g["matrix"] for g in opt.param_groups for p in g["params"]}
+    assert where[id(model.fc.weight)] and where[id(model.proj.weight)]
+    for p in (model.wte.weight, model.lm_head.weight, model.fc.bias, model.ln.weight, model.ln.bias):
+        assert where[id(p)] is False
+    assert all(g["ensemble_dims"] == 0 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_builds_from_a_list_of_tensors_with_gpt2_like_shapes(name):
+    """What ``focus-optim bench-step`` does on GPT-2-124M shapes, scaled down 24x."""
+    torch.manual_seed(0)
+    d, vocab, ctx = 32, 2094, 43
+    shapes = [
+        (vocab, d),
+        (ctx, d),
+        (d,),
+        (d,),
+        (3 * d, d),
+        (3 * d,),
+        (d, d),
+        (d,),
+        (4 * d, d),
+        (4 * d,),
+        (d, 4 * d),
+    ]
+    params = [torch.randn(s, requires_grad=True) for s in shapes]
+    opt = make_optimizer(name, params)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in params]
+    opt.step(**protocol.step_kwargs(opt, tokens=1024))
+    assert all(torch.isfinite(p).all() and not torch.equal(b, p) for b, p in zip(before, params))
+    if name in MATRIX_ONLY:
+        matrices = {id(p) for g in opt.param_groups if g["matrix"] for p in g["params"]}
+        assert matrices == {id(p) for p in params if p.ndim == 2}
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_ONLY))
+def test_ensemble_dims_pass_through_and_vectors_are_refused(name):
+    stacked = [torch.randn(3, 6, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
+    opt = make_optimizer(name, stacked, ensemble_dims=1)
+    assert {(g["matrix"], g["ensemble_dims"]) for g in opt.param_groups} == {(True, 1), (False, 1)}
+    # the 2-D toy landscape: E trajectories of a 2-vector, no matrix at all
+    with pytest.raises(ValueError, match="none of the given parameters is a matrix"):
+        make_optimizer(name, [torch.randn(5, 2, requires_grad=True)], ensemble_dims=1)
+
+
+@pytest.mark.parametrize("name", ["lion", "sophia", "exadam"])
+def test_element_wise_baselines_run_the_2d_toy_ensemble(name):
+    x = torch.randn(5, 2, requires_grad=True)
+    opt = make_optimizer(name, [x], ensemble_dims=1, lr=torch.linspace(1e-3, 1e-2, 5))
+    before = x.detach().clone()
+    x.grad = torch.randn(5, 2)
+    opt.step()
+    assert not torch.equal(before, x.detach())
+
+
+def test_aliases_and_defaults_follow_the_spec():
+    assert get_spec("sophiag").name == "sophia" and get_spec("SophiaG").load() is SophiaG
+    expect = {
+        "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
+        "muon": dict(lr=0.02, momentum=0.95, weight_decay=0.0, nesterov=True, ns_steps=5, adamw_lr=3e-4,
+                     adamw_betas=(0.9, 0.95), adamw_eps=1e-10, adamw_wd=0.0),
+        "sophia": dict(lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1, hessian_interval=10),
+        "conda": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, update_proj_gap=50, scale=1.0,
+                      proj_type="std"),
+        "root": dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, root_steps=5,
+                     adamw_betas=(0.9, 0.95), adamw_eps=1e-8),
+        "exadam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, growing_step=False),
+    }  # fmt: skip
+    for name, want in expect.items():
+        spec = get_spec(name)
+        hp = spec.hyperparameters()
+        assert {k: hp[k] for k in want} == want, name
+        assert spec.matrix_only == (name in MATRIX_ONLY) and spec.source and spec.description
+
+
+def test_no_decay_groups_stay_undecayed_under_default_weight_decay():
+    """Sophia and ROOT default to weight_decay 0.1: the registry must still exempt 1-D params."""
+    for name in ("sophia", "root"):
+        opt = make_optimizer(name, TinyLM())
+        decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        model_bias = [g for g in opt.param_groups if any(p.ndim == 1 for p in g["params"])]
+        assert model_bias and all(g["weight_decay"] == 0.0 for g in model_bias), name
+        assert 0.1 in decay.values()
+
+
+def test_unknown_hyperparameter_lists_valid_ones():
+    with pytest.raises(
+        ValueError, match=r"Unknown hyperparameter\(s\) for muon: betas; valid: .*adamw_betas"
+    ):
+        make_optimizer("muon", TinyLM(), betas=(0.9, 0.99))
+
+
+def test_list_optimizers_prints_every_baseline():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert list_optimizers(None) == 0
+    text = out.getvalue()
+    for name in BASELINES:
+        assert f"\n{name}" in "\n" + text
+    assert "sophia (aliases: sophiag)" in text
+    assert text.count("[matrix-only, aux AdamW for the rest]") >= 3

@@ -1,0 +1,37 @@
+"""The core import stays light: optimizers and registry only, no lab dependencies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("matplotlib", "xarray", "tiktoken", "tqdm", "tensorboard", "pytorch_optimizer", "triton")
+
+SCRIPT = """
+import json, sys, time
+import torch  # torch itself may import some of these (e.g. tqdm): only new imports count
+before = set(sys.modules)
+t0 = time.perf_counter()
+import focus_optim
+elapsed = time.perf_counter() - t0
+new = set(sys.modules) - before
+print(json.dumps({"seconds": elapsed, "modules": sorted(m for m in new if m.split('.')[0] in HEAVY)}))
+""".replace("HEAVY", repr(HEAVY))
+
+
+def test_import_is_fast_and_light():
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=120
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["modules"] == [], report["modules"]
+    assert report["seconds"] < 1.0, report
+
+
+def test_public_api():
+    import focus_optim
+
+    for name in ("FOCUS", "Signum", "AdamW", "make_optimizer", "load_results", "available_optimizers"):
+        assert hasattr(focus_optim, name)
+    assert focus_optim.__version__

@@ -1,0 +1,142 @@
+"""The sweep runner and results store: resume, refusal, shards, batching, corruption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from focus_optim.sweep import Shard, SweepSpec, load_results, parse_shard, run_sweep
+
+xr = pytest.importorskip("xarray")
+
+
+def make_spec(**config):
+    return SweepSpec(
+        name="demo",
+        outer={"optimizer": ["adamw", "focus"], "sharpness": [0.1, 1.0, 10.0]},
+        inner={"lr": [1e-3, 1e-2], "replicate": [0, 1, 2]},
+        variables={"value": ("metric",), "curve": ("step",)},
+        extra_coords={"metric": ["final", "min"], "step": [0, 1, 2, 3]},
+        config={"steps": 4, **config},
+        seed=7,
+    )
+
+
+class Counting:
+    """A deterministic compute function (depends only on the cell seed) that counts its calls."""
+
+    def __init__(self):
+        self.cells = []
+
+    def __call__(self, cells, device):
+        out = []
+        for c in cells:
+            self.cells.append(c.key)
+            rng = np.random.default_rng(c.seed)
+            out.append({"value": rng.normal(size=(2, 3, 2)), "curve": rng.normal(size=(2, 3, 4))})
+        return out
+
+
+def test_resume_recomputes_nothing_and_equals_uninterrupted(tmp_path):
+    spec = make_spec()
+    first = Counting()
+    rep = run_sweep(spec, first, tmp_path / "a", max_cells=2, progress=False)  # a "killed" run
+    assert rep.computed == 2 and len(first.cells) == 2
+    second = Counting()
+    rep = run_sweep(spec, second, tmp_path / "a", progress=False)
+    assert rep.skipped == 2 and rep.computed == 4
+    assert not set(first.cells) & set(second.cells)
+    third = Counting()
+    run_sweep(spec, third, tmp_path / "a", progress=False)
+    assert third.cells == []
+    run_sweep(spec, Counting(), tmp_path / "b", progress=False)
+    a, b = load_results(tmp_path / "a"), load_results(tmp_path / "b")
+    assert a.attrs["complete"] and b.attrs["complete"]
+    xr.testing.assert_identical(a, b)
+    assert not list((tmp_path / "a" / "cells").glob("*.tmp*"))
+
+
+def test_changed_configuration_refuses_with_clear_error(tmp_path):
+    run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
+    with pytest.raises(ValueError, match=r"different configuration.*config\.steps"):
+        run_sweep(make_spec(steps=5), Counting(), tmp_path, progress=False)
+
+
+def test_shards_and_batches_give_the_single_run_store(tmp_path):
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "single", progress=False)
+    for i in range(3):
+        run_sweep(spec, Counting(), tmp_path / "sharded", shard=Shard(i, 3), progress=False)
+    run_sweep(spec, Counting(), tmp_path / "batched", batch_cells=3, group_by=("optimizer",), progress=False)
+    single = load_results(tmp_path / "single")
+    xr.testing.assert_identical(single, load_results(tmp_path / "sharded"))
+    xr.testing.assert_identical(single, load_results(tmp_path / "batched"))
+
+
+def test_partial_store_loads_with_nans_and_union_of_directories(tmp_path):
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "x", shard=Shard(0, 2), progress=False)
+    run_sweep(spec, Counting(), tmp_path / "y", shard=Shard(1, 2), progress=False)
+    part = load_results(tmp_path / "x")
+    assert not part.attrs["complete"] and part.attrs["cells_done"] == 3
+    assert np.isnan(part["value"].sel(optimizer="adamw", sharpness=1.0)).all()
+    union = load_results([tmp_path / "x", tmp_path / "y"])
+    assert union.attrs["complete"]
+    assert union["value"].dims == ("optimizer", "sharpness", "lr", "replicate", "metric")
+    assert list(union["metric"].values) == ["final", "min"]
+
+
+def test_batches_respect_group_by(tmp_path):
+    seen = []
+
+    def compute(cells, device):
+        seen.append({c.coords["optimizer"] for c in cells})
+        return Counting()(cells, device)
+
+    run_sweep(make_spec(), compute, tmp_path, batch_cells=10, group_by=("optimizer",), progress=False)
+    assert all(len(s) == 1 for s in seen) and len(seen) == 2
+
+
+def test_wrong_shapes_and_corrupt_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"'value' has shape \(3,\), expected \(2, 3, 2\)"):
+        run_sweep(make_spec(), lambda cells, d: [{"value": np.zeros(3), "curve": 0} for _ in cells],
+                  tmp_path / "bad", progress=False)  # fmt: skip
+    run_sweep(make_spec(), Counting(), tmp_path / "ok", max_cells=1, progress=False)
+    victim = next((tmp_path / "ok" / "cells").glob("*.npz"))
+    victim.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=rf"corrupt results file .*{victim.name}"):
+        load_results(tmp_path / "ok")
+    (tmp_path / "ok" / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match=r"manifest\.json is corrupt"):
+        load_results(tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="not a results store"):
+        load_results(tmp_path / "nowhere")
+
+
+def test_seeds_depend_on_cell_coordinates_not_order():
+    a = {c.key: c.seed for c in make_spec().cells()}
+    assert len(set(a.values())) == len(a)
+    b = {c.key: c.seed for c in make_spec().cells()}
+    assert a == b
+
+
+def test_parse_shard(monkeypatch):
+    assert parse_shard("1/4") == Shard(1, 4)
+    with pytest.raises(ValueError, match="expected i/n"):
+        parse_shard("1-4")
+    with pytest.raises(ValueError, match="Invalid shard 4/4"):
+        parse_shard("4/4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert parse_shard(None) == Shard(2, 3)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parse_shard(None) is None
+
+
+def test_manifest_records_grid_and_hash(tmp_path):
+    run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["outer_dims"] == ["optimizer", "sharpness"]
+    assert manifest["config"] == {"steps": 4} and len(manifest["config_hash"]) == 16
