@@ -18,19 +18,21 @@ fig3_signum_1e-4       1e-4   Signum as above
 
 At ~500K tokens/s a full run trains for ~60 s plus ~20-50 s of start-up and compilation, so
 the whole set takes about 11-12 minutes (data preparation ~15 s included). Split it into parts
-of at most 9 minutes with ``--part i/n`` (``1/2``: the first four runs, ~6 min; ``2/2``: the
-last three and the comparison, ~5 min). A finished run (its log ends with an ``end`` event) is
-skipped, so a part can be re-run after an interruption.
+of at most 9 minutes with ``--part i/n`` (``1/2``: data and the three lr-6e-4 runs, ~5 min;
+``2/2``: the other four runs and the comparison, ~6 min). A finished run (its log ends with an
+``end`` event) is skipped, so a part can be re-run after an interruption.
 
     PYTHONPATH=src python benchmarks/lm_replication.py --part 1/2 --export $OUT/lm_replication
     PYTHONPATH=src python benchmarks/lm_replication.py --part 2/2 --export $OUT/lm_replication
 
-Run directories go to ``--out`` (default ``runs/lm_replication``); ``--export`` receives each
-run's ``config.json`` and ``log.jsonl`` as soon as it finishes, and after the last part
-``compare.json`` and ``compare.png/pdf`` (``focus-optim lm compare``, reference: AdamW 6e-4).
-If the machine was handed back between parts, compare the exported logs anywhere with
-``focus-optim lm compare EXPORT/fig3_* --out EXPORT``. Extra ``--set key=value`` options apply
-to every run (e.g. ``--set batch_size=16 --set grad_accum=4``).
+Run directories go to ``--out`` (default ``runs/lm_replication``). ``--export DIR`` receives at
+most four files per part: ``lm_replication_part<i>of<n>.tar.gz`` (each run's ``config.json``
+and ``log.jsonl``, refreshed after every run), ``lm_replication_part<i>of<n>.json`` (the
+summary table) and, after the last part, ``compare.json`` and ``compare.png`` (``focus-optim lm
+compare`` over every run found in ``--out``; reference AdamW 6e-4). If the machine was handed
+back between parts, unpack both archives in one folder and run ``focus-optim lm compare fig3_*
+--reference fig3_adamw_6e-4 --out .`` there. Extra ``--set key=value`` options apply to every run
+(e.g. ``--set batch_size=16 --set grad_accum=4``).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +87,7 @@ def ensure_data(data_dir: Path, corpus: str, tokenizer: str | None) -> None:
     if (data_dir / "meta.json").exists():
         return
     files = sorted(glob.glob(corpus))
-    cmd = [sys.executable, "-m", "focus_optim.cli", "lm", "prepare", *files, "--out", str(data_dir)]
+    cmd = [sys.executable, "-m", "focus_optim.lm.cli", "prepare", *files, "--out", str(data_dir)]
     if tokenizer:
         cmd += ["--tokenizer-file", tokenizer]
     print("$ " + " ".join(cmd), flush=True)
@@ -95,7 +99,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if finished(run_dir):
         return {"run": name, "status": "done before", **_summary(run_dir)}
     cmd = [
-        sys.executable, "-m", "focus_optim.cli", "lm", "train",
+        sys.executable, "-m", "focus_optim.lm.cli", "train",
         "--config", str(args.configs / f"{name}.toml"),
         "--set", f"out_dir={json.dumps(str(run_dir))}",
         "--set", f"data_dir={json.dumps(str(args.data_dir))}",
@@ -123,14 +127,16 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def export(run_dir: Path, dest: Path | None) -> None:
-    if dest is None or not run_dir.exists():
-        return
-    target = dest / run_dir.name
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "log.jsonl"):
-        if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, target / name)
+def export(run_dirs: list[Path], archive: Path) -> None:
+    """Pack each run's ``config.json`` and ``log.jsonl`` into one ``.tar.gz`` (few files travel back)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for run_dir in run_dirs:
+            for name in ("config.json", "log.jsonl"):
+                if (run_dir / name).exists():
+                    tar.add(run_dir / name, arcname=f"{run_dir.name}/{name}")
+    os.replace(tmp, archive)
 
 
 def main() -> int:
@@ -166,11 +172,13 @@ def main() -> int:
     tokenizer = args.tokenizer_file if Path(args.tokenizer_file).is_file() else None
     ensure_data(args.data_dir, args.corpus, tokenizer)
 
+    tag = "lm_replication_part" + args.part.replace("/", "of")
     rows = []
     for name in mine:
         rows.append(run_one(name, args))
-        export(args.out / name, args.export)
         print(json.dumps(rows[-1]), flush=True)
+        if args.export is not None:  # after every run, so an interrupted part still returns logs
+            export([args.out / r for r in mine], args.export / f"{tag}.tar.gz")
 
     if args.compare if args.compare is not None else last_part:
         dirs = [str(args.out / r) for r in runs if (args.out / r / "log.jsonl").exists()]
@@ -178,16 +186,16 @@ def main() -> int:
             from focus_optim.lm.compare import compare
 
             ref = str(args.out / REFERENCE) if str(args.out / REFERENCE) in dirs else None
-            dest = args.export or args.out
-            compare(
-                dirs, reference=ref, out_dir=dest, title="GPT-2 124M, offline corpus (small-scale Figure 3)"
-            )
+            title = "GPT-2 124M on the offline corpus (small-scale Figure 3)"
+            compare(dirs, reference=ref, out_dir=args.out, title=title)
+            if args.export is not None:
+                for name in ("compare.json", "compare.png"):
+                    if (args.out / name).exists():
+                        shutil.copy2(args.out / name, args.export / name)
     print(format_table(rows, time.perf_counter() - t0))
     if args.export is not None:
         args.export.mkdir(parents=True, exist_ok=True)
-        (args.export / f"replication_part{args.part.replace('/', 'of')}.json").write_text(
-            json.dumps(rows, indent=1)
-        )
+        (args.export / f"{tag}.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0 if all(r["status"] in ("ok", "done before", "diverged (non-finite loss)") for r in rows) else 1
 
 

@@ -112,7 +112,7 @@ def _run_method(method: str, args: argparse.Namespace, device: torch.device) -> 
         "numel": numel,
         "step_ms": 1e3 * statistics.median(times),
         "bytes_per_step": statistics.mean(sent),
-        "phase1": getattr(opt, "comm_stats", {}).get("phase1", "-"),
+        "phase1": getattr(opt, "comm_stats", {}).get("phase1", "all_reduce"),
         "comm_ms": _comm_only(method, net, device, args.comm_reps),
     }
 
@@ -196,7 +196,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         f"{'n':>2} {'method':<12} {'params':>9} {'bytes/step/rank':>16} "
-        f"{'vs fp32':>8} {'step ms':>8} {'comm ms':>8}"
+        f"{'vs fp32':>8} {'step ms':>8} {'comm ms':>8}  phase 1"
     )
     lines = [head, "-" * len(head)]
     for res in results:
@@ -208,7 +208,7 @@ def table(results: list[dict[str, Any]]) -> str:
             r = res[method]
             lines.append(
                 f"{res['world_size']:>2} {method:<12} {r['numel']:>9,} {r['bytes_per_step']:>16,.0f} "
-                f"{r['bytes_per_step'] / ref:>8.4f} {r['step_ms']:>8.2f} {r['comm_ms']:>8.2f}"
+                f"{r['bytes_per_step'] / ref:>8.4f} {r['step_ms']:>8.2f} {r['comm_ms']:>8.2f}  {r['phase1']}"
             )
     return "\n".join(lines)
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="timed steps (after the warm-up)")
     ap.add_argument("--comm-reps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    ap.add_argument("--timeout", type=float, default=540.0, help="seconds per world size")
+    ap.add_argument("--timeout", type=float, default=240.0, help="seconds per world size")
     ap.add_argument("--json", default=None, help="output path (default: $OUT/onebit_comm.json if OUT is set)")
     args = ap.parse_args(argv)
     args.device = args.device or ("cuda" if args.backend == "nccl" else "cpu")
@@ -235,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA is not available", file=sys.stderr)
         return 1
 
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     results = [bench(int(n), args) for n in args.nproc.split(",")]
     meta = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": started,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "torch": torch.__version__,
         "host": platform.node(),

@@ -26,7 +26,7 @@ def test_run_and_plot_tiny_grid(tmp_path: Path, idx_dir_session: Path, capsys: p
         "--no-verify",
         "--no-progress",
     ]
-    assert main([*args, *TINY, "--device", "cpu", "--plot"]) == 0
+    assert main([*args, *TINY, "--device", "cpu", "--workers", "1", "--plot"]) == 0
     text = capsys.readouterr().out
     assert "4 cells computed" in text and "I_Signum (%)" in text
     for name in ("fig2c.png", "fig2c.pdf", "fig2d.png", "fig2d.pdf", "summary.json", "summary.txt"):
@@ -37,7 +37,7 @@ def test_run_and_plot_tiny_grid(tmp_path: Path, idx_dir_session: Path, capsys: p
     assert ds["history"].shape == (2, 2, 2, 2, 3, 3)
     assert json.loads(ds.attrs["config"])["data"].startswith("unverified:")
     # resume: nothing left to do; plot again into another directory
-    assert main([*args, *TINY, "--device", "cpu"]) == 0
+    assert main([*args, *TINY, "--device", "cpu", "--workers", "1"]) == 0
     assert "0 cells computed, 4 already there" in capsys.readouterr().out
     assert main(["mnist", "plot", str(out), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "fig2c.png").exists()

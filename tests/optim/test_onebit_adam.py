@@ -341,6 +341,22 @@ def test_exp_avg_mask_of_the_current_groups_survives_loading():
     assert torch.equal(opt2.param_groups[0]["exp_avg_mask"], new_mask)
 
 
+def test_a_state_dict_without_the_onebit_entry_derives_the_stage_from_the_steps():
+    model, x, y = _problem()
+    opt = OneBitAdam(model.parameters(), freeze_step=3, **HP)
+    for t in range(1, 5):
+        _grad_step(model, x, y, t)
+        opt.step()
+    sd = opt.state_dict()
+    sd.pop("onebit")
+    opt2 = OneBitAdam(model.parameters(), freeze_step=3, **HP)
+    opt2.load_state_dict(sd)
+    assert opt2.frozen and opt2.state_dict()["onebit"]["t"] == 4
+    opt3 = OneBitAdam(model.parameters(), freeze_step=10, **HP)
+    opt3.load_state_dict(sd)
+    assert not opt3.frozen and protocol.needs_grad_sync(opt3)
+
+
 def test_rank_state_path_template():
     assert str(rank_state_path("ck/opt-{rank}.pt", 3)) == "ck/opt-3.pt"
     assert str(rank_state_path("ck/opt.pt", 1)) == "ck/opt.rank1.pt"
@@ -386,3 +402,36 @@ def test_registry_entry_and_defaults():
     opt = make_optimizer("1bit_adam", model, weight_decay=0.01, freeze_step=10)
     assert isinstance(opt, OneBitAdam) and opt.freeze_step == 10
     assert focus_optim.OneBitAdam is OneBitAdam
+
+
+# --- CUDA ------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cuda_packing_and_simulated_allreduce_match_cpu():
+    x = torch.randn(4, 1000)
+    x[0, :5] = 0.0
+    assert torch.equal(_comm.pack_signs(x.cuda()).cpu(), _comm.pack_signs(x))
+    assert torch.equal(
+        _comm.unpack_signs(_comm.pack_signs(x.cuda())).cpu(), _comm.unpack_signs(_comm.pack_signs(x))
+    )
+    lp = _comm.padded_numel(1000, 4)
+    outs = []
+    for device in ("cpu", "cuda"):
+        werr, serr = torch.zeros(4, lp, device=device), torch.zeros(lp, device=device)
+        for _ in range(5):
+            out = _comm.simulated_compressed_allreduce(x.to(device), werr, serr)
+        outs.append(out.cpu())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_optimizer_with_simulated_workers_matches_cpu():
+    results = []
+    for device in ("cpu", "cuda"):
+        model, x, y = _problem()
+        model, x, y = model.to(device), x.to(device), y.to(device)
+        opt = OneBitAdam(model.parameters(), freeze_step=3, simulate_workers=2, **HP)
+        for t in range(1, 8):
+            _simulated_step(model, opt, x, y, t, 2)
+        assert opt.comm_stats["phase"] == "compressed"
+        results.append(torch.cat([p.detach().flatten().cpu() for p in model.parameters()]))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)

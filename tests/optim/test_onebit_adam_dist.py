@@ -420,3 +420,30 @@ def ranks2(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def ranks4(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return launch(_w_suite, 4, tmp_path_factory.mktemp("ranks4"), ("allreduce", "bytes", "identity"))
+
+
+# --- CUDA tensors over gloo (several ranks may share one GPU; NCCL would refuse) ----------------------
+def _w_cuda_gloo(rank: int, n: int, out_dir: str) -> dict[str, Any]:
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    lps = [_comm.padded_numel(math.prod(s), n) for s in SHAPES]
+    werr = [torch.zeros(lp, device=device) for lp in lps]
+    serr = [torch.zeros(lp // n, device=device) for lp in lps]
+    sim_w = [torch.zeros(n, lp, device=device) for lp in lps]
+    sim_s = [torch.zeros(lp, device=device) for lp in lps]
+    equal, mode = True, None
+    for r in range(5):
+        xs = [[t.to(device) for t in _inputs(r, j)] for j in range(n)]
+        ts = [x.clone() for x in xs[rank]]
+        _, mode = _comm.compressed_allreduce_(ts, werr, serr)
+        for k in range(len(SHAPES)):
+            sim = _comm.simulated_compressed_allreduce([xs[j][k] for j in range(n)], sim_w[k], sim_s[k])
+            equal &= torch.equal(ts[k], sim)
+    return {"equal": equal, "mode": mode}
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_over_gloo_fall_back_to_all_gather_and_match_the_simulation(tmp_path):
+    for res in launch(_w_cuda_gloo, 2, tmp_path):
+        assert res["mode"] == "all_gather"  # gloo has no all-to-all for CUDA tensors
+        assert res["equal"]

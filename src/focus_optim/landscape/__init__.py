@@ -7,7 +7,8 @@
 * :mod:`.figures` — one :class:`~focus_optim.sweep.SweepSpec` per paper figure, with presets;
 * :mod:`.analysis` — best learning rates, phase diagrams, pairwise comparisons;
 * :mod:`.plots` — the figures; :mod:`.regret` — section 4's online convex check;
-* :mod:`.cli` — ``focus-optim toy run|plot``.
+* :mod:`.workers` — one figure on several local processes;
+* :mod:`.cli` — ``focus-optim toy run|plot|regret``.
 
 Import the submodules directly; this package imports nothing heavy.
 """

@@ -86,4 +86,61 @@ def summary(ds: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["METRIC", "best_lr", "mean_over_replicates", "outer_axis", "pairwise", "summary", "winners"]
+def critical_noise(ds: Any, metric: str = METRIC) -> Any:
+    """Per value of the outer axis, the smallest noise at which Adam is not the best optimizer
+    (NaN if Adam wins at every noise level)."""
+    names = [str(o) for o in ds["optimizer"].values]
+    adam = names.index("adamw")
+    win = winners(ds, metric=metric)
+    loses = (win != adam) & (win >= 0)
+    first = loses.argmax("noise")
+    sigma = ds["noise"].isel(noise=first)
+    return sigma.where(loses.any("noise"))
+
+
+def phase_checks(ds: Any) -> dict[str, bool]:
+    """The qualitative structure of the paper's Figure 2a (section 2.2-2.3), as yes/no checks:
+
+    * ``adam_best_without_noise``: Adam wins at least 90% of the sigma = 0 pixels;
+    * ``signum_family_best_at_high_noise``: at the largest noise, Signum or FOCUS wins at least
+      90% of the pixels in the lower half of the sharpness range;
+    * ``critical_noise_grows_with_sharpness``: the critical noise (where Adam stops winning) rises
+      with sharpness (Spearman correlation > 0.7);
+    * ``focus_beats_signum_when_sharp``: among pixels of the upper half of the sharpness range that
+      Adam does not win, FOCUS wins more than Signum.
+    """
+    names = [str(o) for o in ds["optimizer"].values]
+    if not {"adamw", "signum", "focus"} <= set(names) or "sharpness" not in ds.dims:
+        return {}
+    win = winners(ds)
+    adam, signum, focus = (names.index(n) for n in ("adamw", "signum", "focus"))
+    n_a = ds.sizes["sharpness"]
+    zero = win.isel(noise=0)
+    low_a_high_noise = win.isel(noise=-1, sharpness=slice(0, n_a // 2))
+    crit = critical_noise(ds).values
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    finite = np.isfinite(crit)
+    crit_filled = np.where(finite, crit, np.inf)
+    rho = np.corrcoef(ranks(np.arange(n_a)), ranks(crit_filled))[0, 1] if finite.sum() > 2 else np.nan
+    upper = win.isel(sharpness=slice(n_a // 2, None))
+    return {
+        "adam_best_without_noise": bool((zero == adam).mean() >= 0.9),
+        "signum_family_best_at_high_noise": bool(
+            ((low_a_high_noise == signum) | (low_a_high_noise == focus)).mean() >= 0.9
+        ),
+        "critical_noise_grows_with_sharpness": bool(rho > 0.7),
+        "focus_beats_signum_when_sharp": bool(int((upper == focus).sum()) > int((upper == signum).sum())),
+    }
+
+
+__all__ = [
+    "METRIC",
+    "best_lr",
+    "critical_noise",
+    "mean_over_replicates",
+    "outer_axis",
+    "pairwise",
+    "phase_checks",
+    "summary",
+    "winners",
+]

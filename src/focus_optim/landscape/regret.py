@@ -5,13 +5,19 @@ Theorem 4.2 assumes :math:`\eta_t = \eta/\sqrt t`, :math:`\beta_{1,t} = \beta_1\
 ``param_groups`` before every step, as a scheduler would (no second implementation).
 
 The problem: online absolute deviation, :math:`L_t(\theta) = \frac1d\lVert\theta - z_t\rVert_1` with
-:math:`z_t \sim \mathcal N(\mu, I)` i.i.d. It is convex, its gradients are bounded
+:math:`z_t \sim \mathcal N(\mu, s^2 I)` i.i.d., with :math:`\mu \sim \mathcal N(0, \text{offset}^2 I)` per
+sequence (FOCUS starts at 0, away from the optimum). It is convex, its gradients are bounded
 (:math:`G_\infty = 1/d`), and the best fixed point in hindsight is exact: the coordinate-wise
 median of :math:`z_1..z_T`, so :math:`R(T) = \sum_{t\le T} L_t(\theta_t) - \min_\theta\sum_{t\le T}
 L_t(\theta)` needs no inner optimisation. Gradient noise does not vanish at the optimum, so the
 :math:`\eta_t`-sized fluctuations of a sign method cost :math:`\propto\eta_t` per step and the
 regret grows as :math:`\sqrt T`: the log-log slope of :math:`R(T)/T` is about -1/2. Many
 independent sequences run at once as rows of one ensemble parameter.
+
+Defaults: :math:`\eta = 1` (the noise scale of :math:`z`), :math:`\beta_1 = 0.9`, :math:`\beta_2 = 0.9`,
+:math:`\gamma = 0.2`, :math:`\lambda = 0.9`. With a slow decay (:math:`\lambda = 0.999`) the
+momentum and attraction fade *during* the fitted window, which shrinks the fluctuation cost over
+time and steepens the finite-T slope (about -0.7 at T <= 10^4), still within the O(1/sqrt T) bound.
 """
 
 from __future__ import annotations
@@ -39,12 +45,12 @@ def run(
     steps: int = 10000,
     sequences: int = 32,
     dim: int = 10,
-    lr: float = 0.1,
+    lr: float = 1.0,
     beta1: float = 0.9,
     beta2: float = 0.9,
     gamma: float = 0.2,
-    decay: float = 0.999,
-    offset: float = 0.0,
+    decay: float = 0.9,
+    offset: float = 1.0,
     scale: float = 1.0,
     seed: int = 0,
     checkpoints: int = 16,
@@ -54,6 +60,7 @@ def run(
 
     Args:
         decay: :math:`\\lambda` for both :math:`\\beta_{1,t}` and :math:`\\gamma_t`.
+        offset, scale: spread of the sequences' optima and of the data around them (``s``).
         fit_from: the smallest ``T`` used in the fit (early steps are dominated by the start).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -82,8 +89,20 @@ def run(
     avg_arr = np.asarray(avg)
     sel = Ts >= fit_from
     slope, intercept = np.polyfit(np.log(Ts[sel]), np.log(avg_arr[sel]), 1)
-    config = dict(steps=steps, sequences=sequences, dim=dim, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
-                  decay=decay, offset=offset, scale=scale, seed=seed)  # fmt: skip
+    config = dict(
+        steps=steps,
+        sequences=sequences,
+        dim=dim,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        gamma=gamma,
+        decay=decay,
+        offset=offset,
+        scale=scale,
+        seed=seed,
+        fit_from=fit_from,
+    )
     return RegretResult(Ts, avg_arr, float(slope), float(intercept), config)
 
 

@@ -73,7 +73,7 @@ def seed_words(seed: int) -> tuple[int, int]:
 
 def row_keys(seed: int, n: int, device: torch.device | str = "cpu", start: int = 0) -> Tensor:
     """Keys of rows ``start .. start+n-1`` of a cell with this seed (``int32 [n]``), all distinct."""
-    if not 0 <= start and start + n <= 1 << 32:
+    if start < 0 or start + n > 1 << 32:
         raise ValueError(f"Invalid rows: {start}..{start + n} (allowed: within 0..2^32)")
     w1, w2 = seed_words(seed)
     rows = torch.arange(start, start + n, dtype=torch.int64, device=device)

@@ -16,13 +16,17 @@ position is :math:`\\mathcal N(0, (10^{-4})^2)` per coordinate.
 Random numbers come from :mod:`focus_optim.landscape.rng`, keyed by (cell seed, row of the cell,
 step), so results do not depend on batching, chunking or sharding.
 
-Speed. The step (gradient + noise + ``optimizer.step()`` + metrics, ``steps_per_call`` steps at
-a time) is compiled with ``torch.compile`` when ``compile=True``, which fuses it into one kernel.
-Rows are processed in chunks of at most ``chunk_rows``: on CPU each chunk stays in L2 cache for
-all steps and never mixes rows of different cells (so a cell's numbers are computed on tensors
-of the same shape however the cells are batched); on CUDA the cells of a call are packed
-together into big chunks (element-wise kernels compute every row identically wherever it sits).
-A workspace (parameters, optimizer, compiled step) is reused across chunks of the same shape.
+Speed. With ``compile=True`` the step (gradient + noise + ``optimizer.step()`` + metrics) is
+compiled by ``torch.compile`` (``fullgraph``), which fuses it into a few loops over the rows (one
+C++ kernel on CPU, a few Triton kernels on CUDA) with the random numbers drawn inside. The
+parameters are stored column-major (each coordinate contiguous across trajectories) so those
+loops vectorise over trajectories. Rows are processed in chunks of at most ``chunk_rows``: on CPU a
+chunk (65536 rows, a few MB) stays in cache for all its steps and never mixes rows of different
+cells, so a cell is computed on tensors of the same shape however cells are batched; on CUDA the
+cells of a call are packed into big chunks, each cell starting at a multiple of 64 rows, and every
+reduction over coordinates is a fixed-order sum, so each row meets the same arithmetic wherever it
+sits. A workspace (parameters, optimizer, compiled step) is reused across chunks of one shape.
+Eagerly (no compiler, or small runs), the noise of many steps is drawn in one go.
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ METRICS: tuple[str, ...] = ("final_loss", "min_loss", "max_u")
 INIT_STD = 1e-4
 ROW_ALIGN = 64
 EAGER_NOISE_ELEMENTS = 1 << 20
+#: CPU rows per chunk: large enough to amortise the per-call overhead of a compiled step, small
+#: enough that a chunk's dozen state arrays stay in cache (benchmarks/toy_throughput.py).
+CPU_CHUNK_ROWS = 65536
+#: Workspaces kept (with their compiled steps): the suite needs 3 optimizers x 2 dimensions + a few.
+MAX_WORKSPACES = 16
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,18 @@ class Rows:
     def make(seed: int, sharpness: Any, noise: Any, lr: Any, weight_decay: Any) -> Rows:
         """Rows of one cell: each setting broadcast to a common shape, flattened row-major; the
         RNG keys are those of rows ``0..R-1`` of a cell with this seed."""
-        arrays = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64)
-                                           for v in (sharpness, noise, lr, weight_decay)))  # fmt: skip
+        arrays = torch.broadcast_tensors(
+            *(torch.as_tensor(v, dtype=torch.float64) for v in (sharpness, noise, lr, weight_decay))
+        )
         flat = [t.reshape(-1).to(torch.float32) for t in arrays]
         return Rows(*flat, keys=rng.row_keys(seed, flat[0].numel()))
+
+    def pad(self, n: int) -> Rows:
+        """These rows followed by inert rows (all settings 0) up to ``n`` rows."""
+        extra = n - len(self)
+        if extra <= 0:
+            return self
+        return Rows(*(torch.cat((t, t.new_zeros(extra))) for t in self._tensors()))
 
     def slice(self, start: int, stop: int) -> Rows:
         return Rows(*(t[start:stop] for t in self._tensors()))
@@ -119,8 +136,9 @@ class Options:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         compile: fuse the step with ``torch.compile`` (``None``: on CUDA with Triton, or on CPU
             with a C++ compiler when a call has at least ``compile_min_work`` trajectory-steps).
-        chunk_rows: rows per chunk (default: 16384 on CPU, ``2**27 // N`` on CUDA).
-        steps_per_call: steps unrolled in one compiled call (a divisor of ``steps`` is used).
+        chunk_rows: rows per chunk (default: 65536 on CPU, ``2**27 // N`` on CUDA).
+        steps_per_call: steps unrolled in one compiled call (a divisor of ``steps`` is used; compile
+            time grows quickly with it, so 1 by default).
         pack_cells: pack the rows of different cells into the same chunks (default: on CUDA).
         threads: CPU threads while simulating (``None``: leave torch's setting).
     """
@@ -135,13 +153,14 @@ class Options:
 
     def resolved(self, dim: int, work: float) -> Options:
         dev = torch.device(self.device)
-        chunk = self.chunk_rows or (16384 if dev.type == "cpu" else max(ROW_ALIGN, (1 << 27) // dim))
+        chunk = self.chunk_rows or (CPU_CHUNK_ROWS if dev.type == "cpu" else max(ROW_ALIGN, (1 << 27) // dim))
         comp = self.compile
         if comp is None:
             comp = compile_available(dev) and (dev.type != "cpu" or work >= self.compile_min_work)
         pack = self.pack_cells if self.pack_cells is not None else dev.type != "cpu"
-        return Options(self.device, bool(comp), chunk, self.steps_per_call, pack, self.compile_min_work,
-                       self.threads)  # fmt: skip
+        return Options(
+            self.device, bool(comp), chunk, self.steps_per_call, pack, self.compile_min_work, self.threads
+        )
 
 
 def compile_available(device: torch.device) -> bool:
@@ -171,35 +190,51 @@ class Workspace:
 
     def __init__(self, opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Options) -> None:
         dev = torch.device(opts.device)
+        self.opt_setup = opt_setup
         self.valley, self.n_rows, self.opts = valley, n_rows, opts
         n = valley.dim
         # Column-major ("structure of arrays"): each coordinate is contiguous across rows, so the
         # fused kernels vectorise over trajectories; optimizer state inherits the layout.
         self.x = torch.zeros(n, n_rows, device=dev).t().requires_grad_()
-        self.x.grad = torch.zeros_like(self.x)
         zeros = lambda: torch.zeros(n_rows, device=dev)  # noqa: E731
         self.a, self.sigma, self.lr, self.wd = zeros(), zeros(), zeros(), zeros()
         self.keys = torch.zeros(n_rows, dtype=torch.int32, device=dev)
         self.min_loss, self.max_u = zeros(), zeros()
         self.t = torch.zeros((), dtype=torch.int32, device=dev)
-        self.e = valley.axis_tensor(dev)
+        self.e = valley.axis_tensor(dev)  # overwritten by load(): one workspace serves every axis
+        self.ordered = bool(opts.pack_cells)
         # decay_norms_and_biases: with ensemble_dims=1 the [R, N] parameter counts as 1-D per member,
         # which make_optimizer would otherwise leave undecayed.
-        self.opt = make_optimizer(opt_setup.registry, [self.x], ensemble_dims=1, decay_norms_and_biases=True,
-                                  lr=self.lr, weight_decay=self.wd, **dict(opt_setup.hparams))  # fmt: skip
+        self.opt = make_optimizer(
+            opt_setup.registry,
+            [self.x],
+            ensemble_dims=1,
+            decay_norms_and_biases=True,
+            lr=self.lr,
+            weight_decay=self.wd,
+            **dict(opt_setup.hparams),
+        )
         group = self.opt.param_groups[0]
         if group["lr"] is not self.lr or group["weight_decay"] is not self.wd:
             raise RuntimeError("make_optimizer did not keep the per-row lr/weight_decay tensors")
-        self.opt._init_state(group, self.x, self.opt.state[self.x])  # eager, so compiled code never sees it empty
+        state = self.opt.state[self.x]
+        self.opt._init_state(group, self.x, state)  # eager, so compiled code never sees it empty
+        if opts.compile and dev.type == "cuda":
+            # As torch.optim's capturable mode: the step count on the GPU keeps the compiled graph
+            # on one device (no per-step host kernels or transfers).
+            state["step"] = state["step"].to(dev)
         if opts.compile:
-            self._advance = torch.compile(self._make_advance(opts.steps_per_call), fullgraph=True, dynamic=False)
+            _raise_recompile_limit()
+            self._advance = torch.compile(
+                self._make_advance(opts.steps_per_call), fullgraph=True, dynamic=False
+            )
             self._advance1 = self._advance
             if opts.steps_per_call > 1:
                 self._advance1 = torch.compile(self._make_advance(1), fullgraph=True, dynamic=False)
 
     def _make_advance(self, k: int):
         """``k`` fused steps drawing their own noise (the function torch.compile sees)."""
-        x, dim, t = self.x, self.valley.dim, self.t
+        dim, t = self.valley.dim, self.t
 
         @torch.no_grad()
         def advance() -> None:
@@ -212,11 +247,12 @@ class Workspace:
     def _step(self, z: Tensor) -> None:
         """One step with standard normals ``z [R, N]``: metrics at theta_t, noisy gradient, update."""
         x = self.x
-        loss, grad, u = V.loss_and_grad(x, self.a, self.e, self.valley.c)
+        loss, grad, u = V.loss_and_grad(x, self.a, self.e, self.valley.c, self.ordered)
         self.min_loss.copy_(torch.minimum(self.min_loss, loss))
         self.max_u.copy_(torch.maximum(self.max_u, u))
-        x.grad.copy_(V.noisy(grad, self.sigma, z))
+        x.grad = V.noisy(grad, self.sigma, z)
         self.opt.step()
+        x.grad = None  # as zero_grad(set_to_none=True): a compiled step never writes the gradient out
 
     @torch.no_grad()
     def _run_eager(self, steps: int, on_step: Any = None) -> None:
@@ -232,10 +268,14 @@ class Workspace:
                 self._step(z[i])
         self.t.fill_(t0 + steps)
 
-    def load(self, rows: Rows) -> None:
+    def load(self, rows: Rows, valley: V.Valley) -> None:
         """Reset to step 0 with these rows (padding rows, if fewer, are inert: lr = sigma = 0)."""
         n = len(rows)
+        if (valley.dim, valley.c) != (self.valley.dim, self.valley.c):
+            raise ValueError(f"workspace for N={self.valley.dim}, c={self.valley.c} got {valley}")
+        self.valley = valley
         with torch.no_grad():
+            self.e.copy_(valley.axis_tensor(self.e.device))
             for dst, src in zip((self.a, self.sigma, self.lr, self.wd, self.keys), rows._tensors()):
                 dst.zero_()
                 dst[:n].copy_(src)
@@ -244,7 +284,7 @@ class Workspace:
                     value.zero_()
             self.t.fill_(0)
             self.x.copy_(INIT_STD * rng.step_normals(self.keys, self.t, self.valley.dim))
-            self.x.grad.zero_()
+            self.x.grad = None
             self.min_loss.fill_(math.inf)
             self.max_u.fill_(-math.inf)
             self.t.fill_(1)
@@ -266,13 +306,13 @@ class Workspace:
         else:
             self._run_eager(steps)
         with torch.no_grad():
-            final, _, u = V.loss_and_grad(self.x, self.a, self.e, self.valley.c)
+            final, _, u = V.loss_and_grad(self.x, self.a, self.e, self.valley.c, self.ordered)
             out = torch.stack((final, torch.minimum(self.min_loss, final), torch.maximum(self.max_u, u)), -1)
         return out, rec
 
     def _snapshot(self, hist_loss: list[Tensor], hist_u: list[Tensor], hist_x: list[Tensor]) -> None:
         with torch.no_grad():
-            loss, _, u = V.loss_and_grad(self.x, self.a, self.e, self.valley.c)
+            loss, _, u = V.loss_and_grad(self.x, self.a, self.e, self.valley.c, self.ordered)
             hist_loss.append(loss.clone())
             hist_u.append(u.clone())
             hist_x.append(self.x.detach().clone())
@@ -283,10 +323,20 @@ _WORKSPACES: dict[tuple[Any, ...], Workspace] = {}
 
 def workspace(opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Options) -> Workspace:
     """A cached :class:`Workspace` (compiled code is reused by later calls with the same shape)."""
-    key = (opt_setup.label, opt_setup.registry, repr(sorted(opt_setup.hparams.items())), valley, n_rows,
-           opts.device, opts.compile, opts.steps_per_call)  # fmt: skip
+    key = (
+        opt_setup.label,
+        opt_setup.registry,
+        repr(sorted(opt_setup.hparams.items())),
+        valley.dim,
+        valley.c,
+        n_rows,
+        opts.device,
+        opts.compile,
+        opts.steps_per_call,
+        bool(opts.pack_cells),
+    )
     if key not in _WORKSPACES:
-        if len(_WORKSPACES) >= 8:
+        if len(_WORKSPACES) >= MAX_WORKSPACES:
             _WORKSPACES.pop(next(iter(_WORKSPACES)))
         _WORKSPACES[key] = Workspace(opt_setup, valley, n_rows, opts)
     return _WORKSPACES[key]
@@ -335,9 +385,14 @@ def simulate(
         return _simulate(opt_setup, list(blocks), valley, steps, opts, record)
 
 
-def _simulate(opt_setup: OptimizerSetup, blocks: list[Rows], valley: V.Valley, steps: int, opts: Options,
-              record: bool) -> Any:  # fmt: skip
-    groups = [Rows.cat(blocks)] if opts.pack_cells and len(blocks) > 1 else list(blocks)
+def _simulate(
+    opt_setup: OptimizerSetup, blocks: list[Rows], valley: V.Valley, steps: int, opts: Options, record: bool
+) -> Any:
+    # Packed cells start at multiples of ROW_ALIGN rows, so that every row meets the same
+    # (vectorised) code path whatever its neighbours.
+    sizes = [len(b) for b in blocks]
+    padded = [_align(n) for n in sizes]
+    groups = [Rows.cat([b.pad(m) for b, m in zip(blocks, padded)])] if opts.pack_cells else list(blocks)
     outs: list[Tensor] = []
     recs: list[Recording] = []
     for rows in groups:
@@ -346,7 +401,7 @@ def _simulate(opt_setup: OptimizerSetup, blocks: list[Rows], valley: V.Valley, s
         parts, rparts = [], []
         for i in range(count):
             part = rows.slice(i * size, min(len(rows), (i + 1) * size))
-            ws.load(_to(part, opts.device))
+            ws.load(_to(part, opts.device), valley)
             metrics, rec = ws.run(steps, record)
             parts.append(metrics[: len(part)].cpu())
             if rec is not None:
@@ -354,14 +409,24 @@ def _simulate(opt_setup: OptimizerSetup, blocks: list[Rows], valley: V.Valley, s
                 rparts.append(Recording(rec.loss[:, :n].cpu(), rec.u[:, :n].cpu(), rec.theta[:, :n].cpu()))
         outs.append(torch.cat(parts))
         if record:
-            recs.append(Recording(*(torch.cat(ts, dim=1) for ts in zip(*((r.loss, r.u, r.theta) for r in rparts)))))
-    if opts.pack_cells and len(blocks) > 1:
-        sizes = [len(b) for b in blocks]
-        outs = list(torch.split(outs[0], sizes))
+            recs.append(
+                Recording(*(torch.cat(ts, dim=1) for ts in zip(*((r.loss, r.u, r.theta) for r in rparts))))
+            )
+    if opts.pack_cells:
+        outs = [o[:n] for o, n in zip(torch.split(outs[0], padded), sizes)]
         if record:
-            recs = [Recording(*(t.split(sizes, dim=1)[i] for t in (recs[0].loss, recs[0].u, recs[0].theta)))
-                    for i in range(len(sizes))]  # fmt: skip
+            split = [t.split(padded, dim=1) for t in (recs[0].loss, recs[0].u, recs[0].theta)]
+            recs = [Recording(*(s[i][:, :n] for s in split)) for i, n in enumerate(sizes)]
     return (outs, recs) if record else outs
+
+
+def _raise_recompile_limit(at_least: int = 256) -> None:
+    """Every workspace compiles the same step function with its own tensors; keep dynamo from
+    silently falling back to eager (which rounds differently) after its default 8 variants."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    if getattr(cfg, name) < at_least:
+        setattr(cfg, name, at_least)
 
 
 @contextlib.contextmanager

@@ -105,7 +105,27 @@ def _col(x: Tensor | float) -> Tensor | float:
     return x.unsqueeze(-1) if isinstance(x, Tensor) else x
 
 
-def coordinates(theta: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+def _dot(theta: Tensor, e: Tensor, ordered: bool) -> Tensor:
+    """``theta @ e`` per row; ``ordered``: a left-to-right sum of columns, i.e. the same rounding
+    for every row whatever the batch (no reduction kernel whose order a compiler may tune)."""
+    if not ordered:
+        return (theta * e).sum(-1)
+    out = theta[..., 0] * e[0]
+    for i in range(1, theta.shape[-1]):
+        out = out + theta[..., i] * e[i]
+    return out
+
+
+def _sumsq(v: Tensor, ordered: bool) -> Tensor:
+    if not ordered:
+        return (v * v).sum(-1)
+    out = v[..., 0] * v[..., 0]
+    for i in range(1, v.shape[-1]):
+        out = out + v[..., i] * v[..., i]
+    return out
+
+
+def coordinates(theta: Tensor, e: Tensor, ordered: bool = False) -> tuple[Tensor, Tensor]:
     """``(u, v)``: the projection on the axis ``[R]`` and the orthogonal part ``[R, N]``.
 
     For N = 2 the orthogonal part is computed from the perpendicular axis (no reduction, so
@@ -117,12 +137,17 @@ def coordinates(theta: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
         s = y * e[0] - x * e[1]  # signed v along e_perp = (-e1, e0)
         v = torch.stack((-s * e[1], s * e[0])).transpose(0, -1)
         return u, v
-    u = (theta * e).sum(-1)
+    u = _dot(theta, e, ordered)
     return u, theta - _col(u) * e
 
 
-def loss_and_grad(theta: Tensor, a: Tensor | float, e: Tensor, c: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss [R], grad [R, N], u [R])`` of the valley at ``theta`` ``[R, N]``, exactly."""
+def loss_and_grad(
+    theta: Tensor, a: Tensor | float, e: Tensor, c: float, ordered: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss [R], grad [R, N], u [R])`` of the valley at ``theta`` ``[R, N]``, exactly.
+
+    ``ordered``: sum over coordinates in a fixed order (N > 2; see :func:`_dot`).
+    """
     if theta.shape[-1] == 2:
         x, y = theta[..., 0], theta[..., 1]
         u = x * e[0] + y * e[1]
@@ -134,8 +159,8 @@ def loss_and_grad(theta: Tensor, a: Tensor | float, e: Tensor, c: float) -> tupl
         q = au * u * s  # coefficient of e_perp
         grad = torch.stack((k * e[0] - q * e[1], k * e[1] + q * e[0]))
         return loss, grad.transpose(0, -1), u  # [R, 2] with each coordinate contiguous
-    u, v = coordinates(theta, e)
-    w = (v * v).sum(-1)
+    u, v = coordinates(theta, e, ordered)
+    w = _sumsq(v, ordered)
     au = a * u
     loss = 0.5 * au * u * w - c * u
     grad = _col(au * w - c) * e + _col(au * u) * v

@@ -8,16 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``focus-optim lm`` and its sub-commands (called by :mod:`focus_optim.cli`)."""
     lm = subparsers.add_parser("lm", help="GPT-2 lab: prepare data, train, compare runs")
     sub = lm.add_subparsers(dest="lm_command", required=True)
     _add_prepare(sub)
     _add_train(sub)
     _add_compare(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m focus_optim.lm.cli {prepare,train,compare} ...``: the lab alone, without
+    importing the other labs' command modules (what the GPU scripts and torchrun use)."""
+    parser = argparse.ArgumentParser(
+        prog="focus-optim lm", description="GPT-2 lab: prepare data, train, compare runs"
+    )
+    sub = parser.add_subparsers(dest="lm_command", required=True)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_compare(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"focus-optim lm {args.lm_command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _add_prepare(sub: Any) -> None:
@@ -72,7 +92,7 @@ def _add_train(sub: Any) -> None:
         help="train GPT-2 with any registered optimizer (torchrun for DDP)",
         description="Train GPT-2. Config: --config TOML, then --set key=value overrides (see "
         "focus_optim.lm.config.TrainConfig for the keys). "
-        "Multi-GPU: torchrun ... -m focus_optim.cli lm train ...",
+        "Multi-GPU: torchrun ... -m focus_optim.lm.cli train ...",
     )
     p.add_argument("--config", default=None, help="TOML config file")
     p.add_argument(
@@ -120,7 +140,8 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"focus-optim lm train: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
     return 0
 
 
@@ -164,3 +185,7 @@ def _compare(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
     )
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

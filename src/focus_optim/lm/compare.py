@@ -134,7 +134,10 @@ def compare(
     os.replace(tmp, out / "compare.json")
     print(format_table(result))
     if plot:
-        result["figure"] = [str(p) for p in plot_curves(curves, target, out / "compare", title=title)]
+        try:
+            result["figure"] = [str(p) for p in plot_curves(curves, target, out / "compare", title=title)]
+        except ImportError as exc:  # matplotlib is optional
+            print(f"no figure ({exc}); compare.json has the numbers")
     return result
 
 

@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 DTYPES = ("bfloat16", "float16", "float32")
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -66,6 +67,7 @@ class TrainConfig:
     # numerics and speed
     dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (with GradScaler) | float32
     compile: bool = False
+    sdpa_backend: str = "auto"  # attention kernel on CUDA: auto (torch's choice) | flash | cudnn | ...
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # evaluation, logging, checkpoints
     eval_interval: int = 250  # steps between val evaluations (0: only at the start and the end)
@@ -103,6 +105,10 @@ class TrainConfig:
                 raise ValueError(f"Invalid {f.name}: {value!r} (allowed: a {f.type})")
         checks = [
             (self.dtype in DTYPES, f"dtype {self.dtype!r} (allowed: {', '.join(DTYPES)})"),
+            (
+                self.sdpa_backend in SDPA_BACKENDS,
+                f"sdpa_backend {self.sdpa_backend!r} (allowed: {', '.join(SDPA_BACKENDS)})",
+            ),
             (self.nonfinite in NONFINITE_POLICIES, f"nonfinite {self.nonfinite!r} (allowed: stop, skip)"),
             (self.batch_size >= 1, f"batch_size {self.batch_size} (allowed: >= 1)"),
             (self.grad_accum >= 1, f"grad_accum {self.grad_accum} (allowed: >= 1)"),

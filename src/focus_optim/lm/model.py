@@ -130,10 +130,10 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """The final LayerNorm's output, shape (B, T, n_embd)."""
-        T = idx.size(1)
-        if self.config.block_size < T:
-            raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        t = idx.size(1)
+        if t > self.config.block_size:
+            raise ValueError(f"sequence of length {t} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(t, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for block in self.transformer.h:
             x = block(x)

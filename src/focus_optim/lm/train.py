@@ -78,6 +78,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            set_sdpa_backend(cfg.sdpa_backend)
 
         # model, optimizer, schedule (same seed on every rank: identical initial weights)
         self.meta = load_meta(cfg.data_dir)
@@ -366,18 +367,27 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------------
     def save(self) -> None:
-        """Write ``ckpt.pt`` atomically (rank 0), after checking the pending losses are finite."""
+        """Write ``ckpt.pt`` atomically (rank 0), after checking the pending losses are finite.
+
+        Optimizers that communicate by themselves (``needs_grad_sync``, e.g. 1-bit Adam) may hold
+        rank-local state: under DDP every rank then also writes ``ckpt.optim.rank<r>.pt``."""
         self._flush(_NoBar())
         rng = checkpoint.rng_state()
+        per_rank = self._optimizer_state_per_rank()
         if self.dist.ddp:
             states: list[Any] = [None] * self.dist.world_size
             dist.all_gather_object(states, rng)
         else:
             states = [rng]
+        if per_rank:
+            own = {"optimizer": self.optimizer.state_dict(), "step": self.step}
+            checkpoint.save_atomic(own, self._rank_optim_path(self.dist.rank))
+            dist.barrier()
         if self.dist.is_main:
             state = {
                 "model": self.raw_model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": None if per_rank else self.optimizer.state_dict(),
+                "optimizer_per_rank": per_rank,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": states,
@@ -395,7 +405,21 @@ class Trainer:
     def _load(self, state: dict[str, Any]) -> int:
         """Restore everything from a checkpoint; returns the data position (global batches)."""
         self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer_per_rank"):
+            if state["world_size"] != self.dist.world_size:
+                raise ValueError(
+                    f"{self.ckpt_path} holds per-rank optimizer state for {state['world_size']} ranks; "
+                    f"resume with the same world size (now {self.dist.world_size})"
+                )
+            own = checkpoint.load(self._rank_optim_path(self.dist.rank))
+            if own["step"] != state["step"]:
+                raise ValueError(
+                    f"{self._rank_optim_path(self.dist.rank)} is from step {own['step']}, "
+                    f"{self.ckpt_path} from step {state['step']}: an interrupted save"
+                )
+            self.optimizer.load_state_dict(own["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.train_time = state["step"], state["tokens"], state["train_time"]
@@ -405,9 +429,8 @@ class Trainer:
             self._print(
                 f"world size changed ({state['world_size']} -> {self.dist.world_size}): RNG streams reseeded"
             )
-        changed = {
-            k for k, v in state["config"].items() if json.loads(json.dumps(self.cfg.to_dict())).get(k) != v
-        }
+        now = json.loads(json.dumps(self.cfg.to_dict()))
+        changed = {k for k, v in state["config"].items() if now.get(k) != v}
         if changed:
             self._print(f"resuming with changed config keys: {', '.join(sorted(changed))}")
         return int(state["loader"]["chunks"])
@@ -416,6 +439,12 @@ class Trainer:
     @property
     def label(self) -> str:
         return self.cfg.name or self.out_dir.name
+
+    def _optimizer_state_per_rank(self) -> bool:
+        return self.dist.ddp and hasattr(self.optimizer, "needs_grad_sync")
+
+    def _rank_optim_path(self, rank: int) -> Path:
+        return self.out_dir / f"ckpt.optim.rank{rank}.pt"
 
     def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
         if self.dist.ddp and not sync:
@@ -455,6 +484,16 @@ class Trainer:
 class _NoBar:
     def set_postfix_str(self, s: str) -> None:
         pass
+
+
+def set_sdpa_backend(name: str) -> None:
+    """Restrict ``F.scaled_dot_product_attention`` on CUDA to one kernel family (math stays as the
+    fallback); ``"auto"`` re-enables all and lets torch choose. Process-wide, read at trace time."""
+    b = torch.backends.cuda
+    b.enable_flash_sdp(name in ("auto", "flash"))
+    b.enable_cudnn_sdp(name in ("auto", "cudnn"))
+    b.enable_mem_efficient_sdp(name in ("auto", "efficient"))
+    b.enable_math_sdp(True)
 
 
 def _seed_all(seed: int) -> None:

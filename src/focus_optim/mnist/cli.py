@@ -32,7 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="results directory (resumed if it exists)")
     r.add_argument("--shard", default=None, help="i/n: this process takes every n-th cell from the i-th")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    r.add_argument("--workers", type=int, default=1, help="local processes sharing the work (default 1)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="local processes sharing the work (default 0 = auto: one per CPU core on a CPU, 1 on a GPU)",
+    )
     r.add_argument("--threads", type=int, default=None, help="torch threads per process")
     r.add_argument(
         "--data-dir",
@@ -118,16 +123,16 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         threads=args.threads,
     )
-    if args.workers < 1:
-        raise ValueError(f"Invalid --workers: {args.workers} (allowed: >= 1)")
-    if args.workers == 1:
-        reports = [run_scan(cfg, args.out, **common)]
+    if args.workers < 0:
+        raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")
+    workers = args.workers or _auto_workers(args.device)
+    if workers == 1:
+        report = run_scan(cfg, args.out, **common)
     else:
-        reports = run_workers(cfg, args.out, args.workers, **common)
-    computed = sum(r.computed for r in reports)
-    skipped = sum(r.skipped for r in reports)
+        report = run_workers(cfg, args.out, workers, **common)
     print(
-        f"mnist: {computed} cells computed, {skipped} already there, {reports[0].total_cells} in the scan; "
+        f"mnist: {report.computed} cells computed, {report.skipped} already there, "
+        f"{report.total_cells} in the scan; "
         f"{time.perf_counter() - t0:.1f} s -> {args.out}"
     )
     if args.plot:
@@ -139,6 +144,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"mnist: {ds.attrs['cells_done']}/{ds.attrs['cells_total']} cells done; not plotting yet")
     return 0
+
+
+def _auto_workers(device: str | None) -> int:
+    """One single-threaded worker per core on a CPU (small tensors: no OpenMP barriers); 1 on a GPU
+    or under torchrun (one process per rank already)."""
+    import os
+
+    from ..sweep import default_device, shard_from_env
+
+    if shard_from_env() is not None:
+        return 1
+    return (os.cpu_count() or 1) if (device or default_device()) == "cpu" else 1
 
 
 def plot(args: argparse.Namespace) -> int:

@@ -17,9 +17,9 @@ slice ``e``. Activations are kept feature-major, ``(E, features, batch)``, so th
 * a linear layer is one ``torch.baddbmm`` over members,
 * batch norm is one native ``batch_norm`` call on the view ``(1, E*features, batch)`` (per
   member and feature, statistics over the batch; fused forward and backward),
-* the test pass (:meth:`EnsembleMLP.evaluate`) folds each eval-mode BN into the next linear layer
-  and runs the first layer, which all members apply to the same images, as one GEMM
-  ``(E*128, 784) @ (784, N)``.
+* the test pass (:meth:`EnsembleMLP.evaluate`) folds each eval-mode BN and the bias into the
+  next layer's weights (a ones row carries the bias through the GEMM) and runs the first layer,
+  which all members apply to the same images, as one GEMM ``(E*129, 785) @ (785, N)``.
 """
 
 from __future__ import annotations
@@ -67,12 +67,6 @@ class EnsembleBatchNorm(nn.Module):
         )
         return out.view(E, C, B)
 
-    @torch.no_grad()
-    def affine(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode BN as ``x * scale + shift``, each ``(E, features)``."""
-        scale = self.weight * torch.rsqrt(self.running_var + BN_EPS)
-        return scale, self.bias - self.running_mean * scale
-
 
 class EnsembleLinear(nn.Module):
     """``Linear(in, out)`` for E members: weight ``(E, out, in)``, bias ``(E, out)``."""
@@ -118,6 +112,8 @@ class EnsembleMLP(nn.Module):
     (the optimizer registry recognises ``head`` as an output layer).
     """
 
+    INPUT_LAYER = "blocks.0.linear.weight"
+
     def __init__(
         self,
         members: int,
@@ -136,8 +132,6 @@ class EnsembleMLP(nn.Module):
         for block in self.all_blocks():
             block.linear.reset_parameters(generator)
 
-    INPUT_LAYER = "blocks.0.linear.weight"
-
     def all_blocks(self) -> Iterator[Block]:
         yield from self.blocks  # type: ignore[misc]
         yield self.head
@@ -155,15 +149,45 @@ class EnsembleMLP(nn.Module):
 
     # --- the fast test pass -----------------------------------------------------------------
     @torch.no_grad()
-    def folded(self) -> list[tuple[Tensor, Tensor]]:
-        """Each eval-mode BN folded into the following linear layer: ``[(W', c')]`` with
-        ``W' = W diag(scale)``, ``c' = c + W shift`` (so ``W'x + c' = W(BN(x)) + c``)."""
-        out = []
-        for block in self.all_blocks():
-            scale, shift = block.norm.affine()
-            w = block.linear.weight
-            bias = torch.baddbmm(block.linear.bias.unsqueeze(-1), w, shift.unsqueeze(-1))
-            out.append((w * scale.unsqueeze(1), bias))
+    def eval_weights(self, dtype: torch.dtype = torch.float32) -> list[Tensor]:
+        """Every eval-mode BN folded into the following linear layer, bias included, ones-row form.
+
+        Layer ``l`` (``in -> out``) becomes ``A_l`` of shape ``(E, out+1, in+1)`` (the head:
+        ``(E, out, in+1)``) with ``A = [[W diag(s), c + W t], [0, 1]]``, where ``s, t`` are the BN's
+        eval-mode scale and shift. For an input with a trailing row of ones, ``A @ [x; 1]`` is
+        ``[W BN(x) + c; 1]``: the bias rides in the GEMM and the ones row survives the ReLU, so each
+        layer of the test pass is one GEMM and one in-place ReLU (3 passes over the activations
+        instead of 5 for GEMM-with-bias + ReLU). Buffers are reused between calls.
+        """
+        blocks = list(self.all_blocks())
+        key = (dtype, self.head.linear.weight.device)
+        cache = self.__dict__.setdefault("_eval_cache", {})
+        if key not in cache:
+            bufs = []
+            for k, b in enumerate(blocks):
+                rows = b.linear.out_features + (k < len(blocks) - 1)
+                a = torch.zeros(self.members, rows, b.linear.in_features + 1, dtype=dtype, device=key[1])
+                if k < len(blocks) - 1:
+                    a[:, -1, -1] = 1.0
+                bufs.append(a)
+            cache[key] = bufs
+        bufs = cache[key]
+        inv = torch._foreach_add([b.norm.running_var for b in blocks], BN_EPS)
+        torch._foreach_rsqrt_(inv)
+        scale = torch._foreach_mul(inv, [b.norm.weight for b in blocks])
+        shift = torch._foreach_mul(scale, [b.norm.running_mean for b in blocks])
+        shift = torch._foreach_sub([b.norm.bias for b in blocks], shift)
+        for b, a, s, t in zip(blocks, bufs, scale, shift):
+            w, n_out, n_in = b.linear.weight, b.linear.out_features, b.linear.in_features
+            torch.mul(w, s.unsqueeze(1), out=a[:, :n_out, :n_in])
+            a[:, :n_out, n_in] = torch.baddbmm(b.linear.bias.unsqueeze(-1), w, t.unsqueeze(-1)).squeeze(-1)
+        return bufs
+
+    @staticmethod
+    def augment_inputs(x_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Feature-major inputs ``(in, N)`` with a row of ones appended: ``(in+1, N)`` in ``dtype``."""
+        out = torch.ones(x_t.shape[0] + 1, x_t.shape[1], dtype=dtype, device=x_t.device)
+        out[:-1] = x_t
         return out
 
     @torch.no_grad()
@@ -172,12 +196,16 @@ class EnsembleMLP(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Eval-mode cross-entropy (mean) and accuracy of every member on one shared test set.
 
+        The first layer, which every member applies to the same images, is one GEMM
+        ``(E*129, 785) @ (785, N)``; the others are batched GEMMs (:meth:`eval_weights`).
+
         Args:
-            x_t: test images, feature-major ``(784, N)``, already in the compute dtype
-                (bfloat16 for ``precision="bf16"``, else float32).
+            x_t: test images, feature-major: ``(784, N)``, or ``(785, N)`` from
+                :meth:`augment_inputs` in the compute dtype (no copy per call).
             labels: ``(N,)`` int64.
             precision: ``"fp32"``; ``"tf32"`` (TF32 matmuls on CUDA, fp32 elsewhere);
-                ``"bf16"`` (bfloat16 inputs and weights, fp32 accumulation, fp32 loss).
+                ``"bf16"`` (bfloat16 inputs, weights and activations with fp32 accumulation
+                inside the GEMMs; loss and accuracy from fp32 logits).
             chunk: images per pass (default all at once); the result does not depend on it
                 beyond rounding, since eval-mode BN does not look at the batch.
 
@@ -186,24 +214,22 @@ class EnsembleMLP(nn.Module):
         """
         if precision not in PRECISIONS:
             raise ValueError(f"Invalid precision: {precision!r} (allowed: {', '.join(PRECISIONS)})")
-        E, N = self.members, x_t.shape[1]
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        layers = [(w.to(dtype), c.to(dtype)) for w, c in self.folded()]
-        w0, c0 = layers[0]
-        w0 = w0.reshape(-1, w0.shape[-1])
-        c0 = c0.reshape(-1, 1)
+        if x_t.shape[0] == self.widths[0] or x_t.dtype != dtype:
+            x_t = self.augment_inputs(x_t[: self.widths[0]], dtype)
+        E, N = self.members, x_t.shape[1]
+        first, *hidden, head = self.eval_weights(dtype)
+        first = first.view(-1, first.shape[-1])
         loss_sum = torch.zeros(E, device=x_t.device)
         correct = torch.zeros(E, device=x_t.device)
         step = chunk or N
         with _matmul_precision(precision, x_t.device):
             for start in range(0, N, step):
                 xs, ys = x_t[:, start : start + step], labels[start : start + step]
-                h = torch.addmm(c0, w0, xs).relu_().view(E, -1, xs.shape[1])
-                for i, (w, c) in enumerate(layers[1:], start=1):
-                    h = torch.baddbmm(c, w, h)
-                    if i < len(layers) - 1:
-                        h = h.relu_()
-                logits = h.float()
+                h = torch.mm(first, xs).relu_().view(E, -1, xs.shape[1])
+                for a in hidden:
+                    h = torch.bmm(a, h).relu_()
+                logits = torch.bmm(head, h).float()
                 target = ys.expand(E, -1)
                 loss_sum += F.cross_entropy(logits, target, reduction="none").sum(1)
                 correct += (logits.argmax(1) == target).sum(1)

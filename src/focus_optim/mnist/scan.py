@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..sweep import Cell, Shard, SweepReport, SweepSpec, default_device, run_sweep
+from ..sweep import Cell, Shard, Store, SweepReport, SweepSpec, _progress, default_device, run_sweep
 from .data import MNIST
 from .optimizers import PAPER_OPTIMIZERS, parse_optimizer
 from .train import METRICS, DeviceData, TrainSettings, train_cell
@@ -36,9 +37,10 @@ def lr_grid(count: int = 20, lo: float = -4.0, hi: float = 0.0) -> tuple[float, 
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """The whole scan. Everything here (but ``data_dir``-like run options, which live in the CLI)
-    changes results, so it is stored in the results' manifest; a changed config refuses to
-    write into an old results directory."""
+    """The whole scan. Every field changes results, so all of it goes into the results' manifest
+    (grid and seed as the sweep's axes, the rest as its config); a changed config refuses to write
+    into an old results directory. Where and how it runs (device, shards, workers, data
+    directory) is not part of it. ``data`` is filled in from the loaded files."""
 
     optimizers: tuple[str, ...] = PAPER_OPTIMIZERS
     batch_sizes: tuple[int, ...] = tuple(2**k for k in range(1, 13))
@@ -96,14 +98,15 @@ class ScanConfig:
 
 PRESETS: dict[str, ScanConfig] = {
     "paper": ScanConfig(),
-    # Coarse, CPU-sized: the Adam/Signum pair, 6 batch sizes, 10 lrs (every 2nd paper lr), 2 replicates,
-    # test metrics every 100 steps. See docs/mnist.md for its measured time and crossover.
+    # CPU-sized (docs/mnist.md has its time and crossover): AdamW vs Signum, 4 batch sizes that straddle
+    # the crossover, the 5 paper lrs 1e-4 .. 4.8e-3 (every 2nd; both optima lie inside), 2 replicates,
+    # test metrics at steps 200 and 400.
     "quick": ScanConfig(
         optimizers=("adamw", "signum"),
-        batch_sizes=(2, 8, 32, 128, 512),
-        lrs=lr_grid(20)[::2],
+        batch_sizes=(4, 16, 64, 256),
+        lrs=lr_grid(20)[0:9:2],
         replicates=2,
-        eval_every=100,
+        eval_every=200,
     ),
 }
 
@@ -123,27 +126,29 @@ def sweep_spec(cfg: ScanConfig) -> SweepSpec:
     )
 
 
+_DEVICE_DATA: dict[tuple[str, bool, str], DeviceData] = {}
+
+
 def make_compute(cfg: ScanConfig, data_dir: str | os.PathLike[str] | None = None, *, verify: bool = True):
-    """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use)."""
+    """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use
+    and kept on the device for the life of the process)."""
     settings = cfg.settings()
     members_lr = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]  # member = i_lr * R + r
-    cache: dict[str, DeviceData] = {}
 
     def compute(cells: list[Cell], device: str) -> list[Mapping[str, np.ndarray]]:
-        if device not in cache:
-            data = load_data(data_dir, verify=verify)
-            if data.data_id != cfg.data:
-                raise ValueError(
-                    f"the scan's data is {cfg.data!r} but {data.directory} holds {data.data_id!r}"
-                )
-            cache[device] = DeviceData.from_mnist(data, device)
+        data = load_data(data_dir, verify=verify)
+        if data.data_id != cfg.data:
+            raise ValueError(f"the scan's data is {cfg.data!r} but {data.directory} holds {data.data_id!r}")
+        key = (str(data.directory.resolve()), verify, device)
+        if key not in _DEVICE_DATA:
+            _DEVICE_DATA[key] = DeviceData.from_mnist(data, device)
         out = []
         for cell in cells:
             hist = train_cell(
                 parse_optimizer(cell.coords["optimizer"]),
                 int(cell.coords["batch_size"]),
                 members_lr,
-                cache[device],
+                _DEVICE_DATA[key],
                 settings,
                 seed=cell.seed,
             )
@@ -154,7 +159,7 @@ def make_compute(cfg: ScanConfig, data_dir: str | os.PathLike[str] | None = None
 
 
 def load_data(data_dir: str | os.PathLike[str] | None = None, *, verify: bool = True) -> MNIST:
-    """:func:`~.data.load_mnist` (imported here so that ``scan`` stays importable without numpy I/O)."""
+    """:func:`~.data.load_mnist` (cached per process)."""
     from .data import load_mnist
 
     return load_mnist(data_dir, verify=verify)
@@ -200,31 +205,55 @@ def run_workers(
     verify: bool = True,
     progress: bool = True,
     threads: int | None = None,
-) -> list[SweepReport]:
-    """Split this process's shard over ``workers`` local processes (``spawn``), all writing into
-    ``out`` through the sweep's own sharding: worker ``w`` of shard ``i/n`` runs shard
-    ``i + n*w / (n*workers)``. Worker 0 shows its progress bar. On a CPU each worker gets
-    ``cores // workers`` threads by default (several single-threaded processes beat one
-    multi-threaded process on small tensors); on a GPU several processes hide Python overhead."""
+) -> SweepReport:
+    """This process's shard on ``workers`` local processes (``spawn``) writing into one store.
+
+    Each pending cell is one task, ``run_scan`` on the single-cell shard ``g/len(cells)`` (the
+    sweep's own sharding, so stores, seeds and resume are exactly those of a one-process run);
+    tasks go largest batch size first to idle workers, which keep MNIST on their device between
+    tasks. On a CPU each worker gets ``cores // workers`` threads by default (several
+    single-threaded processes beat one multi-threaded process on these small tensors); on a GPU
+    several processes hide each other's Python and kernel-launch overhead.
+    """
+    t0 = time.perf_counter()
     base = shard or Shard(0, 1)
     device = device or default_device()
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        jobs = [
-            pool.apply_async(
-                run_scan,
-                (cfg, str(out)),
-                dict(
-                    shard=Shard(base.index + base.count * w, base.count * workers),
-                    device=device,
-                    data_dir=data_dir,
-                    verify=verify,
-                    progress=progress and w == 0,
-                    threads=threads,
-                ),
-            )
-            for w in range(workers)
-        ]
-        return [j.get() for j in jobs]
+    full = cfg.replace(data=load_data(data_dir, verify=verify).data_id)
+    spec = sweep_spec(full)
+    store = Store(out, spec).open()
+    cells = spec.cells()
+    mine = base.take(list(enumerate(cells)))
+    todo = [(g, c) for g, c in mine if not store.has(c)]
+    todo.sort(key=lambda gc: -int(gc[1].coords["batch_size"]))
+    kwargs = dict(device=device, data_dir=data_dir, verify=verify, progress=False)
+    bar = _progress(len(mine), len(mine) - len(todo), enabled=progress, desc=spec.name)
+    computed = 0
+    try:
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+            tasks = [(cfg, str(out), Shard(g, len(cells)), kwargs) for g, _ in todo]
+            for report in pool.imap_unordered(_run_task, tasks):
+                computed += report.computed
+                bar.update(report.computed)
+    finally:
+        bar.close()
+    return SweepReport(
+        store=store.path,
+        total_cells=len(cells),
+        shard_cells=len(mine),
+        computed=computed,
+        skipped=len(mine) - len(todo),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_task(task: tuple[ScanConfig, str, Shard, dict[str, Any]]) -> SweepReport:
+    cfg, out, shard, kwargs = task
+    return run_scan(cfg, out, shard=shard, **kwargs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class DeviceData:
     train_y: Tensor
     test_x_t: Tensor
     test_y: Tensor
-    _test_bf16: Tensor | None = None
+    _test_aug: dict[torch.dtype, Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_mnist(cls, data: MNIST, device: str | torch.device) -> DeviceData:
@@ -100,11 +100,12 @@ class DeviceData:
         )
 
     def test_images(self, precision: str) -> Tensor:
-        if precision != "bf16":
-            return self.test_x_t
-        if self._test_bf16 is None:
-            self._test_bf16 = self.test_x_t.to(torch.bfloat16)
-        return self._test_bf16
+        """Test images for :meth:`~.model.EnsembleMLP.evaluate`: feature-major with a ones row,
+        in the compute dtype of ``precision`` (made once, then reused)."""
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if dtype not in self._test_aug:
+            self._test_aug[dtype] = EnsembleMLP.augment_inputs(self.test_x_t, dtype)
+        return self._test_aug[dtype]
 
 
 class DataOrder:

@@ -25,7 +25,7 @@ Wire format (bytes are those of the reference's four collectives, in two message
   scales of this step's :math:`K` tensors (bit-cast to ``4K`` bytes; the reference all-gathers
   them separately, with the same byte count) followed by chunk ``i`` of every tensor's packed
   signs. Where the backend has no all-to-all (``phase1="all_gather"``) every worker all-gathers
-  the whole message instead and keeps its part (``n`` times the bytes);
+  the whole message instead and keeps its part (``n`` times the phase-1 bytes);
 * phase 2: one ``all_gather`` of each server's ``K`` scales and packed chunks.
 
 Byte accounting (bytes *sent* by one rank; an all-to-all sends ``n-1`` of its ``n`` parts, an

@@ -139,7 +139,7 @@ class OneBitAdam(BaseOptimizer):
         average_grads: bool = False,
         process_group: dist.ProcessGroup | None = None,
         simulate_workers: int | None = None,
-        phase1: str = "auto",
+        phase1: _comm.Phase1 = "auto",
         maximize: bool = False,
         foreach: bool | None = None,
         fp32_state: bool = False,
@@ -311,7 +311,8 @@ class OneBitAdam(BaseOptimizer):
             steps = [float(s["step"]) for s in self.state.values() if "step" in s]
             self._t = int(max(steps, default=0))
             self._initialized = self._t > 0 or not self.init_dry_run
-            self._frozen = self._t >= self.freeze_step and self._t > 0
+            first_warmup_step = 2 if self.init_dry_run else 1  # the freeze follows a warm-up step
+            self._frozen = self._t >= max(self.freeze_step, first_warmup_step)
             return
         self._t = int(extra["t"])
         self._initialized = bool(extra["initialized"])

@@ -235,6 +235,8 @@ def test_training_loop_protocol_hooks(synthetic_data, tmp_path, monkeypatch):
     assert trainer.loader.consumed == 4 * 2 + 2 * 2  # they consumed fresh data
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, from inside torch.compile
 def test_compiled_run_matches_eager(synthetic_data, tmp_path):
     """torch.compile (warmed up before the clock starts) trains the same model as eager mode."""
     opts = (
@@ -250,3 +252,14 @@ def test_compiled_run_matches_eager(synthetic_data, tmp_path):
     torch.testing.assert_close([r[1] for r in compiled[0]], [r[1] for r in eager[0]], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close([v for _, v in compiled[1]], [v for _, v in eager[1]], rtol=1e-4, atol=1e-5)
     assert [r["event"] for r in records(tmp_path / "compiled", "event")][:2] == ["start", "compiled"]
+
+
+def test_float16_with_grad_scaler_and_tensorboard(synthetic_data, tmp_path):
+    cfg = tiny_config(synthetic_data, tmp_path / "run", "dtype='float16'", "tensorboard=true", max_steps=4)
+    trainer = Trainer(cfg)
+    assert trainer.scaler.is_enabled()
+    summary = trainer.run()
+    assert summary["step"] == 4 and math.isfinite(summary["val_loss"])
+    assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run", "train"))
+    assert "scale" in checkpoint.load(tmp_path / "run" / "ckpt.pt")["scaler"]
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))

@@ -43,9 +43,16 @@ def _worker(
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+    data, out = Path(data_dir), Path(out_dir)
     try:
         for name in optimizers:  # one process group for all runs (spawning is the slow part)
-            Trainer(tiny_config(Path(data_dir), Path(out_dir) / name, *OPTS, f"optimizer={name}")).run()
+            Trainer(tiny_config(data, out / name, *OPTS, f"optimizer={name}")).run()
+        # 1-bit Adam: local gradients under no_sync() after its freeze step, rank-local optimizer
+        # state; stopping at step 3 and resuming must reproduce the uninterrupted run exactly
+        onebit = (*OPTS, "optimizer=onebit_adam", "optimizer_args.freeze_step=2", "decay_steps=6")
+        Trainer(tiny_config(data, out / "onebit_full", *onebit)).run()
+        Trainer(tiny_config(data, out / "onebit_cut", *onebit, "max_steps=3")).run()
+        Trainer(tiny_config(data, out / "onebit_cut", *onebit), resume=True).run()
     finally:
         distributed.shutdown()
 
@@ -69,3 +76,9 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
         assert start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 64
         state = torch.load(ddp / "ckpt.pt", weights_only=True)
         assert len(state["rng"]) == 2 and state["world_size"] == 2
+
+    full, cut = tmp_path / "ddp" / "onebit_full", tmp_path / "ddp" / "onebit_cut"
+    losses = [[(r["step"], r["loss"]) for r in records(d, "train")] for d in (full, cut)]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+    assert torch.load(cut / "ckpt.pt", weights_only=True)["optimizer_per_rank"] is True
+    assert (cut / "ckpt.optim.rank0.pt").is_file() and (cut / "ckpt.optim.rank1.pt").is_file()

@@ -1,0 +1,180 @@
+"""The whole ``paper`` toy suite on one GPU, timed per figure: 2a, 2b, 6 (left, right), 1c, 4 (5 is
+drawn from 2a and 2b).
+
+Each figure runs exactly as ``focus-optim toy run --figure F --preset paper --device cuda`` does
+(``focus_optim.sweep.run_sweep`` with the figure's compute function, cells of one optimizer packed
+into one call, the step fused by ``torch.compile``, every cell's results written to the store), so a
+figure's time includes compilation, simulation and storing. Then:
+
+* ``2a (warm)``: 2a again into a fresh store in the same process (compiled code reused), i.e. the
+  time without compilation;
+* ``plot``: every figure as PNG+PDF into ``$OUT/plots`` (not part of the suite's time);
+* checks (after the timed part, unless ``--no-checks``): on the GPU, cells packed together give
+  bit-identical results to cells run alone (2-D and 100-D), and GPU results agree statistically
+  (mean final loss within 3 standard errors) with the CPU eager path.
+
+Stores go to ``--store`` (default ``/tmp/toy-gpu-suite``; ~1.4 GB, not copied back); ``$OUT``
+receives ``toy_gpu_suite.json`` (timings, device, phase-diagram summaries) and the plots.
+
+Run from the repository root on the GPU machine (expected 3-5 minutes, most of it compiling and the
+100-D figure)::
+
+    PYTHONPATH=src python benchmarks/toy_gpu_suite.py
+
+``--figures 2a`` runs a subset; ``--compile off`` times the eager path (slow for 6r). CPU smoke test of
+the script itself: ``--device cpu --preset quick --figures 2a 1c --no-checks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from focus_optim import load_results
+from focus_optim.landscape import analysis as A
+from focus_optim.landscape import figures as F
+from focus_optim.landscape import simulate as S
+from focus_optim.landscape import valley as V
+from focus_optim.landscape.plots import plot_all
+from focus_optim.sweep import run_sweep
+
+
+def trajectory_steps(spec: Any) -> float:
+    cells = int(np.prod([len(v) for v in spec.outer.values()]))
+    return float(cells) * float(np.prod(spec.inner_shape)) * spec.config["steps"]
+
+
+def run_one(key: str, store: Path, device: str, run: F.RunOptions, preset: str) -> dict[str, Any]:
+    fig = F.figure(key)
+    spec = fig.build(preset, F.OPTIMIZERS)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    report = run_sweep(
+        spec,
+        F.make_compute(spec, run),
+        store,
+        device=device,
+        batch_cells=F.batch_cells(spec, device),
+        group_by=("optimizer",),
+        progress=False,
+    )
+    sync()
+    dt = time.perf_counter() - t0
+    work = trajectory_steps(spec)
+    row = {
+        "figure": key,
+        "seconds": dt,
+        "cells": report.computed,
+        "trajectory_steps": work,
+        "traj_steps_per_s": work / dt,
+        "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+    }
+    print(
+        f"{key:<10s} {dt:>8.2f} s  {report.computed:>4d} cells  {work:.3e} traj-steps  "
+        f"{work / dt:.3e}/s  peak {row['peak_gb']:.1f} GiB",
+        flush=True,
+    )
+    return row
+
+
+def checks(device: str) -> dict[str, Any]:
+    """Packed == alone on the GPU (bit for bit); GPU vs CPU eager within 3 standard errors."""
+    out: dict[str, Any] = {}
+    blocks = [S.Rows.make(seed, a, 1.0, np.full(512, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
+    for land in (V.rotated(), V.random_axis(100)):
+        gpu = S.Options(device=device, compile=True, pack_cells=True)
+        packed = S.simulate("adamw", blocks, land, 200, gpu)
+        alone = [S.simulate("adamw", [b], land, 200, gpu)[0] for b in blocks]
+        cpu = S.simulate("adamw", blocks, land, 200, S.Options(compile=False))
+        same = all(torch.equal(p, a) for p, a in zip(packed, alone))
+        zs = []
+        for p, c in zip(packed, cpu):
+            p, c = p[:, 0].double(), c[:, 0].double()
+            zs.append(float((p.mean() - c.mean()) / (p.var() / p.numel() + c.var() / c.numel()).sqrt()))
+        out[f"{land.kind}{land.dim}"] = {"packed_equals_alone": same, "gpu_vs_cpu_z": zs}
+        print(
+            f"check {land.kind}-{land.dim}d: packed == alone: {same}; GPU vs CPU z-scores {np.round(zs, 2)}"
+        )
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--figures", nargs="+", default=list(F.SUITE))
+    ap.add_argument("--preset", default="paper", choices=list(F.PRESETS))
+    ap.add_argument("--store", default="/tmp/toy-gpu-suite")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--compile", default="on", choices=["on", "off"])
+    ap.add_argument("--no-warm", action="store_true", help="skip the warm re-run of 2a")
+    ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            "toy_gpu_suite: no CUDA device (use --device cpu --preset quick for a smoke test)",
+            file=sys.stderr,
+        )
+        return 1
+    store = Path(args.store)
+    shutil.rmtree(store, ignore_errors=True)
+    out = Path(os.environ.get("OUT", store / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    info: dict[str, Any] = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": sys.version.split()[0],
+        "preset": args.preset,
+        "compile": args.compile,
+    }
+    print(json.dumps(info))
+    run = F.RunOptions(device=args.device, compile=args.compile == "on")
+    rows = []
+    t_suite = time.perf_counter()
+    for key in args.figures:
+        rows.append(run_one(key, store / F.figure(key).store, args.device, run, args.preset))
+    suite_s = time.perf_counter() - t_suite
+    print(f"{'suite':<10s} {suite_s:>8.2f} s", flush=True)
+    if "2a" in args.figures and not args.no_warm:
+        rows.append(run_one("2a", store / "fig2a-warm", args.device, run, args.preset))
+        rows[-1]["figure"] = "2a (warm)"
+    info.update(suite_seconds=suite_s, figures=rows)
+    if not args.no_plots:
+        t0 = time.perf_counter()
+        stores = {k: load_results(store / F.figure(k).store) for k in args.figures}
+        written = plot_all(stores, out / "plots")
+        info["plot_seconds"] = time.perf_counter() - t0
+        info["summaries"] = {k: A.summary(ds) for k, ds in stores.items() if "metrics" in ds}
+        info["phase_checks"] = {k: A.phase_checks(ds) for k, ds in stores.items() if "metrics" in ds}
+        print("phase structure:", json.dumps(info["phase_checks"]))
+        print(f"plots: {len(written)} files in {info['plot_seconds']:.1f} s -> {out / 'plots'}")
+    if not args.no_checks:
+        info["checks"] = checks(args.device)
+    (out / "toy_gpu_suite.json").write_text(json.dumps(info, indent=1))
+    print("\nfigure        seconds  traj-steps/s")
+    for r in rows:
+        print(f"{r['figure']:<12s} {r['seconds']:>8.2f}  {r['traj_steps_per_s']:.3e}")
+    print(f"{'suite':<12s} {suite_s:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Trajectory-steps per second of the toy-landscape simulator vs the paper's per-trajectory loop.
+
+All variants run in this one process, side by side (timings on a shared machine are noisy; the
+ratios are what to read):
+
+* ``scalar``: a restatement of the paper's per-trajectory Python loop (one 2-D trajectory at a
+  time, plain floats, Adam / Signum / FOCUS written out), a few trajectories;
+* ``eager``: the batched simulator, rows of batched tensors, no compilation;
+* ``compiled``: the batched simulator with the step fused by ``torch.compile`` (compile time is
+  reported separately and excluded from the rate), for several chunk sizes on CPU;
+* on CUDA (when present): ``compiled`` with cells packed, the GPU layout of the sweeps.
+
+Each row reports trajectory-steps/s averaged over the three optimizers. The paper's Figure 2a
+needs 28.8M trajectories x 1000 steps = 2.88e10 trajectory-steps; the table extrapolates.
+
+::
+
+    PYTHONPATH=src python benchmarks/toy_throughput.py                 # CPU, ~2-4 min
+    PYTHONPATH=src python benchmarks/toy_throughput.py --device cuda --skip-cpu   # GPU rows, ~1-2 min
+
+With ``$OUT`` set, ``$OUT/toy_throughput.json`` holds every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from focus_optim.landscape import simulate as S
+from focus_optim.landscape import valley as V
+
+FIG2A_TRAJECTORY_STEPS = 96 * 100 * 20 * 50 * 3 * 1000
+
+
+def scalar_loop(opt: str, a: float, sigma: float, lr: float, wd: float, steps: int, rng: Any) -> float:
+    """One trajectory of the paper's loop in plain Python floats; returns the final loss."""
+    cs, sn = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    x, y = (float(v) for v in rng.normal(0.0, 1e-4, 2))
+    noise = rng.normal(1.0, sigma, (steps, 2)).tolist()
+    m, s = [0.0, 0.0], [0.0, 0.0]
+    for t in range(1, steps + 1):
+        u, v = x * cs + y * sn, -x * sn + y * cs
+        du, dv = a * u * v * v - 0.1, a * u * u * v
+        g = ((du * cs - dv * sn) * noise[t - 1][0], (du * sn + dv * cs) * noise[t - 1][1])
+        p = [x, y]
+        for i in range(2):
+            if opt == "adamw":
+                p[i] *= 1 - lr * wd
+                m[i] = 0.9 * m[i] + 0.1 * g[i]
+                s[i] = 0.999 * s[i] + 0.001 * g[i] ** 2
+                p[i] -= lr * (m[i] / (1 - 0.9**t)) / (math.sqrt(s[i] / (1 - 0.999**t)) + 1e-8)
+            elif opt == "signum":
+                m[i] = 0.9 * m[i] + 0.1 * g[i]
+                p[i] -= lr * (math.copysign(1.0, m[i]) + wd * p[i])
+            else:
+                m[i] = 0.9 * m[i] + 0.1 * g[i]
+                s[i] = 0.9 * s[i] + 0.1 * p[i]
+                d = p[i] - s[i] / (1 - 0.9**t)
+                p[i] -= lr * (math.copysign(1.0, m[i]) + 0.2 * ((d > 0) - (d < 0)) + wd * p[i])
+        x, y = p
+    u, v = x * cs + y * sn, -x * sn + y * cs
+    return 0.5 * a * u * u * v * v - 0.1 * u
+
+
+def rows(n: int, seed: int = 0) -> S.Rows:
+    """``n`` trajectories spread over the paper's noise and lr ranges at a = 10, wd = 0.1."""
+    k = np.arange(n)
+    return S.Rows.make(
+        seed, 10.0, np.linspace(0, 3, 100)[k % 100], np.logspace(-3, 0, 20)[(k // 100) % 20], 0.1
+    )
+
+
+def time_scalar(trajectories: int, steps: int) -> float:
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for opt in S.PAPER_SETUPS:
+        for i in range(trajectories):
+            scalar_loop(opt, 10.0, 1.0, 0.01 * (1 + i % 3), 0.1, steps, rng)
+    return 3 * trajectories * steps / (time.perf_counter() - t0)
+
+
+def time_batched(n: int, steps: int, opts: S.Options) -> tuple[float, float]:
+    """(trajectory-steps/s over the three optimizers, seconds of compilation/warm-up)."""
+    block = rows(n)
+    t0 = time.perf_counter()  # compile (or warm up) outside the timed region
+    for opt in S.PAPER_SETUPS:
+        S.simulate(opt, block, V.rotated(), 2, opts)
+    warm = time.perf_counter() - t0
+    sync = torch.cuda.synchronize if torch.device(opts.device).type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for opt in S.PAPER_SETUPS:
+        S.simulate(opt, block, V.rotated(), steps, opts)
+    sync()
+    return 3 * n * steps / (time.perf_counter() - t0), warm
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--steps", type=int, default=200, help="steps per batched trajectory (rates are per step)"
+    )
+    ap.add_argument("--scalar-trajectories", type=int, default=4)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[4096, 16384, 65536], help="CPU chunk sizes")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--gpu-rows", type=int, default=9_600_000, help="rows per optimizer on CUDA (Fig. 2a: 9.6M)"
+    )
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--skip-cpu", action="store_true", help="only the scalar baseline and the GPU rows")
+    args = ap.parse_args()
+
+    results: list[dict[str, Any]] = []
+
+    def add(name: str, rate: float, **kw: Any) -> None:
+        row = {
+            "variant": name,
+            "traj_steps_per_s": rate,
+            "fig2a_seconds": FIG2A_TRAJECTORY_STEPS / rate,
+            **kw,
+        }
+        results.append(row)
+        extra = " ".join(f"{k}={v}" for k, v in kw.items())
+        print(
+            f"{name:<34s} {rate:>12.3e} traj-steps/s  fig2a {row['fig2a_seconds']:>10.1f} s  {extra}",
+            flush=True,
+        )
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    add("scalar (paper loop, 1 thread)", time_scalar(args.scalar_trajectories, 1000), threads=1)
+    for threads in [] if args.skip_cpu else args.threads:
+        torch.set_num_threads(threads)
+        for chunk in args.chunks:
+            rate, _ = time_batched(chunk, args.steps, S.Options(compile=False, chunk_rows=chunk))
+            add(f"eager cpu chunk={chunk} t={threads}", rate, threads=threads, chunk=chunk)
+        if not args.no_compile and S.compile_available(torch.device("cpu")):
+            for chunk in args.chunks:
+                rate, warm = time_batched(chunk, args.steps, S.Options(compile=True, chunk_rows=chunk))
+                add(
+                    f"compiled cpu chunk={chunk} t={threads}",
+                    rate,
+                    threads=threads,
+                    chunk=chunk,
+                    compile_s=round(warm, 1),
+                )
+    torch.set_num_threads(before)
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        for comp in ([True] if args.no_compile is False else []) + [False]:
+            n = args.gpu_rows if comp else args.gpu_rows // 4
+            opts = S.Options(device=args.device, compile=comp, pack_cells=True)
+            rate, warm = time_batched(n, args.steps, opts)
+            add(f"{'compiled' if comp else 'eager'} cuda rows={n}", rate, compile_s=round(warm, 1), rows=n)
+    scalar = results[0]["traj_steps_per_s"]
+    for dev in ("cpu", "cuda"):
+        rates = [r["traj_steps_per_s"] for r in results if f" {dev} " in r["variant"]]
+        if rates:
+            print(f"best {dev} batched / scalar loop: {max(rates) / scalar:.0f}x")
+    info = {
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "steps": args.steps,
+        "results": results,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "toy_throughput.json"), "w") as fh:
+            json.dump(info, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

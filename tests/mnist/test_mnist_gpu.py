@@ -1,0 +1,45 @@
+"""The lab on a CUDA device (skipped without one): same model, test-pass precisions, a tiny cell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from focus_optim.mnist.model import EnsembleMLP, reference_mlp
+from focus_optim.mnist.optimizers import parse_optimizer
+from focus_optim.mnist.train import DeviceData, TrainSettings, train_cell
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_cuda_ensemble_matches_models_and_precisions_agree() -> None:
+    torch.manual_seed(0)
+    models = [reference_mlp().cuda() for _ in range(3)]
+    ens = EnsembleMLP.from_sequential(models)
+    x = torch.rand(3, 32, 784, device="cuda")
+    out = ens(x)
+    for e, m in enumerate(models):
+        torch.testing.assert_close(out[e], m(x[e]), rtol=1e-4, atol=1e-4)
+    ens.eval()
+    xt = torch.rand(784, 4096, device="cuda")
+    labels = torch.randint(0, 10, (4096,), device="cuda")
+    ref, _ = ens.evaluate(xt, labels)
+    for e, m in enumerate(models):
+        assert ref[e].item() == pytest.approx(F.cross_entropy(m.eval()(xt.T), labels).item(), rel=1e-4)
+    for precision, tol in (("tf32", 5e-3), ("bf16", 2e-2)):
+        got, _ = ens.evaluate(xt, labels, precision=precision)
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+def test_cuda_cell_runs_and_members_are_independent(tiny_data) -> None:
+    data = DeviceData.from_mnist(tiny_data, "cuda")
+    s = TrainSettings(steps=6, eval_every=3, eval_precision="bf16")
+    a = train_cell(parse_optimizer("focus"), 8, [1e-3, 1e-2], data, s, seed=0)
+    b = train_cell(parse_optimizer("focus"), 8, [1e-3, 1e3], data, s, seed=0)
+    assert np.isfinite(a[0, [2, 5]]).all()
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
