@@ -12,7 +12,7 @@ What it does (prints a table, writes ``$OUT/mnist_gpu.json``, results and figure
 4. The authors' one-model-at-a-time loop (``mnist_authors_loop.py``) for a few steps on the same
    GPU; its per-model-step time extrapolated to the paper scan, divided by this scan's wall time.
 
-On the lead's machine (repo copied, MNIST in ``.data/mnist``, no internet)::
+On a GPU machine (repo copied, MNIST in ``.data/mnist``, no internet)::
 
     PYTHONPATH=src python benchmarks/mnist_gpu.py                  # out dir: $OUT/mnist-paper
 
@@ -37,7 +37,7 @@ import mnist_authors_loop as authors
 from focus_optim import load_results
 from focus_optim.mnist.data import load_mnist
 from focus_optim.mnist.plots import plot_results
-from focus_optim.mnist.scan import PRESETS, run_scan, run_workers
+from focus_optim.mnist.scan import PRESETS, run_scan
 from focus_optim.mnist.train import DeviceData
 
 
@@ -85,7 +85,9 @@ def main() -> int:
     )
 
     t0 = time.perf_counter()
-    report = run_workers(cfg, out, args.workers, device=args.device, data_dir=args.data_dir, progress=True)
+    report = run_scan(
+        cfg, out, workers=args.workers, device=args.device, data_dir=args.data_dir, progress=True
+    )
     info["scan_seconds"] = time.perf_counter() - t0
     info["cells_computed"], info["cells_skipped"] = report.computed, report.skipped
     ds = load_results(out)

@@ -140,3 +140,31 @@ def test_manifest_records_grid_and_hash(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["outer_dims"] == ["optimizer", "sharpness"]
     assert manifest["config"] == {"steps": 4} and len(manifest["config_hash"]) == 16
+
+
+def seeded_normal_compute():
+    """A module-level factory, so that Deferred can pickle it into worker processes."""
+
+    def compute(cells, device):
+        out = []
+        for c in cells:
+            rng = np.random.default_rng(c.seed)
+            out.append({"value": rng.normal(size=(2, 3, 2)), "curve": rng.normal(size=(2, 3, 4))})
+        return out
+
+    return compute
+
+
+def test_local_workers_fill_one_store_like_a_single_process(tmp_path):
+    from focus_optim.sweep import Deferred
+
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "single", progress=False)
+    compute = Deferred(seeded_normal_compute)
+    run_sweep(spec, compute, tmp_path / "pool", max_cells=2, progress=False)  # killed, then resumed:
+    rep = run_sweep(spec, compute, tmp_path / "pool", workers=2, threads=1, progress=False,
+                    order=lambda c: -c.coords["sharpness"])  # fmt: skip
+    assert rep.computed == 4 and rep.skipped == 2
+    xr.testing.assert_identical(load_results(tmp_path / "single"), load_results(tmp_path / "pool"))
+    with pytest.raises(ValueError, match="Invalid workers"):
+        run_sweep(spec, compute, tmp_path / "pool", workers=0)

@@ -21,6 +21,12 @@ processes, GPUs or cluster array jobs can share one directory; ``load_results`` 
 is there into an ``xarray.Dataset`` (missing cells are NaN; ``attrs["complete"]`` says if none is).
 Each cell's seed is derived from (seed, sweep name, cell coordinates), never from the shard or the
 order of computation.
+
+``workers=N`` runs this shard's pending batches on N local processes (``spawn``) that write into
+the same store; ``compute`` must then be picklable, e.g. a :class:`Deferred` recipe that builds the
+real function once per process. On a CPU several single-threaded processes usually beat one
+multi-threaded process for the small per-step kernels of the labs; on a GPU several processes hide
+each other's Python and launch overhead.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -160,6 +167,23 @@ class SweepReport:
 ComputeFn = Callable[[list[Cell], str], list[Mapping[str, np.ndarray]]]
 
 
+class Deferred:
+    """A picklable recipe for a compute function: ``factory(*args, **kwargs)`` is called on first
+    use in each process (so worker processes load their data and compile their kernels once)."""
+
+    def __init__(self, factory: Callable[..., ComputeFn], *args: Any, **kwargs: Any) -> None:
+        self.factory, self.args, self.kwargs = factory, args, kwargs
+        self._fn: ComputeFn | None = None
+
+    def __call__(self, cells: list[Cell], device: str) -> list[Mapping[str, np.ndarray]]:
+        if self._fn is None:
+            self._fn = self.factory(*self.args, **self.kwargs)
+        return self._fn(cells, device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"factory": self.factory, "args": self.args, "kwargs": self.kwargs, "_fn": None}
+
+
 class Store:
     """The results directory of one sweep."""
 
@@ -229,13 +253,22 @@ def run_sweep(
     group_by: Sequence[str] = (),
     progress: bool = True,
     max_cells: int | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    order: Callable[[Cell], Any] | None = None,
 ) -> SweepReport:
     """Compute every missing cell of this shard and store it; see the module docstring.
 
     Args:
         batch_cells: up to this many cells (sharing the ``group_by`` coordinates) per compute call.
         max_cells: stop after computing this many cells (tests use it to simulate a killed run).
+        workers: local processes computing batches in parallel (``compute`` must be picklable).
+        threads: torch threads per process (default: torch's own choice).
+        order: sort key on a batch's first cell; batches are computed in that order (e.g. the
+            most expensive first, so that parallel workers finish together).
     """
+    if workers < 1:
+        raise ValueError(f"Invalid workers: {workers} (allowed: an integer >= 1)")
     start = time.perf_counter()
     store = Store(out, spec).open()
     device = device or default_device()
@@ -245,19 +278,27 @@ def run_sweep(
     skipped = len(mine) - len(todo)
     if max_cells is not None:
         todo = todo[:max_cells]
+    batches = list(_batches(todo, batch_cells, group_by))
+    if order is not None:
+        batches.sort(key=lambda b: order(b[0]))
     bar = _progress(len(mine), skipped, enabled=progress, desc=spec.name)
     computed = 0
     try:
-        for batch in _batches(todo, batch_cells, group_by):
-            t0 = time.perf_counter()
-            results = compute(batch, device)
-            if len(results) != len(batch):
-                raise ValueError(f"compute returned {len(results)} results for {len(batch)} cells")
-            per_cell = (time.perf_counter() - t0) / len(batch)
-            for cell, result in zip(batch, results):
-                store.write(cell, result, {"seconds": per_cell, "device": device, "batch": len(batch)})
-            computed += len(batch)
-            bar.update(len(batch))
+        if workers == 1:
+            if threads:
+                _set_threads(threads)
+            for batch in batches:
+                computed += _compute_and_store(store, compute, batch, device)
+                bar.update(len(batch))
+        else:
+            ctx = mp.get_context("spawn")
+            init = (spec, str(out), compute, device, threads)
+            with ctx.Pool(min(workers, len(batches)) or 1, initializer=_worker_init, initargs=init) as pool:
+                for n in pool.imap_unordered(_worker_run, batches):
+                    computed += n
+                    bar.update(n)
+                pool.close()  # a clean shutdown (the with-block alone terminates the workers)
+                pool.join()
     finally:
         bar.close()
     return SweepReport(
@@ -268,6 +309,36 @@ def run_sweep(
         skipped=skipped,
         seconds=time.perf_counter() - start,
     )
+
+
+def _compute_and_store(store: Store, compute: ComputeFn, batch: list[Cell], device: str) -> int:
+    t0 = time.perf_counter()
+    results = compute(batch, device)
+    if len(results) != len(batch):
+        raise ValueError(f"compute returned {len(results)} results for {len(batch)} cells")
+    per_cell = (time.perf_counter() - t0) / len(batch)
+    for cell, result in zip(batch, results):
+        store.write(cell, result, {"seconds": per_cell, "device": device, "batch": len(batch)})
+    return len(batch)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(spec: SweepSpec, out: str, compute: ComputeFn, device: str, threads: int | None) -> None:
+    if threads:
+        _set_threads(threads)
+    _WORKER.update(store=Store(out, spec), compute=compute, device=device)
+
+
+def _worker_run(batch: list[Cell]) -> int:
+    return _compute_and_store(_WORKER["store"], _WORKER["compute"], batch, _WORKER["device"])
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

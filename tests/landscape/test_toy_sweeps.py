@@ -197,10 +197,8 @@ def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.slow
 def test_quick_preset_shows_the_phase_structure(tmp_path: Path) -> None:
     """The real quick grid of Figure 2a (about 15 s on one core) reproduces the paper's picture."""
-    from focus_optim.landscape.workers import run_figure
-
     spec = F.phase_spec("2a", "quick")
-    run_figure(spec, F.RunOptions(device="cpu", threads=1), tmp_path / "q", progress=False)
+    F.run_figure(spec, F.RunOptions(device="cpu", threads=1), tmp_path / "q", progress=False)
     checks = A.phase_checks(load_results(tmp_path / "q"))
     assert checks and all(checks.values()), checks
 

@@ -9,7 +9,7 @@ import pytest
 
 from focus_optim import load_results
 from focus_optim.mnist.optimizers import PAPER_OPTIMIZERS, parse_optimizer
-from focus_optim.mnist.scan import PRESETS, ScanConfig, lr_grid, run_scan, run_workers, sweep_spec
+from focus_optim.mnist.scan import PRESETS, ScanConfig, lr_grid, run_scan, sweep_spec
 from focus_optim.sweep import Shard
 
 TINY = ScanConfig(
@@ -96,10 +96,10 @@ def test_changed_config_refuses_old_store(tmp_path: Path, idx_dir_session: Path)
 
 def test_local_workers_fill_one_store(tmp_path: Path, idx_dir_session: Path) -> None:
     _run(tmp_path / "full", idx_dir_session)
-    report = run_workers(
+    report = run_scan(
         TINY,
         tmp_path / "w",
-        2,
+        workers=2,
         device="cpu",
         data_dir=idx_dir_session,
         verify=False,

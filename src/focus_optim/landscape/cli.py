@@ -87,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..sweep import default_device, parse_shard
     from . import figures as F
-    from .workers import run_figure
 
     device = args.device or default_device()
     shard = parse_shard(args.shard)
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         spec = fig.build(args.preset, args.optimizers)
         batch = args.batch_cells or F.batch_cells(spec, device)
         t0 = time.perf_counter()
-        report = run_figure(
+        report = F.run_figure(
             spec,
             opts,
             out / fig.store,

@@ -21,13 +21,14 @@ is chosen by mean final loss over replicates (:mod:`.analysis`).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..sweep import Cell, SweepSpec
+from ..sweep import Cell, Deferred, Shard, SweepReport, SweepSpec, run_sweep
 from . import simulate as S
 from . import valley as V
 
@@ -348,6 +349,34 @@ def batch_cells(spec: SweepSpec, device: str, target_rows: int = 1 << 24) -> int
     return max(1, target_rows // max(1, math.prod(spec.inner_shape)))
 
 
+def run_figure(
+    spec: SweepSpec,
+    run: RunOptions,
+    out: str | os.PathLike[str],
+    *,
+    shard: Shard | None = None,
+    device: str = "cpu",
+    batch_cells: int = 1,
+    progress: bool = True,
+    max_cells: int | None = None,
+    workers: int = 1,
+) -> SweepReport:
+    """``run_sweep`` of one figure: cells of one optimizer packed into one call, optionally on
+    ``workers`` local processes (one per core on a CPU)."""
+    return run_sweep(
+        spec,
+        Deferred(make_compute, spec, run),
+        out,
+        shard=shard,
+        device=device,
+        batch_cells=batch_cells,
+        group_by=("optimizer",),
+        progress=progress,
+        max_cells=max_cells,
+        workers=workers,
+    )
+
+
 __all__ = [
     "FIGURES",
     "GRIDS",
@@ -364,5 +393,6 @@ __all__ = [
     "landscape_of",
     "make_compute",
     "phase_spec",
+    "run_figure",
     "trajectory_spec",
 ]

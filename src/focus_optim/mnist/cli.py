@@ -110,7 +110,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..sweep import parse_shard
-    from .scan import run_scan, run_workers
+    from .scan import run_scan
 
     cfg = config_from_args(args)
     shard = parse_shard(args.shard)
@@ -125,11 +125,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.workers < 0:
         raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")
-    workers = args.workers or _auto_workers(args.device)
-    if workers == 1:
-        report = run_scan(cfg, args.out, **common)
-    else:
-        report = run_workers(cfg, args.out, workers, **common)
+    report = run_scan(cfg, args.out, workers=args.workers or _auto_workers(args.device), **common)
     print(
         f"mnist: {report.computed} cells computed, {report.skipped} already there, "
         f"{report.total_cells} in the scan; "

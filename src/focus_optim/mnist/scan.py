@@ -13,16 +13,14 @@ crossover it shows).
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..sweep import Cell, Shard, Store, SweepReport, SweepSpec, _progress, default_device, run_sweep
+from ..sweep import Cell, Deferred, Shard, SweepReport, SweepSpec, default_device, run_sweep
 from .data import MNIST
 from .optimizers import PAPER_OPTIMIZERS, parse_optimizer
 from .train import METRICS, DeviceData, TrainSettings, train_cell
@@ -176,84 +174,28 @@ def run_scan(
     progress: bool = True,
     max_cells: int | None = None,
     threads: int | None = None,
+    workers: int = 1,
 ) -> SweepReport:
-    """Run (or resume) this process's share of the scan into the results directory ``out``."""
-    if threads:
-        import torch
+    """Run (or resume) this process's share of the scan into the results directory ``out``.
 
-        torch.set_num_threads(threads)
+    With ``workers > 1`` the cells go, largest batch size first, to that many local processes
+    writing into the same store (the sweep runner's workers); each keeps MNIST on its device
+    between cells. On a CPU each worker gets ``cores // workers`` threads by default (several
+    single-threaded processes beat one multi-threaded process on these small tensors).
+    """
+    device = device or default_device()
+    if workers > 1 and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
     cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
     return run_sweep(
         sweep_spec(cfg),
-        make_compute(cfg, data_dir, verify=verify),
+        Deferred(make_compute, cfg, data_dir, verify=verify),
         out,
         shard=shard,
         device=device,
         progress=progress,
         max_cells=max_cells,
+        threads=threads,
+        workers=workers,
+        order=lambda cell: -int(cell.coords["batch_size"]),
     )
-
-
-def run_workers(
-    cfg: ScanConfig,
-    out: str | os.PathLike[str],
-    workers: int,
-    *,
-    shard: Shard | None = None,
-    device: str | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    verify: bool = True,
-    progress: bool = True,
-    threads: int | None = None,
-) -> SweepReport:
-    """This process's shard on ``workers`` local processes (``spawn``) writing into one store.
-
-    Each pending cell is one task, ``run_scan`` on the single-cell shard ``g/len(cells)`` (the
-    sweep's own sharding, so stores, seeds and resume are exactly those of a one-process run);
-    tasks go largest batch size first to idle workers, which keep MNIST on their device between
-    tasks. On a CPU each worker gets ``cores // workers`` threads by default (several
-    single-threaded processes beat one multi-threaded process on these small tensors); on a GPU
-    several processes hide each other's Python and kernel-launch overhead.
-    """
-    t0 = time.perf_counter()
-    base = shard or Shard(0, 1)
-    device = device or default_device()
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
-    full = cfg.replace(data=load_data(data_dir, verify=verify).data_id)
-    spec = sweep_spec(full)
-    store = Store(out, spec).open()
-    cells = spec.cells()
-    mine = base.take(list(enumerate(cells)))
-    todo = [(g, c) for g, c in mine if not store.has(c)]
-    todo.sort(key=lambda gc: -int(gc[1].coords["batch_size"]))
-    kwargs = dict(device=device, data_dir=data_dir, verify=verify, progress=False)
-    bar = _progress(len(mine), len(mine) - len(todo), enabled=progress, desc=spec.name)
-    computed = 0
-    try:
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
-            tasks = [(cfg, str(out), Shard(g, len(cells)), kwargs) for g, _ in todo]
-            for report in pool.imap_unordered(_run_task, tasks):
-                computed += report.computed
-                bar.update(report.computed)
-    finally:
-        bar.close()
-    return SweepReport(
-        store=store.path,
-        total_cells=len(cells),
-        shard_cells=len(mine),
-        computed=computed,
-        skipped=len(mine) - len(todo),
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run_task(task: tuple[ScanConfig, str, Shard, dict[str, Any]]) -> SweepReport:
-    cfg, out, shard, kwargs = task
-    return run_scan(cfg, out, shard=shard, **kwargs)

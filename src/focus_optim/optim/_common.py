@@ -14,8 +14,8 @@ Ensemble hyperparameters
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -228,6 +228,82 @@ def as_real(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(torch.view_as_real(t) if t.is_complex() else t for t in tensors)
 
 
+def working_views(
+    p: Tensor, g: Tensor, *states: Tensor, maximize: bool
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """``(p_real, work, g, states)``: what every per-tensor update starts from.
+
+    Complex tensors become real views; ``g`` is negated for ``maximize`` (a new tensor, so
+    ``.grad`` is untouched) and cast to the state dtype; ``work`` is ``p_real`` itself, or an fp32
+    copy of it when the state is fp32 and ``p`` is not. Finish with ``write_back(p_real, work)``.
+    """
+    if maximize:
+        g = -g
+    p_real, g, *real_states = as_real(p, g, *states)
+    dtype = real_states[0].dtype
+    work = p_real if p_real.dtype == dtype else p_real.to(dtype)
+    g = g if g.dtype == dtype else g.to(dtype)
+    return p_real, work, g, real_states
+
+
+def write_back(p_real: Tensor, work: Tensor) -> None:
+    if work is not p_real:
+        p_real.copy_(work)
+
+
+class ForeachGroup(NamedTuple):
+    """Tensors of one device/dtype (and, if asked, one step count) for a ``_foreach`` update."""
+
+    params: list[Tensor]  # real views of the parameters
+    work: list[Tensor]  # what to update: ``params``, or fp32 copies for fp32 state
+    grads: list[Tensor]  # real, negated for maximize, in the state dtype
+    states: list[list[Tensor]]  # real views of each state buffer list
+    steps: list[Any]  # the incremented step counts
+
+
+def foreach_groups(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[list[Tensor]],
+    state_steps: list[Tensor],
+    *,
+    maximize: bool,
+    split_by_step: bool = False,
+) -> Iterator[ForeachGroup]:
+    """torch.optim's grouping by device and dtype, plus what every multi-tensor path does first:
+    increment the step counts, take real views, negate the gradients for ``maximize`` and make
+    fp32 working copies for fp32 state. With ``split_by_step``, tensors whose first gradient
+    arrived at different steps (hence different bias corrections) form separate groups. The
+    working copies are written back when the caller moves on to the next group."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, *states, state_steps])
+    for _key, (lists, _) in grouped.items():
+        dp, dg, *dstates, ds = lists
+        for s in ds:
+            s += 1
+        values = [step_value(s) for s in ds]
+        if split_by_step:
+            buckets: dict[Any, list[int]] = {}
+            for i, v in enumerate(values):
+                buckets.setdefault(v, []).append(i)
+            index_sets = list(buckets.values())
+        else:
+            index_sets = [list(range(len(dp)))]
+        for idx in index_sets:
+            p_real, g = [as_real(dp[i])[0] for i in idx], [as_real(dg[i])[0] for i in idx]
+            st = [[as_real(xs[i])[0] for i in idx] for xs in dstates]
+            if maximize:
+                g = torch._foreach_neg(g)
+            dtype = st[0][0].dtype
+            if p_real[0].dtype != dtype:
+                work = [t.to(dtype) for t in p_real]
+                g = [t.to(dtype) for t in g]
+            else:
+                work = p_real
+            yield ForeachGroup(p_real, work, g, st, [values[i] for i in idx])
+            if work is not p_real:
+                torch._foreach_copy_(p_real, work)
+
+
 def step_value(step_t: Tensor) -> float | Tensor:
     """The step count as a Python float; while compiling, a float64 tensor (bias corrections such
     as 1 - beta**t lose ties and digits in the float32 that ``step`` is stored in)."""
@@ -239,11 +315,15 @@ def step_value(step_t: Tensor) -> float | Tensor:
 
 __all__ = [
     "BaseOptimizer",
+    "ForeachGroup",
     "V",
     "add_scaled_",
     "as_real",
+    "foreach_groups",
     "is_zero",
     "per_member",
     "scalar",
     "step_value",
+    "working_views",
+    "write_back",
 ]

@@ -28,9 +28,20 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _get_scalar_dtype, _get_value
+from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
-from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar, step_value
+from ._common import (
+    BaseOptimizer,
+    V,
+    add_scaled_,
+    foreach_groups,
+    is_zero,
+    per_member,
+    scalar,
+    step_value,
+    working_views,
+    write_back,
+)
 
 EPS_MODES = ("after_bias_correction", "before_bias_correction")
 DECAY_MODES = ("decoupled", "post_update")
@@ -194,11 +205,7 @@ def _single_tensor_adamw(
     for p, g, m, v, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
         step_t += 1
         step = step_value(step_t)
-        if maximize:
-            g = -g
-        p_real, g, m, v = as_real(p, g, m, v)
-        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        p_real, work, g, (m, v) = working_views(p, g, m, v, maximize=maximize)
         eta = per_member(lr, work)
         wd = per_member(weight_decay, work)
         decay = not is_zero(wd)
@@ -215,8 +222,7 @@ def _single_tensor_adamw(
             work.addcdiv_(m, denom, value=-step_size)
         if decay and decay_mode == "post_update":
             add_scaled_(work, work, -(eta * wd))
-        if work is not p_real:
-            p_real.copy_(work)
+        write_back(p_real, work)
 
 
 def _multi_tensor_adamw(
@@ -237,27 +243,15 @@ def _multi_tensor_adamw(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, state_steps]
-    )
-    for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
-        for s in ds:
-            s += 1
-        p_real, g, m, v = ([as_real(t)[0] for t in xs] for xs in (dp, dg, dm, dv))
-        if maximize:
-            g = torch._foreach_neg(g)
-        if m[0].dtype != p_real[0].dtype:
-            work = [t.to(m[0].dtype) for t in p_real]
-            g = [t.to(m[0].dtype) for t in g]
-        else:
-            work = p_real
+    groups = foreach_groups(params, grads, [exp_avgs, exp_avg_sqs], state_steps, maximize=maximize)
+    for _, work, g, (m, v), steps in groups:
         decay = not is_zero(weight_decay)
         if decay and decay_mode == "decoupled":
             torch._foreach_mul_(work, 1 - lr * weight_decay)
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-        coeffs = [_coefficients(_get_value(s), lr, beta1, beta2, eps_mode, bias_correction) for s in ds]
+        coeffs = [_coefficients(s, lr, beta1, beta2, eps_mode, bias_correction) for s in steps]
         denom = torch._foreach_sqrt(v)
         if not all(_is_one(c[1]) for c in coeffs):
             torch._foreach_div_(denom, [c[1] for c in coeffs])
@@ -265,8 +259,6 @@ def _multi_tensor_adamw(
         torch._foreach_addcdiv_(work, m, denom, [-c[0] for c in coeffs])
         if decay and decay_mode == "post_update":
             torch._foreach_add_(work, work, alpha=-(lr * weight_decay))
-        if work is not p_real:
-            torch._foreach_copy_(p_real, work)
 
 
 def _fused_adamw(

@@ -29,15 +29,24 @@ State per parameter: ``exp_avg``, ``exp_avg_sq`` and ``step``.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _get_value
 
-from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar, step_value
+from ._common import (
+    BaseOptimizer,
+    V,
+    add_scaled_,
+    foreach_groups,
+    is_zero,
+    per_member,
+    scalar,
+    step_value,
+    working_views,
+    write_back,
+)
 
 
 class EXAdam(BaseOptimizer):
@@ -155,11 +164,7 @@ def _single_tensor_exadam(
     maximize: bool,
 ) -> None:
     for p, g, m, v, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
-        if maximize:
-            g = -g
-        p_real, g, m, v = as_real(p, g, m, v)
-        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        p_real, work, g, (m, v) = working_views(p, g, m, v, maximize=maximize)
         eta = per_member(lr, work)
         wd = per_member(weight_decay, work)
 
@@ -177,8 +182,7 @@ def _single_tensor_exadam(
         numer = torch.add(m, g).mul_(d1).div_(1 - b1)
         denom = d2.mul_(v).div_(1 - b2).sqrt_().add_(eps)
         add_scaled_(work, numer.div_(denom), -(eta * step_size_factor(step, growing_step)))
-        if work is not p_real:
-            p_real.copy_(work)
+        write_back(p_real, work)
 
 
 def _multi_tensor_exadam(
@@ -197,49 +201,32 @@ def _multi_tensor_exadam(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, state_steps]
+    groups = foreach_groups(
+        params, grads, [exp_avgs, exp_avg_sqs], state_steps, maximize=maximize, split_by_step=True
     )
-    for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
-        for s in ds:
-            s += 1
-        # Tensors whose first gradient arrived at different steps have different bias corrections.
-        by_step: dict[Any, list[int]] = defaultdict(list)
-        for i, s in enumerate(ds):
-            by_step[_get_value(s)].append(i)
-        for idx in by_step.values():
-            step = step_value(ds[idx[0]])
-            p_real, g, m, v = ([as_real(xs[i])[0] for i in idx] for xs in (dp, dg, dm, dv))
-            if maximize:
-                g = torch._foreach_neg(g)
-            if m[0].dtype != p_real[0].dtype:
-                work = [t.to(m[0].dtype) for t in p_real]
-                g = [t.to(m[0].dtype) for t in g]
-            else:
-                work = p_real
-            if not is_zero(weight_decay):
-                torch._foreach_add_(work, torch._foreach_mul(work, -(lr * weight_decay)))
-            b1, b2 = beta1**step, beta2**step
-            torch._foreach_mul_(m, beta1)
-            torch._foreach_add_(m, g, alpha=1 - beta1)
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-            d1 = torch._foreach_div(v, torch._foreach_add(v, eps))
-            torch._foreach_mul_(d1, b2)
-            torch._foreach_add_(d1, 1)
-            d2 = torch._foreach_mul(m, m)
-            torch._foreach_div_(d2, torch._foreach_add(d2, eps))
-            torch._foreach_mul_(d2, b1)
-            torch._foreach_add_(d2, 1)
-            numer = torch._foreach_add(m, g)
-            torch._foreach_mul_(numer, d1)
-            torch._foreach_div_(numer, 1 - b1)
-            torch._foreach_mul_(d2, v)
-            torch._foreach_div_(d2, 1 - b2)
-            torch._foreach_sqrt_(d2)
-            torch._foreach_add_(d2, eps)
-            torch._foreach_div_(numer, d2)
-            torch._foreach_mul_(numer, -(lr * step_size_factor(step, growing_step)))
-            torch._foreach_add_(work, numer)
-            if work is not p_real:
-                torch._foreach_copy_(p_real, work)
+    for _, work, g, (m, v), steps in groups:
+        step = steps[0]
+        if not is_zero(weight_decay):
+            torch._foreach_add_(work, torch._foreach_mul(work, -(lr * weight_decay)))
+        b1, b2 = beta1**step, beta2**step
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, g, alpha=1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        d1 = torch._foreach_div(v, torch._foreach_add(v, eps))
+        torch._foreach_mul_(d1, b2)
+        torch._foreach_add_(d1, 1)
+        d2 = torch._foreach_mul(m, m)
+        torch._foreach_div_(d2, torch._foreach_add(d2, eps))
+        torch._foreach_mul_(d2, b1)
+        torch._foreach_add_(d2, 1)
+        numer = torch._foreach_add(m, g)
+        torch._foreach_mul_(numer, d1)
+        torch._foreach_div_(numer, 1 - b1)
+        torch._foreach_mul_(d2, v)
+        torch._foreach_div_(d2, 1 - b2)
+        torch._foreach_sqrt_(d2)
+        torch._foreach_add_(d2, eps)
+        torch._foreach_div_(numer, d2)
+        torch._foreach_mul_(numer, -(lr * step_size_factor(step, growing_step)))
+        torch._foreach_add_(work, numer)

@@ -32,15 +32,24 @@ With ``gamma=0`` and ``betas[1]=0`` the update is exactly :class:`~focus_optim.S
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _get_value
 
-from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar, step_value
+from ._common import (
+    BaseOptimizer,
+    V,
+    add_scaled_,
+    foreach_groups,
+    is_zero,
+    per_member,
+    scalar,
+    step_value,
+    working_views,
+    write_back,
+)
 
 DecayMode = Literal["algorithm1", "reference", "decoupled"]
 DECAY_MODES: tuple[str, ...] = ("algorithm1", "reference", "decoupled")
@@ -198,12 +207,7 @@ def focus_update_(
     maximize: bool,
 ) -> None:
     """The element-wise FOCUS update of one tensor, given its bias correction ``bc2 = 1 - beta2**t``."""
-    if maximize:
-        g = -g
-    p_real, g, m, a = as_real(p, g, m, a)
-    # Low-precision params with fp32 state are updated through an fp32 working copy.
-    work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-    g = g if g.dtype == m.dtype else g.to(m.dtype)
+    p_real, work, g, (m, a) = working_views(p, g, m, a, maximize=maximize)
     eta = per_member(lr, work)
     wd = per_member(weight_decay, work)
 
@@ -223,8 +227,7 @@ def focus_update_(
     add_scaled_(work, update, -eta)
     if decay and decay_mode == "reference":
         add_scaled_(work, a, eta_wd_hat)
-    if work is not p_real:
-        p_real.copy_(work)
+    write_back(p_real, work)
 
 
 def _multi_tensor_focus(
@@ -243,47 +246,31 @@ def _multi_tensor_focus(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, param_avgs, state_steps])
-    for (_device, _dtype), ((dp, dg, dm, da, ds), _) in grouped.items():
-        for s in ds:
-            s += 1
-        # Tensors whose first gradient arrived at different steps have different bias corrections.
-        by_step: dict[float, list[int]] = defaultdict(list)
-        for i, s in enumerate(ds):
-            by_step[_get_value(s)].append(i)
-        for step, idx in by_step.items():
-            p_real, g, m, a = ([as_real(xs[i])[0] for i in idx] for xs in (dp, dg, dm, da))
-            if maximize:
-                g = torch._foreach_neg(g)
-            if m[0].dtype != p_real[0].dtype:
-                work = [t.to(m[0].dtype) for t in p_real]
-                g = [t.to(m[0].dtype) for t in g]
-            else:
-                work = p_real
-            bc2 = 1 - beta2**step
-
-            torch._foreach_lerp_(m, g, 1 - beta1)
-            torch._foreach_lerp_(a, work, 1 - beta2)
-            decay = not is_zero(weight_decay)
-            if decay and decay_mode != "decoupled":
-                eta_wd_hat = -(lr * weight_decay) / bc2
-            if decay and decay_mode == "algorithm1":
-                torch._foreach_add_(work, a, alpha=eta_wd_hat)
-            if gamma != 0:
-                update = torch._foreach_mul(work, bc2)
-                torch._foreach_sub_(update, a)
-                torch._foreach_sign_(update)
-                torch._foreach_mul_(update, gamma)
-                torch._foreach_add_(update, torch._foreach_sign(m))
-            else:
-                update = torch._foreach_sign(m)
-            if decay and decay_mode == "decoupled":
-                torch._foreach_add_(update, work, alpha=weight_decay)
-            torch._foreach_add_(work, update, alpha=-lr)
-            if decay and decay_mode == "reference":
-                torch._foreach_add_(work, a, alpha=eta_wd_hat)
-            if work is not p_real:
-                torch._foreach_copy_(p_real, work)
+    groups = foreach_groups(
+        params, grads, [exp_avgs, param_avgs], state_steps, maximize=maximize, split_by_step=True
+    )
+    for _, work, g, (m, a), steps in groups:
+        bc2 = 1 - beta2 ** steps[0]
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_lerp_(a, work, 1 - beta2)
+        decay = not is_zero(weight_decay)
+        if decay and decay_mode != "decoupled":
+            eta_wd_hat = -(lr * weight_decay) / bc2
+        if decay and decay_mode == "algorithm1":
+            torch._foreach_add_(work, a, alpha=eta_wd_hat)
+        if gamma != 0:
+            update = torch._foreach_mul(work, bc2)
+            torch._foreach_sub_(update, a)
+            torch._foreach_sign_(update)
+            torch._foreach_mul_(update, gamma)
+            torch._foreach_add_(update, torch._foreach_sign(m))
+        else:
+            update = torch._foreach_sign(m)
+        if decay and decay_mode == "decoupled":
+            torch._foreach_add_(update, work, alpha=weight_decay)
+        torch._foreach_add_(work, update, alpha=-lr)
+        if decay and decay_mode == "reference":
+            torch._foreach_add_(work, a, alpha=eta_wd_hat)
 
 
 def _fused_focus(

@@ -24,9 +24,18 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer
 
-from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar
+from ._common import (
+    BaseOptimizer,
+    V,
+    add_scaled_,
+    foreach_groups,
+    is_zero,
+    per_member,
+    scalar,
+    working_views,
+    write_back,
+)
 
 
 class Lion(BaseOptimizer):
@@ -123,11 +132,7 @@ def _single_tensor_lion(
 ) -> None:
     for p, g, m, step_t in zip(params, grads, exp_avgs, state_steps):
         step_t += 1
-        if maximize:
-            g = -g
-        p_real, g, m = as_real(p, g, m)
-        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        p_real, work, g, (m,) = working_views(p, g, m, maximize=maximize)
         eta = per_member(lr, work)
         wd = per_member(weight_decay, work)
 
@@ -136,8 +141,7 @@ def _single_tensor_lion(
         update = torch.mul(m, beta1).add_(g, alpha=1 - beta1).sign_()
         add_scaled_(work, update, -eta)
         m.mul_(beta2).add_(g, alpha=1 - beta2)
-        if work is not p_real:
-            p_real.copy_(work)
+        write_back(p_real, work)
 
 
 def _multi_tensor_lion(
@@ -153,18 +157,8 @@ def _multi_tensor_lion(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, state_steps])
-    for (_device, _dtype), ((dp, dg, dm, ds), _) in grouped.items():
-        for s in ds:
-            s += 1
-        p_real, g, m = ([as_real(t)[0] for t in xs] for xs in (dp, dg, dm))
-        if maximize:
-            g = torch._foreach_neg(g)
-        if m[0].dtype != p_real[0].dtype:
-            work = [t.to(m[0].dtype) for t in p_real]
-            g = [t.to(m[0].dtype) for t in g]
-        else:
-            work = p_real
+    groups = foreach_groups(params, grads, [exp_avgs], state_steps, maximize=maximize)
+    for _, work, g, (m,), _ in groups:
         if not is_zero(weight_decay):
             torch._foreach_mul_(work, 1 - lr * weight_decay)
         update = torch._foreach_mul(m, beta1)
@@ -177,5 +171,3 @@ def _multi_tensor_lion(
             torch._foreach_add_(work, update, alpha=-lr)
         torch._foreach_mul_(m, beta2)
         torch._foreach_add_(m, g, alpha=1 - beta2)
-        if work is not p_real:
-            torch._foreach_copy_(p_real, work)

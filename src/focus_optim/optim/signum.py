@@ -17,9 +17,18 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer
 
-from ._common import BaseOptimizer, V, add_scaled_, as_real, is_zero, per_member, scalar
+from ._common import (
+    BaseOptimizer,
+    V,
+    add_scaled_,
+    foreach_groups,
+    is_zero,
+    per_member,
+    scalar,
+    working_views,
+    write_back,
+)
 
 
 class Signum(BaseOptimizer):
@@ -127,19 +136,14 @@ def signum_update_(
     maximize: bool,
 ) -> None:  # fmt: skip
     """The element-wise Signum update of one tensor."""
-    if maximize:
-        g = -g
-    p_real, g, m = as_real(p, g, m)
-    work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-    g = g if g.dtype == m.dtype else g.to(m.dtype)
+    p_real, work, g, (m,) = working_views(p, g, m, maximize=maximize)
     eta = per_member(lr, work)
     wd = per_member(weight_decay, work)
     m.lerp_(g, 1 - beta1)
     if not is_zero(wd):
         add_scaled_(work, work, -(eta * wd))
     add_scaled_(work, m.sign(), -eta)
-    if work is not p_real:
-        p_real.copy_(work)
+    write_back(p_real, work)
 
 
 def _multi_tensor_signum(
@@ -154,21 +158,8 @@ def _multi_tensor_signum(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, state_steps])
-    for (_device, _dtype), ((dp, dg, dm, ds), _) in grouped.items():
-        for s in ds:
-            s += 1
-        p_real, g, m = ([as_real(t)[0] for t in xs] for xs in (dp, dg, dm))
-        if maximize:
-            g = torch._foreach_neg(g)
-        if m[0].dtype != p_real[0].dtype:
-            work = [t.to(m[0].dtype) for t in p_real]
-            g = [t.to(m[0].dtype) for t in g]
-        else:
-            work = p_real
+    for _, work, g, (m,), _ in foreach_groups(params, grads, [exp_avgs], state_steps, maximize=maximize):
         torch._foreach_lerp_(m, g, 1 - beta1)
         if not is_zero(weight_decay):
             torch._foreach_add_(work, work, alpha=-(lr * weight_decay))
         torch._foreach_add_(work, torch._foreach_sign(m), alpha=-lr)
-        if work is not p_real:
-            torch._foreach_copy_(p_real, work)

@@ -50,9 +50,18 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.optim.optimizer import Optimizer
 
-from ._common import BaseOptimizer, V, as_real, is_zero, per_member, scalar
+from ._common import (
+    BaseOptimizer,
+    V,
+    as_real,
+    foreach_groups,
+    is_zero,
+    per_member,
+    scalar,
+    working_views,
+    write_back,
+)
 
 EPS_MODES = ("add", "max")
 
@@ -255,11 +264,7 @@ def _single_tensor_sophiag(
 ) -> None:
     for p, g, m, h, step_t in zip(params, grads, exp_avgs, hessians, state_steps):
         step_t += 1
-        if maximize:
-            g = -g
-        p_real, g, m, h = as_real(p, g, m, h)
-        work = p_real if p_real.dtype == m.dtype else p_real.to(m.dtype)
-        g = g if g.dtype == m.dtype else g.to(m.dtype)
+        p_real, work, g, (m, h) = working_views(p, g, m, h, maximize=maximize)
         eta = per_member(lr, work)
         wd = per_member(weight_decay, work)
 
@@ -271,8 +276,7 @@ def _single_tensor_sophiag(
             work.sub_(ratio.mul_(m.sign()).mul_(eta))
         else:
             work.addcmul_(m.sign(), ratio, value=-eta)
-        if work is not p_real:
-            p_real.copy_(work)
+        write_back(p_real, work)
 
 
 def _multi_tensor_sophiag(
@@ -292,18 +296,8 @@ def _multi_tensor_sophiag(
     maximize: bool,
 ) -> None:
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, hessians, state_steps])
-    for (_device, _dtype), ((dp, dg, dm, dh, ds), _) in grouped.items():
-        for s in ds:
-            s += 1
-        p_real, g, m, h = ([as_real(t)[0] for t in xs] for xs in (dp, dg, dm, dh))
-        if maximize:
-            g = torch._foreach_neg(g)
-        if m[0].dtype != p_real[0].dtype:
-            work = [t.to(m[0].dtype) for t in p_real]
-            g = [t.to(m[0].dtype) for t in g]
-        else:
-            work = p_real
+    groups = foreach_groups(params, grads, [exp_avgs, hessians], state_steps, maximize=maximize)
+    for _, work, g, (m, h), _ in groups:
         if not is_zero(weight_decay):
             torch._foreach_mul_(work, 1 - lr * weight_decay)
         torch._foreach_mul_(m, beta1)
@@ -322,5 +316,3 @@ def _multi_tensor_sophiag(
             torch._foreach_sub_(work, ratio)
         else:
             torch._foreach_add_(work, ratio, alpha=-lr)
-        if work is not p_real:
-            torch._foreach_copy_(p_real, work)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +35,24 @@ def _use_triton(device: torch.device) -> bool:
     return False
 
 
+STATIC_SHAPES = 6  # distinct tensor sizes per update function compiled with static shapes
+_static_sizes: dict[Callable[..., None], set[int]] = {}
+
+
 @functools.cache
-def _compiled(fn: Callable[..., None]) -> Callable[..., None]:
-    return torch.compile(fn, dynamic=True)
+def _compiled(fn: Callable[..., None], dynamic: bool) -> Callable[..., None]:
+    if dynamic:  # a copy with its own code object, so its cache entries don't count against fn's
+        fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
+    return torch.compile(fn, dynamic=dynamic)
+
+
+def _compiled_for(fn: Callable[..., None], numel: int) -> Callable[..., None]:
+    """Static-shape code (the fastest) for the first few sizes seen, shape-generic code after."""
+    sizes = _static_sizes.setdefault(fn, set())
+    if numel in sizes or len(sizes) < STATIC_SHAPES:
+        sizes.add(numel)
+        return _compiled(fn, False)
+    return _compiled(fn, True)
 
 
 def fused_sign_family_(
@@ -109,7 +125,6 @@ def _per_tensor(idx, params, grads, exp_avgs, param_avgs, steps, *, update_fn, c
                 beta2, gamma, weight_decay, decay_mode, maximize) -> None:  # fmt: skip
     """``update_fn`` tensor by tensor: compiled on flat views (scalars as 0-d tensors, so a schedule
     does not recompile), or eagerly for non-contiguous tensors."""
-    fn = _compiled(update_fn) if compiled else update_fn
     dt = torch.float64 if params[idx[0]].dtype == torch.float64 else torch.float32
     as_t = (lambda x: torch.tensor(x, dtype=dt)) if compiled else (lambda x: x)
     kw: dict[str, Any] = dict(lr=as_t(lr), weight_decay=as_t(weight_decay), beta1=beta1, maximize=maximize)
@@ -117,8 +132,10 @@ def _per_tensor(idx, params, grads, exp_avgs, param_avgs, steps, *, update_fn, c
         kw.update(beta2=beta2, gamma=gamma, decay_mode=decay_mode)
     for i in idx:
         tensors = [params[i], grads[i], exp_avgs[i]] + ([param_avgs[i]] if param_avgs is not None else [])
+        fn = update_fn
         if compiled:
             tensors = [t.view(-1) for t in tensors]
+            fn = _compiled_for(update_fn, tensors[0].numel())
         if param_avgs is not None:
             kw["bc2"] = as_t(1.0 - beta2 ** steps[i])
         fn(*tensors, **kw)
