@@ -130,12 +130,14 @@ def _per_tensor(idx, params, grads, exp_avgs, param_avgs, steps, *, update_fn, c
     kw: dict[str, Any] = dict(lr=as_t(lr), weight_decay=as_t(weight_decay), beta1=beta1, maximize=maximize)
     if param_avgs is not None:
         kw.update(beta2=beta2, gamma=gamma, decay_mode=decay_mode)
+    bc2: dict[float, Any] = {}  # one scalar per distinct step count, not one per tensor
     for i in idx:
         tensors = [params[i], grads[i], exp_avgs[i]] + ([param_avgs[i]] if param_avgs is not None else [])
-        fn = update_fn
-        if compiled:
-            tensors = [t.view(-1) for t in tensors]
-            fn = _compiled_for(update_fn, tensors[0].numel())
         if param_avgs is not None:
-            kw["bc2"] = as_t(1.0 - beta2 ** steps[i])
-        fn(*tensors, **kw)
+            if steps[i] not in bc2:
+                bc2[steps[i]] = as_t(1.0 - beta2 ** steps[i])
+            kw["bc2"] = bc2[steps[i]]
+        if compiled:
+            _compiled_for(update_fn, tensors[0].numel())(*[t.view(-1) for t in tensors], **kw)
+        else:
+            update_fn(*tensors, **kw)
