@@ -219,10 +219,6 @@ def add_scaled_(p: Tensor, x: Tensor, alpha: Scalar) -> Tensor:
     return p.add_(x, alpha=alpha)
 
 
-def neg(x: Scalar) -> Scalar:
-    return -x
-
-
 def as_real(*tensors: Tensor) -> tuple[Tensor, ...]:
     """View complex tensors as real pairs (the last dim holds real and imaginary parts)."""
     return tuple(torch.view_as_real(t) if t.is_complex() else t for t in tensors)
