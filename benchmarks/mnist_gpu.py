@@ -53,6 +53,9 @@ def main() -> int:
     ap.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=None, help="override (smoke tests only)")
     ap.add_argument("--no-check", action="store_true", help="skip the precision check and the authors' loop")
+    ap.add_argument(
+        "--compile", default=None, help="torch.compile mode for every cell (default, reduce-overhead, ...)"
+    )
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -71,6 +74,7 @@ def main() -> int:
         "python": sys.version.split()[0],
         "cores": os.cpu_count(),
         "workers": args.workers,
+        "compile": args.compile,
         "preset": args.preset,
         "eval_precision": cfg.eval_precision,
         "train_precision": cfg.train_precision,
@@ -81,12 +85,19 @@ def main() -> int:
     }
     print(
         f"mnist_gpu: {info['device']}, torch {info['torch']}, {info['cells']} cells x {cfg.members} models "
-        f"x {cfg.steps} steps, eval {cfg.eval_precision}, train {cfg.train_precision}, {args.workers} workers"
+        f"x {cfg.steps} steps, eval {cfg.eval_precision}, train {cfg.train_precision}, "
+        f"{args.workers} workers, compile {args.compile}"
     )
 
     t0 = time.perf_counter()
     report = run_scan(
-        cfg, out, workers=args.workers, device=args.device, data_dir=args.data_dir, progress=True
+        cfg,
+        out,
+        workers=args.workers,
+        device=args.device,
+        data_dir=args.data_dir,
+        progress=True,
+        compile=args.compile,
     )
     info["scan_seconds"] = time.perf_counter() - t0
     info["cells_computed"], info["cells_skipped"] = report.computed, report.skipped

@@ -118,6 +118,12 @@ def main() -> int:
     ap.add_argument("--compile", default="on", choices=["on", "off"])
     ap.add_argument("--no-warm", action="store_true", help="skip the warm re-run of 2a")
     ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument(
+        "--free-order",
+        action="store_true",
+        help="N-D sums over coordinates as compiler-chosen reductions (fusable with the update; rows "
+        "of packed cells then round alike only within one compiled kernel)",
+    )
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -144,9 +150,12 @@ def main() -> int:
         "python": sys.version.split()[0],
         "preset": args.preset,
         "compile": args.compile,
+        "fixed_order": not args.free_order,
     }
     print(json.dumps(info))
-    run = F.RunOptions(device=args.device, compile=args.compile == "on")
+    run = F.RunOptions(
+        device=args.device, compile=args.compile == "on", fixed_order=False if args.free_order else None
+    )
     rows = []
     t_suite = time.perf_counter()
     for key in args.figures:

@@ -146,6 +146,9 @@ def test_compiled_step_agrees_with_eager() -> None:
 def test_options_and_setups() -> None:
     cpu = S.Options().resolved(2, 1.0)
     assert not cpu.compile and not cpu.pack_cells and cpu.chunk_rows == S.CPU_CHUNK_ROWS
+    assert not cpu.fixed_order
+    assert S.Options(pack_cells=True).resolved(8, 1.0).fixed_order  # packed rows round alike by default
+    assert not S.Options(pack_cells=True, fixed_order=False).resolved(8, 1.0).fixed_order
     assert S.setup("adam") is S.PAPER_SETUPS["adamw"]
     assert S.PAPER_SETUPS["focus"].hparams["decay_mode"] == "decoupled"
     with pytest.raises(ValueError, match="Invalid optimizer"):

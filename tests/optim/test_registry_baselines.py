@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from focus_optim import make_optimizer
+from focus_optim.optim.registry import available_optimizers
 from focus_optim.optim import ROOT, Conda, EXAdam, Lion, Muon, SophiaG, get_spec, protocol
 from focus_optim.optim.cli import run as list_optimizers
 
@@ -158,3 +159,26 @@ def test_list_optimizers_prints_every_baseline():
         assert f"\n{name}" in "\n" + text
     assert "sophia (aliases: sophiag)" in text
     assert text.count("[matrix-only, aux AdamW for the rest]") >= 3
+
+
+@pytest.mark.parametrize("name", available_optimizers())
+def test_init_state_up_front_equals_lazy_state(name):
+    """``init_state()`` creates what the first step would, so that stepping afterwards is bit for bit
+    the lazily initialised run (what the labs rely on before compiling ``step``)."""
+
+    def run(eager_init: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = TinyLM()
+        opt = make_optimizer(name, model, lr=3e-3) if name != "muon" else make_optimizer(name, model)
+        if eager_init:
+            opt.init_state(step_on_device=True)  # the CPU is the parameters' device here
+            assert all(len(opt.state[p]) > 0 for g in opt.param_groups for p in g["params"])
+        x = torch.randint(0, 17, (4, 6))
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[:, :-1]).reshape(-1, 17), x[:, 1:].reshape(-1)).backward()
+            opt.step(**protocol.step_kwargs(opt, tokens=x.numel()))
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

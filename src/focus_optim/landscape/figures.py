@@ -97,6 +97,7 @@ class RunOptions:
     threads: int | None = None
     compile_min_work: float = 2e9
     pack_cells: bool | None = None
+    fixed_order: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) ->
         chunk_rows=run.chunk_rows,
         threads=run.threads,
         pack_cells=run.pack_cells,
+        fixed_order=run.fixed_order,
     )
 
 

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .. import make_optimizer
+from ..compiling import raise_recompile_limit
 from . import rng
 from . import valley as V
 
@@ -140,6 +141,9 @@ class Options:
         steps_per_call: steps unrolled in one compiled call (a divisor of ``steps`` is used; compile
             time grows quickly with it, so 1 by default).
         pack_cells: pack the rows of different cells into the same chunks (default: on CUDA).
+        fixed_order: sum over coordinates (N > 2) left to right, so that every row meets the same
+            rounding wherever it sits in a chunk (default: when cells are packed); otherwise a
+            reduction whose order the compiler may choose (fusable with the update, as softmax is).
         threads: CPU threads while simulating (``None``: leave torch's setting).
     """
 
@@ -150,6 +154,7 @@ class Options:
     pack_cells: bool | None = None
     compile_min_work: float = 5e8
     threads: int | None = None
+    fixed_order: bool | None = None
 
     def resolved(self, dim: int, work: float) -> Options:
         dev = torch.device(self.device)
@@ -158,8 +163,16 @@ class Options:
         if comp is None:
             comp = compile_available(dev) and (dev.type != "cpu" or work >= self.compile_min_work)
         pack = self.pack_cells if self.pack_cells is not None else dev.type != "cpu"
+        fixed = self.fixed_order if self.fixed_order is not None else pack
         return Options(
-            self.device, bool(comp), chunk, self.steps_per_call, pack, self.compile_min_work, self.threads
+            self.device,
+            bool(comp),
+            chunk,
+            self.steps_per_call,
+            pack,
+            self.compile_min_work,
+            self.threads,
+            fixed,
         )
 
 
@@ -202,7 +215,7 @@ class Workspace:
         self.min_loss, self.max_u = zeros(), zeros()
         self.t = torch.zeros((), dtype=torch.int32, device=dev)
         self.e = valley.axis_tensor(dev)  # overwritten by load(): one workspace serves every axis
-        self.ordered = bool(opts.pack_cells)
+        self.ordered = bool(opts.fixed_order)
         # decay_norms_and_biases: with ensemble_dims=1 the [R, N] parameter counts as 1-D per member,
         # which make_optimizer would otherwise leave undecayed.
         self.opt = make_optimizer(
@@ -217,14 +230,11 @@ class Workspace:
         group = self.opt.param_groups[0]
         if group["lr"] is not self.lr or group["weight_decay"] is not self.wd:
             raise RuntimeError("make_optimizer did not keep the per-row lr/weight_decay tensors")
-        state = self.opt.state[self.x]
-        self.opt._init_state(group, self.x, state)  # eager, so compiled code never sees it empty
-        if opts.compile and dev.type == "cuda":
-            # As torch.optim's capturable mode: the step count on the GPU keeps the compiled graph
-            # on one device (no per-step host kernels or transfers).
-            state["step"] = state["step"].to(dev)
+        # Eager, so compiled code never sees it empty; on a GPU the step count lives there (no
+        # per-step host kernels or transfers in the compiled graph).
+        self.opt.init_state(step_on_device=bool(opts.compile))
         if opts.compile:
-            _raise_recompile_limit()
+            raise_recompile_limit(256)
             self._advance = torch.compile(
                 self._make_advance(opts.steps_per_call), fullgraph=True, dynamic=False
             )
@@ -334,6 +344,7 @@ def workspace(opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Op
         opts.compile,
         opts.steps_per_call,
         bool(opts.pack_cells),
+        bool(opts.fixed_order),
     )
     if key not in _WORKSPACES:
         if len(_WORKSPACES) >= MAX_WORKSPACES:
@@ -418,15 +429,6 @@ def _simulate(
             split = [t.split(padded, dim=1) for t in (recs[0].loss, recs[0].u, recs[0].theta)]
             recs = [Recording(*(s[i][:, :n] for s in split)) for i, n in enumerate(sizes)]
     return (outs, recs) if record else outs
-
-
-def _raise_recompile_limit(at_least: int = 256) -> None:
-    """Every workspace compiles the same step function with its own tensors; keep dynamo from
-    silently falling back to eager (which rounds differently) after its default 8 variants."""
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    if getattr(cfg, name) < at_least:
-        setattr(cfg, name, at_least)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 PRESET_NAMES = ("quick", "paper")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="local processes sharing the work (default 0 = auto: one per CPU core on a CPU, 1 on a GPU)",
     )
     r.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    r.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=COMPILE_MODES,
+        help="run each cell's steps through torch.compile (optionally a mode: reduce-overhead = CUDA "
+        "graphs); same numbers up to rounding",
+    )
     r.add_argument(
         "--data-dir",
         default=None,
@@ -122,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         progress=not args.no_progress,
         threads=args.threads,
+        compile=args.compile,
     )
     if args.workers < 0:
         raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")

@@ -127,9 +127,15 @@ def sweep_spec(cfg: ScanConfig) -> SweepSpec:
 _DEVICE_DATA: dict[tuple[str, bool, str], DeviceData] = {}
 
 
-def make_compute(cfg: ScanConfig, data_dir: str | os.PathLike[str] | None = None, *, verify: bool = True):
+def make_compute(
+    cfg: ScanConfig,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    verify: bool = True,
+    compile: str | None = None,
+):
     """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use
-    and kept on the device for the life of the process)."""
+    and kept on the device for the life of the process; ``compile``: see :func:`run_scan`)."""
     settings = cfg.settings()
     members_lr = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]  # member = i_lr * R + r
 
@@ -149,6 +155,7 @@ def make_compute(cfg: ScanConfig, data_dir: str | os.PathLike[str] | None = None
                 _DEVICE_DATA[key],
                 settings,
                 seed=cell.seed,
+                compile=compile,
             )
             out.append({"history": hist.reshape(len(cfg.lrs), cfg.replicates, cfg.steps, len(METRICS))})
         return out
@@ -175,6 +182,7 @@ def run_scan(
     max_cells: int | None = None,
     threads: int | None = None,
     workers: int = 1,
+    compile: str | None = None,
 ) -> SweepReport:
     """Run (or resume) this process's share of the scan into the results directory ``out``.
 
@@ -182,6 +190,10 @@ def run_scan(
     writing into the same store (the sweep runner's workers); each keeps MNIST on its device
     between cells. On a CPU each worker gets ``cores // workers`` threads by default (several
     single-threaded processes beat one multi-threaded process on these small tensors).
+
+    ``compile``: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"`` for CUDA graphs,
+    ...) for each cell's training and test steps (:func:`~.train.train_cell`); ``None`` runs
+    eagerly. It changes how cells run, not what they compute, so it is not part of the config.
     """
     device = device or default_device()
     if workers > 1 and threads is None:
@@ -189,7 +201,7 @@ def run_scan(
     cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
     return run_sweep(
         sweep_spec(cfg),
-        Deferred(make_compute, cfg, data_dir, verify=verify),
+        Deferred(make_compute, cfg, data_dir, verify=verify, compile=compile),
         out,
         shard=shard,
         device=device,

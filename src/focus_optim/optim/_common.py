@@ -122,6 +122,23 @@ class BaseOptimizer(Optimizer):
         for key in self._state_keys:
             state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
+    def init_state(self, *, step_on_device: bool = False) -> None:
+        """Create every parameter's state now rather than at its first step, e.g. before
+        ``torch.compile(opt.step)``, so that compiled code never traces the lazy creation.
+
+        ``step_on_device``: keep each step count on its parameter's device (torch.optim's
+        ``capturable`` convention), so that a compiled step stays on one device. Eager steps then
+        read the count with a device sync, so use it only for compiled steps.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if len(state) == 0:
+                    self._init_state(group, p, state)
+                step = state.get("step")
+                if step_on_device and torch.is_tensor(step) and step.device != p.device:
+                    state["step"] = step.to(p.device)
+
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         """Params that have a gradient, their gradients and their (lazily created) states."""
         params, grads, states = [], [], []

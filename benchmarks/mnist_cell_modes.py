@@ -1,0 +1,96 @@
+"""Seconds per MNIST cell, eager vs ``torch.compile`` modes, one process, side by side.
+
+A cell is one ensemble of the paper scan (60 MLPs, 400 steps, every-step test pass). This times a
+few batch sizes of one optimizer in each mode in this one process (no other process sharing the
+device), and extrapolates to the 48 cells of the paper scan by interpolating over log(batch size).
+It says which mode and how many workers the full scan (``mnist_gpu.py``) should use.
+
+::
+
+    PYTHONPATH=src python benchmarks/mnist_cell_modes.py                          # CUDA, ~3-6 min
+    PYTHONPATH=src python benchmarks/mnist_cell_modes.py --device cpu --steps 20 --batch-sizes 2 64
+
+With ``$OUT`` set, ``$OUT/mnist_cell_modes.json`` holds every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from focus_optim.mnist.data import load_mnist
+from focus_optim.mnist.optimizers import parse_optimizer
+from focus_optim.mnist.scan import PRESETS
+from focus_optim.mnist.train import DeviceData, train_cell
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--data-dir", default=".data/mnist")
+    ap.add_argument("--optimizer", default="focus:gamma=0.2")
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 64, 1024, 4096])
+    ap.add_argument("--modes", nargs="+", default=["eager", "default", "reduce-overhead"])
+    ap.add_argument("--steps", type=int, default=None, help="override the paper's 400 (smoke tests)")
+    ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
+    args = ap.parse_args()
+
+    cfg = PRESETS["paper"].replace(eval_precision=args.eval_precision)
+    if args.steps:
+        cfg = cfg.replace(steps=args.steps)
+    settings = cfg.settings()
+    lrs = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]
+    data = DeviceData.from_mnist(load_mnist(args.data_dir, download=False), args.device)
+    opt = parse_optimizer(args.optimizer)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    rows: dict[str, dict[str, float]] = {}
+    for mode in args.modes:
+        compile_mode = None if mode == "eager" else mode
+        t0 = time.perf_counter()
+        # warm-up: compilation, which the first cell of each worker process pays
+        train_cell(opt, 2, lrs, data, dataclasses.replace(settings, steps=3), seed=0, compile=compile_mode)
+        sync()
+        rows[mode] = {"warmup_s": time.perf_counter() - t0}
+        for bs in args.batch_sizes:
+            sync()
+            t = time.perf_counter()
+            train_cell(opt, bs, lrs, data, settings, seed=1, compile=compile_mode)
+            sync()
+            rows[mode][str(bs)] = time.perf_counter() - t
+        # the 12 paper batch sizes x 4 optimizers, each cell's time interpolated in log2(batch size)
+        xs = np.log2(args.batch_sizes)
+        ys = [rows[mode][str(b)] for b in args.batch_sizes]
+        per_cell = np.interp(np.log2(cfg.batch_sizes), xs, ys)
+        rows[mode]["scan_serial_estimate_s"] = float(per_cell.sum() * len(cfg.optimizers))
+        cells = " ".join(f"b{b}:{rows[mode][str(b)]:.2f}s" for b in args.batch_sizes)
+        print(
+            f"{mode:>16}: warm-up {rows[mode]['warmup_s']:.1f}s; {cells}; "
+            f"paper scan, one process, serial: ~{rows[mode]['scan_serial_estimate_s']:.0f}s"
+        )
+
+    info = {
+        "benchmark": "mnist_cell_modes",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+        "torch": torch.__version__,
+        "optimizer": args.optimizer,
+        "steps": cfg.steps,
+        "eval_precision": cfg.eval_precision,
+        "seconds": rows,
+    }
+    if env_out := os.environ.get("OUT"):
+        Path(env_out).mkdir(parents=True, exist_ok=True)
+        (Path(env_out) / "mnist_cell_modes.json").write_text(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
