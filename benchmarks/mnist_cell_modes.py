@@ -10,6 +10,13 @@ It says which mode and how many workers the full scan (``mnist_gpu.py``) should 
     PYTHONPATH=src python benchmarks/mnist_cell_modes.py                          # CUDA, ~3-6 min
     PYTHONPATH=src python benchmarks/mnist_cell_modes.py --device cpu --steps 20 --batch-sizes 2 64
 
+``--overhead`` times the host side instead: 2 members, batch 2, a 64-image test set, so that
+compute is negligible and what is timed is per-step dispatch (the regime of the GPU's small-batch
+cells); ms per step from the difference of a 300-step and a 50-step cell, and each cell's fixed
+cost (set-up, and for compiled modes re-tracing the optimizer step of a new optimizer)::
+
+    PYTHONPATH=src python benchmarks/mnist_cell_modes.py --device cpu --overhead
+
 With ``$OUT`` set, ``$OUT/mnist_cell_modes.json`` holds every number.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -40,7 +48,10 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["eager", "default", "reduce-overhead"])
     ap.add_argument("--steps", type=int, default=None, help="override the paper's 400 (smoke tests)")
     ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
+    ap.add_argument("--overhead", action="store_true", help="time per-step dispatch (tiny cells)")
     args = ap.parse_args()
+    if args.overhead:
+        return overhead(args)
 
     cfg = PRESETS["paper"].replace(eval_precision=args.eval_precision)
     if args.steps:
@@ -89,6 +100,50 @@ def main() -> int:
     if env_out := os.environ.get("OUT"):
         Path(env_out).mkdir(parents=True, exist_ok=True)
         (Path(env_out) / "mnist_cell_modes.json").write_text(json.dumps(info, indent=1))
+    return 0
+
+
+def _tiny_cell(opt, data: DeviceData, settings, compile_mode: str | None, steps: int) -> None:
+    train_cell(
+        opt, 2, [1e-3, 1e-2], data, dataclasses.replace(settings, steps=steps), seed=1, compile=compile_mode
+    )
+
+
+def overhead(args: argparse.Namespace) -> int:
+    """ms per step of a tiny cell (compute negligible), eager vs each compiled mode, and the ATen
+    calls per eager step; 3 optimizers."""
+    full = DeviceData.from_mnist(load_mnist(args.data_dir, download=False), args.device)
+    data = DeviceData(full.train_x, full.train_y, full.test_x_t[:, :64].contiguous(), full.test_y[:64])
+    settings = PRESETS["paper"].settings()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    result: dict[str, dict[str, float]] = {}
+    for label in ("adamw", "signum", "focus:gamma=0.2"):
+        opt, row = parse_optimizer(label), {}
+        for mode in args.modes:
+            compile_mode = None if mode == "eager" else mode
+            run = functools.partial(_tiny_cell, opt, data, settings, compile_mode)
+            run(3)
+            seconds = []
+            for steps in (50, 300):  # the difference excludes per-cell costs (set-up, re-tracing)
+                sync()
+                t = time.perf_counter()
+                run(steps)
+                sync()
+                seconds.append(time.perf_counter() - t)
+            row[mode] = (seconds[1] - seconds[0]) / 250 * 1e3
+            row[f"{mode}_per_cell_fixed_s"] = seconds[0] - 50 * row[mode] / 1e3
+        with torch.profiler.profile() as prof:
+            _tiny_cell(opt, data, settings, None, 10)
+        row["eager_aten_calls_per_step"] = (
+            sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / 10
+        )
+        result[label] = row
+        print(f"{label:>16}: " + "; ".join(f"{k} {v:.2f}" for k, v in row.items()))
+    if env_out := os.environ.get("OUT"):
+        Path(env_out).mkdir(parents=True, exist_ok=True)
+        (Path(env_out) / "mnist_cell_overhead.json").write_text(
+            json.dumps({"device": args.device, "torch": torch.__version__, "ms_per_step": result}, indent=1)
+        )
     return 0
 
 

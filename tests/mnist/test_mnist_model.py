@@ -119,3 +119,17 @@ def test_registry_groups_no_decay_on_biases_and_bn() -> None:
     assert decayed == {n for n in names.values() if n.endswith("linear.weight")} and len(decayed) == 6
     assert plain == set(names.values()) - decayed and len(plain) == 18
     assert all(torch.equal(g["lr"], lr) for g in opt.param_groups)
+
+
+def test_reset_parameters_equals_a_new_model() -> None:
+    """``reset_parameters(gen)`` after training is the constructor's model, drawn from ``gen``."""
+    fresh = EnsembleMLP(3, generator=torch.Generator().manual_seed(7))
+    used = EnsembleMLP(3, generator=torch.Generator().manual_seed(1))
+    used.train()
+    used(torch.rand(3, 16, 784)).sum().backward()  # moves the running statistics
+    with torch.no_grad():
+        for p in used.parameters():
+            p.add_(1.0)
+    used.reset_parameters(torch.Generator().manual_seed(7))
+    for (name, a), b in zip(used.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from focus_optim import make_optimizer
+from focus_optim.landscape.simulate import compile_available
 from focus_optim.mnist.model import EnsembleMLP, reference_mlp
 from focus_optim.mnist.optimizers import parse_optimizer
-from focus_optim.landscape.simulate import compile_available
 from focus_optim.mnist.train import DataOrder, DeviceData, TrainSettings, build_optimizer, train_cell
 
 

@@ -8,7 +8,6 @@ independent Adam restatement for the warm-up, ``simulate_workers=n`` for the com
 from __future__ import annotations
 
 import math
-import socket
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,25 +29,24 @@ TIMEOUT_S = 120.0
 
 
 # --- launcher -------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, n: int, port: int, fn: Callable[..., Any], out_dir: str, args: tuple) -> None:
+def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=n)
+    # a file rendezvous (no free-port race between choosing a port and binding it)
+    store = Path(out_dir) / f"rendezvous-{fn.__name__}"
+    dist.init_process_group("gloo", init_method=store.as_uri(), rank=rank, world_size=n)
     try:
         result = fn(rank, n, out_dir, *args)
         torch.save(result, Path(out_dir) / f"result{rank}.pt")
+        # every rank done before any tears its process group down: a rank that exits while a peer
+        # still talks to it can abort in gloo's threads ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 def launch(fn: Callable[..., Any], n: int, out_dir: Path, *args: Any) -> list[Any]:
     """Run ``fn(rank, n, out_dir, *args)`` on ``n`` gloo ranks; return each rank's result."""
-    ctx = mp.spawn(_entry, args=(n, _free_port(), fn, str(out_dir), args), nprocs=n, join=False)
+    ctx = mp.spawn(_entry, args=(n, fn, str(out_dir), args), nprocs=n, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:

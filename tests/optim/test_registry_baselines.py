@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from focus_optim import make_optimizer
-from focus_optim.optim.registry import available_optimizers
 from focus_optim.optim import ROOT, Conda, EXAdam, Lion, Muon, SophiaG, get_spec, protocol
 from focus_optim.optim.cli import run as list_optimizers
+from focus_optim.optim.registry import available_optimizers
 
 BASELINES = {"lion": Lion, "muon": Muon, "sophia": SophiaG, "conda": Conda, "root": ROOT, "exadam": EXAdam}
 MATRIX_ONLY = {"muon", "conda", "root"}
@@ -181,4 +181,37 @@ def test_init_state_up_front_equals_lazy_state(name):
         return [p.detach().clone() for p in model.parameters()]
 
     for a, b in zip(run(False), run(True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", available_optimizers())
+def test_reset_state_equals_a_new_optimizer(name):
+    """After some steps, ``reset_state()`` (in place, same tensors) then training again equals a new
+    optimizer trained the same way, bit for bit."""
+    x = torch.randint(0, 17, (4, 6))
+
+    def train(model, opt, steps=3):
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[:, :-1]).reshape(-1, 17), x[:, 1:].reshape(-1)).backward()
+            opt.step(**protocol.step_kwargs(opt, tokens=x.numel()))
+
+    def build():
+        torch.manual_seed(0)
+        model = TinyLM()
+        opt = make_optimizer(name, model, lr=3e-3) if name != "muon" else make_optimizer(name, model)
+        return model, opt
+
+    model, opt = build()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    opt.init_state()
+    train(model, opt)
+    tensors = {id(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v)}
+    model.load_state_dict(start)
+    opt.reset_state()
+    assert tensors == {id(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v)}
+    train(model, opt)
+    fresh_model, fresh_opt = build()
+    train(fresh_model, fresh_opt)
+    for a, b in zip(model.parameters(), fresh_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

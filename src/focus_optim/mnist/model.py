@@ -129,7 +129,18 @@ class EnsembleMLP(nn.Module):
         pairs = list(itertools.pairwise(widths))
         self.blocks = nn.ModuleList(Block(members, i, o, device=device) for i, o in pairs[:-1])
         self.head = Block(members, *pairs[-1], device=device)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """A fresh model in place: BN at identity with fresh running statistics, linear layers
+        redrawn layer by layer (what the constructor does, drawing the same numbers)."""
         for block in self.all_blocks():
+            norm = block.norm
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0)
             block.linear.reset_parameters(generator)
 
     def all_blocks(self) -> Iterator[Block]:
@@ -179,7 +190,7 @@ class EnsembleMLP(nn.Module):
         shift = torch._foreach_sub([b.norm.bias for b in blocks], shift)
         for b, a, s, t in zip(blocks, bufs, scale, shift):
             w, n_out, n_in = b.linear.weight, b.linear.out_features, b.linear.in_features
-            torch.mul(w, s.unsqueeze(1), out=a[:, :n_out, :n_in])
+            a[:, :n_out, :n_in] = w * s.unsqueeze(1)  # (not out=: torch.compile traces this)
             a[:, :n_out, n_in] = torch.baddbmm(b.linear.bias.unsqueeze(-1), w, t.unsqueeze(-1)).squeeze(-1)
         return bufs
 

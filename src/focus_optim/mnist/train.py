@@ -183,16 +183,14 @@ def train_cell(
     gen = torch.Generator(device=device)
     gen.manual_seed(seed & ((1 << 63) - 1))
     E = len(lrs)
-    model = EnsembleMLP(E, device=device, generator=gen)
     lr_t = torch.tensor(list(lrs), dtype=torch.float32, device=device)
-    opt = build_optimizer(model, config, lr_t, settings)
-    losses_fn, evaluate_fn, step_fn = member_losses, evaluate_members, opt.step
     if compile:
+        model, opt, step_fn = _compiled_workspace(config, lr_t, settings, gen, compile)
         losses_fn, evaluate_fn = _compiled(member_losses, compile), _compiled(evaluate_members, compile)
-        if isinstance(opt, BaseOptimizer):
-            opt.init_state(step_on_device=True)
-        raise_recompile_limit(64)
-        step_fn = torch.compile(opt.step, mode=compile, dynamic=False)
+    else:
+        model = EnsembleMLP(E, device=device, generator=gen)
+        opt = build_optimizer(model, config, lr_t, settings)
+        losses_fn, evaluate_fn, step_fn = member_losses, evaluate_members, opt.step
     n_train = len(data.train_y)
     order = DataOrder(E, n_train, batch_size, drop_last=settings.drop_last, generator=gen)
     hessian_order: DataOrder | None = None
@@ -237,6 +235,51 @@ def member_losses(model: EnsembleMLP, x: Tensor, y: Tensor) -> Tensor:
     """Training-mode cross-entropy of every member on its own minibatch: ``x (E, 784, b)``,
     ``y (E, b)`` -> ``(E,)`` (running BN statistics updated)."""
     return F.cross_entropy(model.forward_features(x), y, reduction="none").mean(1)
+
+
+@dataclass
+class _Workspace:
+    model: EnsembleMLP
+    opt: BaseOptimizer
+    lrs: Tensor  # the optimizer's lr tensor (every group holds this one)
+    step: Callable[..., Any]
+
+
+_WORKSPACES: dict[tuple[Any, ...], _Workspace] = {}
+MAX_WORKSPACES = 8
+
+
+def _compiled_workspace(
+    config: OptimizerConfig, lrs: Tensor, settings: TrainSettings, gen: torch.Generator, mode: str
+) -> tuple[EnsembleMLP, torch.optim.Optimizer, Callable[..., Any]]:
+    """Model, optimizer and compiled step for a compiled cell, reused by the process's later cells
+    of the same optimizer: reset in place to exactly what a new model and optimizer would be
+    (same draws from ``gen``), so the compiled step, which dynamo ties to one optimizer object,
+    is not traced again for every cell."""
+    hparams = repr(sorted(config.hparams.items()))
+    key = (config.name, hparams, int(lrs.shape[0]), str(lrs.device), settings.weight_decay,
+           settings.matrix_input_layer, mode)  # fmt: skip
+    ws = _WORKSPACES.get(key)
+    if ws is not None:
+        ws.model.reset_parameters(gen)
+        ws.opt.reset_state()
+        ws.lrs.copy_(lrs)
+        return ws.model, ws.opt, ws.step
+    model = EnsembleMLP(int(lrs.shape[0]), device=lrs.device, generator=gen)
+    opt = build_optimizer(model, config, lrs, settings)
+    step = functools.partial(_compiled(optimizer_step, mode), opt)
+    raise_recompile_limit(64)
+    if isinstance(opt, BaseOptimizer):  # (any other optimizer is used once: no generic reset)
+        opt.init_state(step_on_device=True)
+        if len(_WORKSPACES) >= MAX_WORKSPACES:
+            _WORKSPACES.pop(next(iter(_WORKSPACES)))
+        _WORKSPACES[key] = _Workspace(model, opt, lrs, step)
+    return model, opt, step
+
+
+def optimizer_step(opt: torch.optim.Optimizer, **kwargs: Any) -> None:
+    """``opt.step(**kwargs)`` as a plain function (one compiled graph per optimizer class)."""
+    opt.step(**kwargs)
 
 
 def evaluate_members(

@@ -139,6 +139,23 @@ class BaseOptimizer(Optimizer):
                 if step_on_device and torch.is_tensor(step) and step.device != p.device:
                     state["step"] = step.to(p.device)
 
+    def reset_state(self) -> None:
+        """Return every parameter's state to its initial value, in place: the same tensors (on the
+        same devices) hold what :meth:`init_state` of a new optimizer would create, so that code
+        compiled for this optimizer can be reused for a fresh run."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state, fresh = self.state[p], {}
+                self._init_state(group, p, fresh)
+                for key in [k for k in state if k not in fresh]:
+                    del state[key]
+                for key, value in fresh.items():
+                    old = state.get(key)
+                    if torch.is_tensor(old) and torch.is_tensor(value) and old.shape == value.shape:
+                        old.copy_(value)
+                    else:
+                        state[key] = value
+
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         """Params that have a gradient, their gradients and their (lazily created) states."""
         params, grads, states = [], [], []

@@ -167,12 +167,21 @@ class OneBitAdam(BaseOptimizer):
         self.average_grads = average_grads
         self.phase1 = phase1
         self._setup_workers(process_group, simulate_workers)
+        self._reset_phase()
+        self.comm_stats: dict[str, Any] = {"total_bytes_sent": 0}
+
+    def _reset_phase(self) -> None:
+        """The optimizer-wide state of a new run: step 0, warm-up, nothing stashed."""
         self._t = 0
-        self._initialized = not init_dry_run
+        self._initialized = not self.init_dry_run
         self._frozen = False
         self._grads_averaged = False
         self._stash: list[dict[Tensor, Tensor]] = []
-        self.comm_stats: dict[str, Any] = {"total_bytes_sent": 0}
+
+    def reset_state(self) -> None:
+        """Per-parameter state *and* the warm-up/compression phase back to a new run's."""
+        super().reset_state()
+        self._reset_phase()
 
     # --- setup -----------------------------------------------------------------------------------
     def _setup_workers(self, process_group: dist.ProcessGroup | None, simulate: int | None) -> None:
