@@ -5,14 +5,16 @@
 # ../shared/data/mnist), with the package importable (PYTHONPATH=src). Each part writes JSON under
 # $OUT (else runs/gpu-followups) and prints a compact table; quote the numbers in BENCHMARKS.md.
 #
-#   benchmarks/gpu_followups.sh tests      # every @pytest.mark.gpu test (landscape, mnist, optim, lm)
-#   benchmarks/gpu_followups.sh toy        # paper toy suite with its checks, then 6r with free-order sums
-#   benchmarks/gpu_followups.sh mnist      # cell seconds eager vs compiled, then the full paper scan
+#   benchmarks/gpu_followups.sh tests          # every @pytest.mark.gpu test (landscape, mnist, optim, lm)
+#   benchmarks/gpu_followups.sh toy            # the paper toy suite with its GPU checks (~4-5 min)
+#   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums; traj-steps/s vs the scalar loop
+#   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell, eager vs compiled modes
+#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan (MNIST_COMPILE, MNIST_WORKERS)
 #
 # Issue 3 needs: the whole paper suite <= 60 s (was 216 s, 154 s of it Figure 6r) and the suite's
 # GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers).
 set -euo pipefail
-part=${1:?usage: gpu_followups.sh tests|toy|mnist}
+part=${1:?usage: gpu_followups.sh tests|toy|toy-variants|mnist-modes|mnist-scan}
 out=${OUT:-runs/gpu-followups}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-src}
@@ -22,17 +24,22 @@ case "$part" in
     ;;
   toy)
     OUT="$out/toy" python benchmarks/toy_gpu_suite.py --store "$out/toy-store"
+    ;;
+  toy-variants)
     OUT="$out/toy-free-order" python benchmarks/toy_gpu_suite.py --figures 6r --free-order \
       --no-warm --no-checks --no-plots --store "$out/toy-store-free"
+    OUT="$out" python benchmarks/toy_throughput.py --device cuda --skip-cpu
     ;;
-  mnist)
+  mnist-modes)
     OUT="$out" python benchmarks/mnist_cell_modes.py
-    # then the full scan with the mode and worker count the table above favours, e.g.:
+    OUT="$out" python benchmarks/mnist_cell_modes.py --overhead
+    ;;
+  mnist-scan)
     OUT="$out" python benchmarks/mnist_gpu.py --out "$out/mnist-paper" --compile "${MNIST_COMPILE:-default}" \
       --workers "${MNIST_WORKERS:-4}" --no-check
     ;;
   *)
-    echo "unknown part: $part (tests|toy|mnist)" >&2
+    echo "unknown part: $part (tests|toy|toy-variants|mnist-modes|mnist-scan)" >&2
     exit 2
     ;;
 esac
