@@ -210,3 +210,13 @@ def test_regret_slope_is_minus_one_half(tmp_path: Path) -> None:
     from focus_optim.landscape.plots import figure_regret
 
     assert [p.suffix for p in figure_regret(res, tmp_path)] == [".png", ".pdf"]
+
+
+def test_fig6_scaled_variant_is_6r_with_a_per_transverse_direction() -> None:
+    """``6rs`` is Figure 6 right's sweep on the same 100-D valley with a = 10 / 99, a store of its own."""
+    r, rs = F.phase_spec("6r", "quick"), F.phase_spec("6rs", "quick")
+    assert rs.config["landscape"] == r.config["landscape"] and len(r.config["landscape"]["axis"]) == 100
+    assert r.config["sharpness"] == 10.0
+    assert rs.config["sharpness"] == pytest.approx(10.0 / 99, rel=1e-15)
+    assert rs.outer == r.outer and rs.inner == r.inner and rs.name != r.name
+    assert F.figure("6rs").store != F.figure("6r").store and "6rs" not in F.SUITE

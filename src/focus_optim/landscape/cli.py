@@ -33,7 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="toy_command", required=True)
 
     r = tsub.add_parser("run", help="run figure sweeps into a results directory (resumable)")
-    r.add_argument("--figure", nargs="+", default=["2a"], help="2a 2b 5 6l 6r 1c 4, or all (default: 2a)")
+    r.add_argument(
+        "--figure",
+        nargs="+",
+        default=["2a"],
+        help="2a 2b 5 6l 6r 1c 4, or all (default: 2a); 6rs: 6r with a = 10/99",
+    )
     r.add_argument(
         "--preset", default="quick", choices=["quick", "paper"], help="grid resolution (default: quick)"
     )

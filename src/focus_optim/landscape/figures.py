@@ -8,6 +8,7 @@ figure     outer (cells) x inner (rows of a cell)                               
 5          pairwise comparisons, from the 2a and 2b stores (nothing of its own)               -
 6l         as 2b on the unrotated valley (u = x)                                             fig6l
 6r         as 2b on the 100-D axially symmetric valley with a random axis                    fig6r
+6rs        as 6r with a = 10/99 (not in the paper: a per transverse direction, docs/toy.md)  fig6rs
 1c         optimizer x replicate: trajectories (every step) at one setting                   fig1c
 4          optimizer (Adam, FOCUS) x noise x replicate: loss and u every step, 3000 steps   fig4
 =========  ===============================================================================  =========
@@ -113,7 +114,9 @@ class Figure:
 
 
 def _landscape(fig: str) -> V.Valley:
-    return {"6l": V.unrotated(), "6r": V.random_axis(100, seed=SEED)}.get(fig, V.rotated())
+    if fig in ("6r", "6rs"):
+        return V.random_axis(100, seed=SEED)
+    return V.unrotated() if fig == "6l" else V.rotated()
 
 
 def _base_config(fig: str, preset: str, grid_steps: int) -> dict[str, Any]:
@@ -143,8 +146,8 @@ def phase_spec(
 
     ``grid`` replaces the preset's grid (tests use tiny ones); the config then says ``preset: custom``.
     """
-    if fig not in ("2a", "2b", "6l", "6r"):
-        raise ValueError(f"Invalid figure for a phase diagram: {fig!r} (allowed: 2a, 2b, 6l, 6r)")
+    if fig not in ("2a", "2b", "6l", "6r", "6rs"):
+        raise ValueError(f"Invalid figure for a phase diagram: {fig!r} (allowed: 2a, 2b, 6l, 6r, 6rs)")
     _check(preset, optimizers)
     g = grid or GRIDS[preset]
     preset = "custom" if grid is not None else preset
@@ -155,6 +158,8 @@ def phase_spec(
     else:
         outer_axis, outer_vals = "weight_decay", g.weight_decay
         config["sharpness"] = FIXED["sharpness_2b"]
+        if fig == "6rs":  # a per transverse direction: |v|^2 sums N - 1 of them (see docs/toy.md)
+            config["sharpness"] /= _landscape(fig).dim - 1
     return SweepSpec(
         name=f"toy-fig{fig}",
         outer={"optimizer": [S.setup(o).label for o in optimizers], outer_axis: list(outer_vals)},
@@ -216,6 +221,11 @@ FIGURES: dict[str, Figure] = {
     "5": Figure("5", "Figure 5: pairwise comparisons", None, None, needs=("2a", "2b"), kind="derived"),
     "6l": Figure("6l", "Figure 6 (left): no rotation", "fig6l", lambda p, o: phase_spec("6l", p, o)),
     "6r": Figure("6r", "Figure 6 (right): 100-D valley", "fig6r", lambda p, o: phase_spec("6r", p, o)),
+    # Not a panel of the paper: 6r with a = 10 / 99, the reading under which the 100-D valley
+    # shows the paper's phase structure (docs/toy.md, "Figure 6 right").
+    "6rs": Figure(
+        "6rs", "Figure 6 (right), a = 10/(N-1): 100-D valley", "fig6rs", lambda p, o: phase_spec("6rs", p, o)
+    ),
     "1c": Figure(
         "1c",
         "Figure 1c: trajectories",

@@ -95,8 +95,14 @@ def figure_phase(
 ) -> list[Path]:
     """Figure 2 (a, b) and Figure 6 (left, right): one panel per available store."""
     written: list[Path] = []
-    titles = {"2a": "(a) weight decay 0.1", "2b": "(b) a = 10", "6l": "no rotation", "6r": "100-D valley"}
-    for name, keys in (("fig2", ("2a", "2b")), ("fig6", ("6l", "6r"))):
+    titles = {
+        "2a": "(a) weight decay 0.1",
+        "2b": "(b) a = 10",
+        "6l": "no rotation",
+        "6r": "100-D valley",
+        "6rs": "100-D valley, a = 10/99",
+    }
+    for name, keys in (("fig2", ("2a", "2b")), ("fig6", ("6l", "6r", "6rs"))):
         have = [k for k in keys if k in stores]
         if not have:
             continue
