@@ -9,7 +9,10 @@ Ensemble hyperparameters
 * a 0-d tensor, which acts exactly like a float (torch.optim's "tensor lr");
 * a 1-D tensor of length ``E``: slice ``i`` along dim 0 of *every* parameter of the group uses
   value ``i``. The labs stack ``E`` independent models or trajectories along dim 0 and train them
-  all with one optimizer; groups with such tensors run on the per-tensor path.
+  all with one optimizer. Groups with such tensors run on the per-tensor path, or, for classes
+  with ``_foreach_ensemble`` (FOCUS, Signum, AdamW), on the foreach path when asked or by
+  torch.optim's default (foreach on CUDA, not while compiling): the per-member values enter as
+  broadcasting views (:func:`member_views`), with the per-tensor path's numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class BaseOptimizer(Optimizer):
     _state_keys: tuple[str, ...] = ()
     _ensemble_hparams: tuple[str, ...] = ("lr", "weight_decay")
     _supports_fused: bool = False
+    #: whether the foreach path takes 1-D (per-member) hyperparameters (see :func:`member_views`)
+    _foreach_ensemble: bool = False
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self._validate_group(defaults, where="")
@@ -102,9 +107,21 @@ class BaseOptimizer(Optimizer):
                 raise ValueError(f"{type(self).__name__} has no fused implementation")
             return "foreach" if torch.compiler.is_compiling() else "fused"
         if ensemble:
-            if foreach:
-                raise ValueError("foreach=True does not support 1-D (per-member) tensor hyperparameters")
-            return "single"
+            if not self._foreach_ensemble:
+                if foreach:
+                    raise ValueError(
+                        f"foreach=True: {type(self).__name__} does not support 1-D (per-member) tensor "
+                        "hyperparameters on its foreach path"
+                    )
+                return "single"
+            if foreach is None:
+                # torch.optim's default (foreach on CUDA), but compiled code keeps the per-tensor
+                # path: the compiler fuses it anyway, and the labs' compiled steps were built on it
+                foreach = (
+                    not torch.compiler.is_compiling()
+                    and _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
+                )
+            return "foreach" if foreach else "single"
         if foreach is None:
             _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
         return "foreach" if foreach else "single"
@@ -241,6 +258,34 @@ def per_member(x: Scalar, p: Tensor) -> Scalar:
     return x
 
 
+def member_hparam(x: Scalar, like: Tensor) -> Scalar:
+    """A 1-D ensemble hyperparameter on ``like``'s device and in its dtype, once for all tensors of a
+    foreach group (so that arithmetic on it rounds as the per-tensor path's does); anything else
+    becomes what :func:`scalar` makes of it."""
+    if isinstance(x, Tensor) and x.ndim == 1:
+        return x.to(device=like.device, dtype=like.dtype)
+    return scalar(x)
+
+
+def member_views(x: Scalar, tensors: list[Tensor]) -> Scalar | list[Tensor]:
+    """One view of a 1-D (per-member) value per tensor, broadcasting along its dim 0 (no copies);
+    a number or 0-d tensor is returned as it is."""
+    if isinstance(x, Tensor) and x.ndim == 1:
+        return [x.view(x.shape[0], *([1] * (t.ndim - 1))) for t in tensors]
+    return x
+
+
+def foreach_add_scaled_(tensors: list[Tensor], others: list[Tensor], alpha: Any) -> None:
+    """``t += alpha * o`` for every pair: :func:`add_scaled_` over lists (``alpha`` a number, a
+    0-d tensor or one broadcastable tensor per pair, as :func:`member_views` makes them)."""
+    if isinstance(alpha, list):
+        torch._foreach_addcmul_(tensors, others, alpha)
+    elif isinstance(alpha, Tensor):
+        torch._foreach_addcmul_(tensors, others, [alpha] * len(tensors))
+    else:
+        torch._foreach_add_(tensors, others, alpha=alpha)
+
+
 def is_zero(x: Scalar) -> bool:
     """True only for a Python number equal to 0 (a tensor is never treated as zero)."""
     return not isinstance(x, Tensor) and x == 0
@@ -308,9 +353,13 @@ def foreach_groups(
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, *states, state_steps])
     for _key, (lists, _) in grouped.items():
         dp, dg, *dstates, ds = lists
-        for s in ds:
-            s += 1
-        values = [step_value(s) for s in ds]
+        if torch.compiler.is_compiling() or any(s.device.type != "cpu" for s in ds):
+            for s in ds:
+                s += 1
+            values = [step_value(s) for s in ds]
+        else:  # torch.optim's CPU step counts: one call each to count and to read them all
+            torch._foreach_add_(ds, 1)
+            values = torch.stack(ds).tolist()
         if split_by_step:
             buckets: dict[Any, list[int]] = {}
             for i, v in enumerate(values):
@@ -349,8 +398,11 @@ __all__ = [
     "V",
     "add_scaled_",
     "as_real",
+    "foreach_add_scaled_",
     "foreach_groups",
     "is_zero",
+    "member_hparam",
+    "member_views",
     "per_member",
     "scalar",
     "step_value",

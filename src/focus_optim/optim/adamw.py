@@ -34,8 +34,11 @@ from ._common import (
     BaseOptimizer,
     V,
     add_scaled_,
+    foreach_add_scaled_,
     foreach_groups,
     is_zero,
+    member_hparam,
+    member_views,
     per_member,
     scalar,
     step_value,
@@ -72,6 +75,7 @@ class AdamW(BaseOptimizer):
     }
     _state_keys = ("exp_avg", "exp_avg_sq")
     _supports_fused = True
+    _foreach_ensemble = True
 
     def __init__(
         self,
@@ -242,23 +246,29 @@ def _multi_tensor_adamw(
     decay_mode: str,
     maximize: bool,
 ) -> None:
-    lr, weight_decay = scalar(lr), scalar(weight_decay)
     groups = foreach_groups(params, grads, [exp_avgs, exp_avg_sqs], state_steps, maximize=maximize)
     for _, work, g, (m, v), steps in groups:
-        decay = not is_zero(weight_decay)
+        eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
+        decay = not is_zero(wd)
         if decay and decay_mode == "decoupled":
-            torch._foreach_mul_(work, 1 - lr * weight_decay)
+            torch._foreach_mul_(work, member_views(1 - eta * wd, work))
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-        coeffs = [_coefficients(s, lr, beta1, beta2, eps_mode, bias_correction) for s in steps]
         denom = torch._foreach_sqrt(v)
+        by_step = {s: _coefficients(s, eta, beta1, beta2, eps_mode, bias_correction) for s in set(steps)}
+        coeffs = [by_step[s] for s in steps]
         if not all(_is_one(c[1]) for c in coeffs):
             torch._foreach_div_(denom, [c[1] for c in coeffs])
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(work, m, denom, [-c[0] for c in coeffs])
+        if isinstance(eta, Tensor) and eta.ndim == 1:  # per-member step sizes, as the per-tensor path
+            update = torch._foreach_div(m, denom)
+            torch._foreach_mul_(update, [member_views(c[0], [t])[0] for c, t in zip(coeffs, work)])
+            torch._foreach_sub_(work, update)
+        else:
+            torch._foreach_addcdiv_(work, m, denom, [-c[0] for c in coeffs])
         if decay and decay_mode == "post_update":
-            torch._foreach_add_(work, work, alpha=-(lr * weight_decay))
+            foreach_add_scaled_(work, work, member_views(-(eta * wd), work))
 
 
 def _fused_adamw(

@@ -42,8 +42,11 @@ from ._common import (
     BaseOptimizer,
     V,
     add_scaled_,
+    foreach_add_scaled_,
     foreach_groups,
     is_zero,
+    member_hparam,
+    member_views,
     per_member,
     scalar,
     step_value,
@@ -87,6 +90,7 @@ class FOCUS(BaseOptimizer):
     }
     _state_keys = ("exp_avg", "param_avg")
     _supports_fused = True
+    _foreach_ensemble = True
 
     def __init__(
         self,
@@ -245,19 +249,19 @@ def _multi_tensor_focus(
     decay_mode: str,
     maximize: bool,
 ) -> None:
-    lr, weight_decay = scalar(lr), scalar(weight_decay)
     groups = foreach_groups(
         params, grads, [exp_avgs, param_avgs], state_steps, maximize=maximize, split_by_step=True
     )
     for _, work, g, (m, a), steps in groups:
+        eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
         bc2 = 1 - beta2 ** steps[0]
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_lerp_(a, work, 1 - beta2)
-        decay = not is_zero(weight_decay)
+        decay = not is_zero(wd)
         if decay and decay_mode != "decoupled":
-            eta_wd_hat = -(lr * weight_decay) / bc2
+            eta_wd_hat = member_views(-(eta * wd) / bc2, work)
         if decay and decay_mode == "algorithm1":
-            torch._foreach_add_(work, a, alpha=eta_wd_hat)
+            foreach_add_scaled_(work, a, eta_wd_hat)
         if gamma != 0:
             update = torch._foreach_mul(work, bc2)
             torch._foreach_sub_(update, a)
@@ -267,10 +271,10 @@ def _multi_tensor_focus(
         else:
             update = torch._foreach_sign(m)
         if decay and decay_mode == "decoupled":
-            torch._foreach_add_(update, work, alpha=weight_decay)
-        torch._foreach_add_(work, update, alpha=-lr)
+            foreach_add_scaled_(update, work, member_views(wd, work))
+        foreach_add_scaled_(work, update, member_views(-eta, work))
         if decay and decay_mode == "reference":
-            torch._foreach_add_(work, a, alpha=eta_wd_hat)
+            foreach_add_scaled_(work, a, eta_wd_hat)
 
 
 def _fused_focus(

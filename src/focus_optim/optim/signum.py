@@ -22,8 +22,11 @@ from ._common import (
     BaseOptimizer,
     V,
     add_scaled_,
+    foreach_add_scaled_,
     foreach_groups,
     is_zero,
+    member_hparam,
+    member_views,
     per_member,
     scalar,
     working_views,
@@ -47,6 +50,7 @@ class Signum(BaseOptimizer):
     _hparam_checks = {"lr": V.check_nonneg, "momentum": V.check_beta, "weight_decay": V.check_nonneg}
     _state_keys = ("exp_avg",)
     _supports_fused = True
+    _foreach_ensemble = True
 
     def __init__(
         self,
@@ -157,9 +161,9 @@ def _multi_tensor_signum(
     weight_decay: float | Tensor,
     maximize: bool,
 ) -> None:
-    lr, weight_decay = scalar(lr), scalar(weight_decay)
     for _, work, g, (m,), _ in foreach_groups(params, grads, [exp_avgs], state_steps, maximize=maximize):
+        eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
         torch._foreach_lerp_(m, g, 1 - beta1)
-        if not is_zero(weight_decay):
-            torch._foreach_add_(work, work, alpha=-(lr * weight_decay))
-        torch._foreach_add_(work, torch._foreach_sign(m), alpha=-lr)
+        if not is_zero(wd):
+            foreach_add_scaled_(work, work, member_views(-(eta * wd), work))
+        foreach_add_scaled_(work, torch._foreach_sign(m), member_views(-eta, work))
