@@ -31,6 +31,9 @@ def test_unknown_keys_list_the_valid_ones(tmp_path):
         TrainConfig.from_dict({"batchsize": 3})
     with pytest.raises(ValueError, match="Invalid dtype"):
         load_config(None, ["dtype=fp8"])
+    with pytest.raises(ValueError, match=r"Invalid compile_mode 'fast'.*max-autotune-no-cudagraphs"):
+        load_config(None, ["compile_mode='fast'"])
+    assert load_config(None, ["compile_mode='max-autotune'"]).compile_mode == "max-autotune"
     with pytest.raises(ValueError, match="Invalid batch_size"):
         load_config(None, ["batch_size='many'"])
     with pytest.raises(ValueError, match="expected key=value"):

@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 DTYPES = ("bfloat16", "float16", "float32")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
     # numerics and speed
     dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (with GradScaler) | float32
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
     sdpa_backend: str = "auto"  # attention kernel on CUDA: auto (torch's choice) | flash | cudnn | ...
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # evaluation, logging, checkpoints
@@ -105,6 +107,10 @@ class TrainConfig:
                 raise ValueError(f"Invalid {f.name}: {value!r} (allowed: a {f.type})")
         checks = [
             (self.dtype in DTYPES, f"dtype {self.dtype!r} (allowed: {', '.join(DTYPES)})"),
+            (
+                self.compile_mode in COMPILE_MODES,
+                f"compile_mode {self.compile_mode!r} (allowed: {', '.join(COMPILE_MODES)})",
+            ),
             (
                 self.sdpa_backend in SDPA_BACKENDS,
                 f"sdpa_backend {self.sdpa_backend!r} (allowed: {', '.join(SDPA_BACKENDS)})",

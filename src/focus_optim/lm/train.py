@@ -114,7 +114,7 @@ class Trainer:
 
         self.model: torch.nn.Module = self.raw_model
         if cfg.compile:
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model, mode=cfg.compile_mode)
         if self.dist.ddp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids, gradient_as_bucket_view=True)
