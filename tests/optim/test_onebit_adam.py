@@ -435,3 +435,20 @@ def test_cuda_optimizer_with_simulated_workers_matches_cpu():
         assert opt.comm_stats["phase"] == "compressed"
         results.append(torch.cat([p.detach().flatten().cpu() for p in model.parameters()]))
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_step_equals_eager_through_the_freeze():
+    """Under ``torch.compile`` the step keeps its stages (dry run, warm-up, compressed): a compiled
+    graph would drop the Python-side stage updates and repeat the dry run forever."""
+    results = []
+    for compiled in (False, True):
+        model, x, y = _problem()
+        opt = OneBitAdam(model.parameters(), freeze_step=3, simulate_workers=2, **HP)
+        step = torch.compile(opt.step) if compiled else opt.step
+        for _t in range(1, 7):
+            model.zero_grad(set_to_none=True)
+            nn.functional.mse_loss(model(x), y).backward()
+            step()
+        assert opt.frozen and opt.comm_stats["phase"] == "compressed"
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])

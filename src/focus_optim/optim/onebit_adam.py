@@ -343,9 +343,15 @@ class OneBitAdam(BaseOptimizer):
                 s.pop(k, None)
 
     # --- step -------------------------------------------------------------------------------------
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One optimization step (see the module docstring for the stages)."""
+        """One optimization step (see the module docstring for the stages).
+
+        It runs eagerly inside ``torch.compile``: the stage it is in (step count, dry run,
+        frozen) and its statistics are Python state, whose updates a compiled optimizer step
+        does not keep (the step would stay in its first stage), and the compressed stage is
+        bound by communication, not by kernel launches."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
