@@ -343,7 +343,9 @@ class OneBitAdam(BaseOptimizer):
                 s.pop(k, None)
 
     # --- step -------------------------------------------------------------------------------------
-    @torch.compiler.disable
+    # torch.optim's own decorator for this (imports dynamo only when called, keeping
+    # ``import focus_optim`` light, unlike torch.compiler.disable at class definition)
+    @torch._disable_dynamo
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One optimization step (see the module docstring for the stages).
