@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from focus_optim import FOCUS, AdamW, Signum
-from focus_optim.optim import Lion
+from focus_optim.optim import EXAdam, Lion
 
 F64 = torch.float64
 CASES = [
@@ -100,12 +100,12 @@ def test_ensemble_hyperparameters_check_lengths_and_paths():
     with pytest.raises(ValueError, match="length 4"):
         FOCUS([p], lr=torch.full((4,), 0.1))
     with pytest.raises(ValueError, match="foreach=True"):
-        opt = Lion([p], lr=torch.full((3,), 0.1), foreach=True)  # no ensemble foreach path
+        opt = EXAdam([p], lr=torch.full((3,), 0.1), foreach=True)  # no ensemble foreach path
         p.grad = torch.ones(3, 2)
         opt.step()
 
 
-@pytest.mark.parametrize(("cls", "kwargs"), CASES)
+@pytest.mark.parametrize(("cls", "kwargs"), [*CASES, (Lion, dict(betas=(0.9, 0.99), weight_decay=0.1))])
 def test_ensemble_foreach_equals_per_tensor_bit_for_bit(cls, kwargs):
     """Per-member lr / weight_decay on several tensors of different shapes (one of them joining
     late, so the step counts differ): the foreach path makes exactly the per-tensor path's numbers,

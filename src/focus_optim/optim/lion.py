@@ -29,10 +29,12 @@ from ._common import (
     BaseOptimizer,
     V,
     add_scaled_,
+    foreach_add_scaled_,
     foreach_groups,
     is_zero,
+    member_hparam,
+    member_views,
     per_member,
-    scalar,
     working_views,
     write_back,
 )
@@ -60,6 +62,7 @@ class Lion(BaseOptimizer):
         "weight_decay": V.check_nonneg,
     }
     _state_keys = ("exp_avg",)
+    _foreach_ensemble = True
 
     def __init__(
         self,
@@ -156,18 +159,14 @@ def _multi_tensor_lion(
     weight_decay: float | Tensor,
     maximize: bool,
 ) -> None:
-    lr, weight_decay = scalar(lr), scalar(weight_decay)
     groups = foreach_groups(params, grads, [exp_avgs], state_steps, maximize=maximize)
     for _, work, g, (m,), _ in groups:
-        if not is_zero(weight_decay):
-            torch._foreach_mul_(work, 1 - lr * weight_decay)
+        eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
+        if not is_zero(wd):
+            torch._foreach_mul_(work, member_views(1 - eta * wd, work))
         update = torch._foreach_mul(m, beta1)
         torch._foreach_add_(update, g, alpha=1 - beta1)
         torch._foreach_sign_(update)
-        if isinstance(lr, Tensor):
-            torch._foreach_mul_(update, lr)
-            torch._foreach_sub_(work, update)
-        else:
-            torch._foreach_add_(work, update, alpha=-lr)
+        foreach_add_scaled_(work, update, member_views(-eta, work))
         torch._foreach_mul_(m, beta2)
         torch._foreach_add_(m, g, alpha=1 - beta2)
