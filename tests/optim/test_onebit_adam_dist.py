@@ -8,6 +8,7 @@ independent Adam restatement for the warm-up, ``simulate_workers=n`` for the com
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -37,11 +38,13 @@ def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple)
     try:
         result = fn(rank, n, out_dir, *args)
         torch.save(result, Path(out_dir) / f"result{rank}.pt")
-        # every rank done before any tears its process group down: a rank that exits while a peer
-        # still talks to it can abort in gloo's threads ("terminate called without an active exception")
-        dist.barrier()
+        dist.barrier()  # every rank done before any tears its process group down
     finally:
         dist.destroy_process_group()
+    # The result is saved: skip interpreter finalization, where gloo's worker threads can still
+    # drop tensors and abort the process ("terminate called without an active exception",
+    # pytorch/pytorch#179291), which the launcher would report as a failed rank.
+    os._exit(0)
 
 
 def launch(fn: Callable[..., Any], n: int, out_dir: Path, *args: Any) -> list[Any]:
