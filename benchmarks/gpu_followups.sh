@@ -6,10 +6,13 @@
 # $OUT (else runs/gpu-followups) and prints a compact table; quote the numbers in BENCHMARKS.md.
 #
 #   benchmarks/gpu_followups.sh tests          # every @pytest.mark.gpu test (landscape, mnist, optim, lm)
-#   benchmarks/gpu_followups.sh toy            # the paper toy suite with its GPU checks (~4-5 min)
-#   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums; traj-steps/s vs the scalar loop
+#   benchmarks/gpu_followups.sh toy            # the paper toy suite with its GPU checks, then 2a as a
+#                                              # fresh CLI process, cold and warm compile caches (~6-7 min)
+#   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums (+ its packed == alone check);
+#                                              # traj-steps/s vs the scalar loop
 #   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell, eager vs compiled modes
-#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan (MNIST_COMPILE, MNIST_WORKERS)
+#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan (MNIST_COMPILE, MNIST_WORKERS,
+#                                              # MNIST_TRAIN_PRECISION=fp32|tf32)
 #   benchmarks/gpu_followups.sh lm             # GPT-2 124M tokens/s: the measured best vs max-autotune
 #
 # Issue 3 needs: the whole paper suite <= 60 s (was 216 s, 154 s of it Figure 6r) and the suite's
@@ -25,11 +28,11 @@ case "$part" in
     python -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -25
     ;;
   toy)
-    OUT="$out/toy" python benchmarks/toy_gpu_suite.py --store "$out/toy-store"
+    OUT="$out/toy" python benchmarks/toy_gpu_suite.py --store "$out/toy-store" --fresh-process
     ;;
   toy-variants)
     OUT="$out/toy-free-order" python benchmarks/toy_gpu_suite.py --figures 6r --free-order \
-      --no-warm --no-checks --no-plots --store "$out/toy-store-free"
+      --no-warm --no-plots --store "$out/toy-store-free"
     OUT="$out" python benchmarks/toy_throughput.py --device cuda --skip-cpu
     ;;
   mnist-modes)
@@ -38,7 +41,7 @@ case "$part" in
     ;;
   mnist-scan)
     OUT="$out" python benchmarks/mnist_gpu.py --out "$out/mnist-paper" --compile "${MNIST_COMPILE:-default}" \
-      --workers "${MNIST_WORKERS:-4}" --no-check
+      --workers "${MNIST_WORKERS:-4}" --train-precision "${MNIST_TRAIN_PRECISION:-fp32}" --no-check
     ;;
   lm)
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500

@@ -10,8 +10,12 @@ figure's time includes compilation, simulation and storing. Then:
   time without compilation;
 * ``plot``: every figure as PNG+PDF into ``$OUT/plots`` (not part of the suite's time);
 * checks (after the timed part, unless ``--no-checks``): on the GPU, cells packed together give
-  bit-identical results to cells run alone (2-D and 100-D), and GPU results agree statistically
-  (mean final loss within 3 standard errors) with the CPU eager path.
+  bit-identical results to cells run alone (2-D and 100-D, with the sums over coordinates in the
+  order the run used: fixed, or compiler-chosen under ``--free-order``), and GPU results agree
+  statistically (mean final loss within 3 standard errors) with the CPU eager path;
+* ``--fresh-process``: ``focus-optim toy run --figure 2a --preset paper`` end to end as a user runs
+  it, in two new processes: first with empty Inductor/Triton caches (everything compiled), then
+  again with the caches the first one left on disk (a second run on the same machine).
 
 Stores go to ``--store`` (default ``/tmp/toy-gpu-suite``; ~1.4 GB, not copied back); ``$OUT``
 receives ``toy_gpu_suite.json`` (timings, device, phase-diagram summaries) and the plots.
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,12 +93,12 @@ def run_one(key: str, store: Path, device: str, run: F.RunOptions, preset: str) 
     return row
 
 
-def checks(device: str) -> dict[str, Any]:
+def checks(device: str, fixed_order: bool | None) -> dict[str, Any]:
     """Packed == alone on the GPU (bit for bit); GPU vs CPU eager within 3 standard errors."""
     out: dict[str, Any] = {}
     blocks = [S.Rows.make(seed, a, 1.0, np.full(512, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
     for land in (V.rotated(), V.random_axis(100)):
-        gpu = S.Options(device=device, compile=True, pack_cells=True)
+        gpu = S.Options(device=device, compile=True, pack_cells=True, fixed_order=fixed_order)
         packed = S.simulate("adamw", blocks, land, 200, gpu)
         alone = [S.simulate("adamw", [b], land, 200, gpu)[0] for b in blocks]
         cpu = S.simulate("adamw", blocks, land, 200, S.Options(compile=False))
@@ -106,6 +111,24 @@ def checks(device: str) -> dict[str, Any]:
         print(
             f"check {land.kind}-{land.dim}d: packed == alone: {same}; GPU vs CPU z-scores {np.round(zs, 2)}"
         )
+    return out
+
+
+def fresh_process(device: str, preset: str, root: Path) -> dict[str, float]:
+    """Seconds of ``focus-optim toy run --figure 2a`` in a new process: cold caches, then warm."""
+    caches = root / "compile-caches"
+    shutil.rmtree(caches, ignore_errors=True)
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton"))
+    out = {}
+    for label in ("cold caches", "warm caches"):
+        run_dir = root / f"fresh-2a-{label.split()[0]}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cmd = [sys.executable, "-m", "focus_optim.cli", "toy", "run", "--figure", "2a", "--preset", preset,
+               "--device", device, "--out", str(run_dir), "--no-progress"]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True)
+        out[label] = time.perf_counter() - t0
+        print(f"fresh process, 2a, {label}: {out[label]:.2f} s (interpreter start to exit)", flush=True)
     return out
 
 
@@ -125,6 +148,7 @@ def main() -> int:
         "of packed cells then round alike only within one compiled kernel)",
     )
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--fresh-process", action="store_true", help="time 2a as a new CLI process, cold then warm caches")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
@@ -176,7 +200,9 @@ def main() -> int:
         print("phase structure:", json.dumps(info["phase_checks"]))
         print(f"plots: {len(written)} files in {info['plot_seconds']:.1f} s -> {out / 'plots'}")
     if not args.no_checks:
-        info["checks"] = checks(args.device)
+        info["checks"] = checks(args.device, False if args.free_order else None)
+    if args.fresh_process:
+        info["fresh_process_2a"] = fresh_process(args.device, args.preset, store)
     (out / "toy_gpu_suite.json").write_text(json.dumps(info, indent=1))
     print("\nfigure        seconds  traj-steps/s")
     for r in rows:
