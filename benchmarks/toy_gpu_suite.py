@@ -118,7 +118,9 @@ def fresh_process(device: str, preset: str, root: Path) -> dict[str, float]:
     """Seconds of ``focus-optim toy run --figure 2a`` in a new process: cold caches, then warm."""
     caches = root / "compile-caches"
     shutil.rmtree(caches, ignore_errors=True)
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton"))
+    env = dict(
+        os.environ, TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton")
+    )
     out = {}
     for label in ("cold caches", "warm caches"):
         run_dir = root / f"fresh-2a-{label.split()[0]}"
@@ -148,7 +150,9 @@ def main() -> int:
         "of packed cells then round alike only within one compiled kernel)",
     )
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--fresh-process", action="store_true", help="time 2a as a new CLI process, cold then warm caches")
+    ap.add_argument(
+        "--fresh-process", action="store_true", help="time 2a as a new CLI process, cold then warm caches"
+    )
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(

@@ -20,41 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from ..selection import best_lr
 from .optimizers import registry_name
 
 
 def final_losses(ds: Any, metric: str = "test_loss") -> Any:
     """``history`` at the last step: DataArray ``(optimizer, batch_size, lr, replicate)``."""
     return ds["history"].sel(metric=metric).isel(step=-1, drop=True)
-
-
-def best_lr(final: Any, *, ddof: int = 1) -> Any:
-    """Best lr per (optimizer, batch_size) by the mean over replicates of the final loss.
-
-    Args:
-        final: DataArray with dims ``(..., lr, replicate)``.
-
-    Returns:
-        ``xarray.Dataset`` with ``best_lr``, ``best_loss`` (the mean at the best lr), ``best_std``
-        (std over replicates there) and ``mean_loss`` (every lr).
-    """
-    import xarray as xr
-
-    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN runs are expected (divergence)
-        mean = final.mean("replicate", skipna=False)
-        score = mean.where(np.isfinite(mean), np.inf)
-        idx = score.argmin("lr")
-        ok = np.isfinite(score.min("lr"))
-        n = final.sizes["replicate"]
-        std = final.std("replicate", ddof=ddof, skipna=False) if n > ddof else xr.zeros_like(mean)
-    return xr.Dataset(
-        {
-            "best_lr": final["lr"].isel(lr=idx, drop=True).where(ok),
-            "best_loss": mean.isel(lr=idx, drop=True).where(ok),
-            "best_std": std.isel(lr=idx, drop=True).where(ok),
-            "mean_loss": mean,
-        }
-    )
 
 
 def improvement(best_loss: Any, optimizer: str, baseline: str) -> Any:

@@ -86,6 +86,21 @@ def get_spec(name: str) -> OptimizerSpec:
     return REGISTRY[key]
 
 
+def check_hyperparameters(name: str, hparams: Mapping[str, Any]) -> OptimizerSpec:
+    """The spec of optimizer ``name``, after checking that it takes every key of ``hparams``
+    (an unknown name or key is a ValueError listing the valid ones; values are checked by the
+    optimizer itself)."""
+    spec = get_spec(name)
+    valid = set(spec.hyperparameters())
+    unknown = sorted(set(hparams) - valid)
+    if unknown:
+        raise ValueError(
+            f"Unknown hyperparameter(s) for {spec.name}: {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(valid))}"
+        )
+    return spec
+
+
 def available_optimizers() -> list[str]:
     return sorted(REGISTRY)
 
@@ -112,16 +127,9 @@ def make_optimizer(
             update of matrix-only optimizers, in addition to embeddings and output heads.
         **hparams: constructor arguments; ``weight_decay`` goes to the decayed groups only.
     """
-    spec = get_spec(name)
+    spec = check_hyperparameters(name, hparams)
     cls = spec.load()
     kwargs = {**spec.defaults, **hparams}
-    valid = set(spec.hyperparameters())
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise ValueError(
-            f"Unknown hyperparameter(s) for {spec.name}: {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(valid))}"
-        )
     groups = param_groups(
         model_or_params,
         weight_decay=kwargs.get("weight_decay", spec.hyperparameters().get("weight_decay")),

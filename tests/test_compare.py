@@ -1,0 +1,216 @@
+"""focus_optim.compare: optimizers on a user's own problem through the one sweep runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+xr = pytest.importorskip("xarray")
+
+from focus_optim.compare import Trial, best_lr, compare, plot  # noqa: E402
+
+STEPS = 150
+
+
+def _problem() -> tuple[torch.Tensor, torch.Tensor, float]:
+    gen = torch.Generator().manual_seed(1234)  # the problem: the same for every run
+    a = torch.randn(64, 8, generator=gen, dtype=torch.float64)
+    y = torch.randn(64, generator=gen, dtype=torch.float64)
+    optimum = float(((a @ torch.linalg.lstsq(a, y).solution - y) ** 2).mean())
+    return a, y, optimum
+
+
+A, Y, OPTIMUM = _problem()
+
+
+def least_squares(trial: Trial) -> dict[str, object]:
+    """Fit w to a fixed, well-conditioned least-squares problem."""
+    torch.manual_seed(trial.seed)  # the run: init depends on the replicate only
+    w = torch.nn.Parameter(0.1 * torch.randn(8, dtype=torch.float64))
+    opt = trial.make_optimizer([w])
+    curve = []
+    for _ in range(STEPS):
+        loss = ((A @ w - Y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        curve.append(float(loss.detach()))
+    with torch.no_grad():
+        final = float(((A @ w - Y) ** 2).mean())
+    return {"loss": final, "w_sum": float(w.detach().sum()), "seed": trial.seed, "curve": np.array(curve)}
+
+
+def init_only(trial: Trial) -> dict[str, float]:
+    torch.manual_seed(trial.seed)
+    return {"init": float(torch.randn(()))}
+
+
+OPTS = {"adamw": {"weight_decay": 0.0}, "focus-g0": {"optimizer": "focus", "gamma": 0.0, "weight_decay": 0.0}}
+LRS = [1e-3, 1e-2, 1e-1]
+
+
+def run(out, **kw):
+    args = dict(replicates=2, metrics=["loss", "w_sum", "seed"], progress=False)
+    args.update(kw)
+    return compare(least_squares, OPTS, LRS, out=out, **args)
+
+
+def same_runs(a, b) -> None:
+    """Equal stored values, coordinates and completeness (attributes such as timings aside)."""
+    xr.testing.assert_identical(
+        a[["metrics", "cell_done"]].drop_attrs(), b[["metrics", "cell_done"]].drop_attrs()
+    )
+
+
+def test_stored_runs_equal_direct_calls_and_adamw_reaches_the_optimum(tmp_path) -> None:
+    ds = run(tmp_path / "c")
+    assert ds.attrs["complete"] and ds.attrs["runs_computed"] == 12
+    for label, hp in OPTS.items():
+        hp = dict(hp)
+        name = hp.pop("optimizer", label)
+        for lr in LRS:
+            for rep in range(2):
+                direct = least_squares(Trial(label, name, hp, lr, rep, rep, "cpu"))
+                got = ds["metrics"].sel(optimizer=label, lr=lr, replicate=rep)
+                for metric in ("loss", "w_sum"):
+                    assert float(got.sel(metric=metric)) == np.float32(direct[metric])
+    seeds = ds["metrics"].sel(metric="seed")
+    assert (seeds.sel(replicate=1) == 1).all() and (seeds.sel(replicate=0) == 0).all()
+    table = best_lr(ds, "loss")
+    assert float(table["best"].sel(optimizer="adamw")) == pytest.approx(OPTIMUM, rel=1e-5)  # lstsq's optimum
+    # The lr reaches the optimizer: 150 steps of 1e-3 from a random start stop well short of it.
+    assert float(table["mean"].sel(optimizer="adamw", lr=1e-3)) > 1.05 * OPTIMUM
+    assert float(table["best_lr"].sel(optimizer="adamw")) > 1e-3
+
+
+def test_paired_seeds_give_every_optimizer_the_same_start(tmp_path) -> None:
+    ds = compare(init_only, ["adamw", "lion", "focus"], [1e-3, 1e-2], out=tmp_path / "p",
+                 replicates=3, metrics=["init"], progress=False)  # fmt: skip
+    init = ds["metrics"].sel(metric="init", drop=True)
+    for rep in range(3):
+        vals = init.sel(replicate=rep).values
+        assert np.all(vals == vals.flat[0])
+    assert len(np.unique(init.values)) == 3
+
+
+def test_best_lr_matches_an_independent_numpy_selection(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    vals = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    vals[0, 1, 2] = np.inf  # a diverged replicate: that lr cannot be best
+    vals[1, :, 0] = np.nan  # a NaN replicate everywhere: no best lr for that optimizer
+
+    def fixed(trial: Trial) -> dict[str, float]:
+        i = 0 if trial.label == "adamw" else 1
+        return {"loss": float(vals[i, LRS.index(trial.lr), trial.replicate])}
+
+    ds = compare(fixed, ["adamw", "focus"], LRS, out=tmp_path / "b", replicates=4, progress=False)
+    for mode in ("min", "max"):
+        t = best_lr(ds, "loss", mode=mode)
+        mean = vals[0].mean(axis=1)
+        score = np.where(np.isfinite(mean), mean if mode == "min" else -mean, np.inf)
+        j = int(np.argmin(score))
+        assert j != 1
+        assert float(t["best_lr"].sel(optimizer="adamw")) == LRS[j]
+        assert float(t["best"].sel(optimizer="adamw")) == pytest.approx(float(mean[j]), rel=1e-6)
+        assert float(t["best_std"].sel(optimizer="adamw")) == pytest.approx(
+            float(vals[0, j].std(ddof=1)), rel=1e-5
+        )
+        assert np.isnan(float(t["best_lr"].sel(optimizer="focus")))
+    with pytest.raises(ValueError, match="Unknown metric 'acc'; stored: loss"):
+        best_lr(ds, "acc")
+
+
+def test_killed_comparison_resumes_and_equals_uninterrupted(tmp_path) -> None:
+    full = run(tmp_path / "full")
+    part = run(tmp_path / "resumed", max_runs=5)
+    assert part.attrs["runs_computed"] == 5 and not part.attrs["complete"]
+    again = run(tmp_path / "resumed")
+    assert again.attrs["runs_computed"] == 7 and again.attrs["runs_skipped"] == 5
+    same_runs(full, again)
+
+
+def test_shards_fill_one_store_like_a_single_process(tmp_path, monkeypatch) -> None:
+    full = run(tmp_path / "full")
+    run(tmp_path / "sharded", shard="0/2")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: the shard comes from RANK/WORLD_SIZE
+    monkeypatch.setenv("RANK", "1")
+    second = run(tmp_path / "sharded")
+    assert second.attrs["runs_computed"] == 6 and second.attrs["complete"]
+    same_runs(full, second)
+
+
+def test_local_workers_equal_one_process(tmp_path) -> None:
+    full = run(tmp_path / "full")
+    pool = run(tmp_path / "pool", workers=2)
+    same_runs(full, pool)
+
+
+def test_changed_problem_refuses_the_old_store(tmp_path) -> None:
+    run(tmp_path / "c", config={"steps": STEPS})
+    with pytest.raises(ValueError, match=r"different configuration.*config\.user"):
+        run(tmp_path / "c", config={"steps": 2 * STEPS})
+    with pytest.raises(ValueError, match="different configuration"):
+        compare(least_squares, {"adamw": {"weight_decay": 0.1}}, LRS, out=tmp_path / "c", replicates=2,
+                metrics=["loss", "w_sum", "seed"], config={"steps": STEPS}, progress=False)  # fmt: skip
+
+
+def test_curves_are_stored_and_plotted(tmp_path) -> None:
+    ds = run(tmp_path / "c", curves=["curve"], points=STEPS)
+    c = ds["curves"].sel(curve="curve")
+    assert c.dims == ("optimizer", "lr", "replicate", "point") and c.sizes["point"] == STEPS
+    direct = least_squares(Trial("adamw", "adamw", {"weight_decay": 0.0}, 1e-2, 1, 1, "cpu"))["curve"]
+    np.testing.assert_array_equal(
+        c.sel(optimizer="adamw", lr=1e-2, replicate=1).values, direct.astype(np.float32)
+    )
+    written = plot(ds, "loss", tmp_path / "fig" / "compare")
+    assert sorted(p.suffix for p in written) == [".pdf", ".png"] and all(
+        p.stat().st_size > 1000 for p in written
+    )
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "kwargs", "match"),
+    [
+        (["adamz"], {}, "Unknown optimizer 'adamz'; available: .*adamw"),
+        ({"focus": {"gama": 0.2}}, {}, "Unknown hyperparameter.*gama; valid: .*gamma"),
+        ({"x": {"optimizer": "focus", "lr": 1.0}}, {}, "through lrs="),
+        (["adamw"], {"lrs": [0.0]}, "Invalid lrs"),
+        (["adamw"], {"lrs": [1e-3, 1e-3]}, "distinct"),
+        (["adamw"], {"replicates": 0}, "Invalid replicates"),
+        (["adamw"], {"metrics": []}, "Invalid metrics"),
+        (["adamw"], {"curves": ["c"], "points": 0}, "Invalid curves"),
+    ],
+)
+def test_bad_input_is_named_before_any_run(tmp_path, optimizers, kwargs, match) -> None:
+    args = {"lrs": LRS, "replicates": 1, "metrics": ["loss"], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        compare(least_squares, optimizers, args.pop("lrs"), out=tmp_path / "c", progress=False, **args)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_run_that_omits_a_metric_is_named_and_nothing_is_stored(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"train\(adamw, lr=0.001, replicate=0\) returned no accuracy"):
+        run(tmp_path / "c", metrics=["loss", "accuracy"])
+    assert not list((tmp_path / "c" / "cells").glob("*.npz"))
+    with pytest.raises(ValueError, match=r"curve .curve. .* has 150 points, expected 10"):
+        run(tmp_path / "d", curves=["curve"], points=10)
+
+
+def test_the_example_template_runs_resumes_and_plots(tmp_path, capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "compare_own_problem.py"
+    spec = importlib.util.spec_from_file_location("compare_own_problem", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--out", str(tmp_path / "c"), "--steps", "20", "--lrs", "1e-3", "1e-2", "--replicates", "1",
+            "--optimizers", "adamw", "focus", "--no-progress", "--plot"]  # fmt: skip
+    assert example.main(argv) == 0
+    assert "4/4 runs stored" in capsys.readouterr().out
+    assert (tmp_path / "c" / "compare.png").stat().st_size > 1000
+    cells = {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "cells").glob("*.npz")}
+    assert len(cells) == 4
+    example.main(argv)  # the same command again: nothing is recomputed
+    assert {p: p.stat().st_mtime_ns for p in cells} == cells
