@@ -49,6 +49,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the paper's 400 (smoke tests)")
     ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
     ap.add_argument("--overhead", action="store_true", help="time per-step dispatch (tiny cells)")
+    ap.add_argument("--overhead-optimizers", nargs="+", default=["adamw", "signum", "focus:gamma=0.2"])
     args = ap.parse_args()
     if args.overhead:
         return overhead(args)
@@ -152,13 +153,13 @@ def _inside_aten(event) -> bool:
 
 def overhead(args: argparse.Namespace) -> int:
     """ms per step of a tiny cell (compute negligible), eager vs each compiled mode, and the kernel
-    launches per eager step (per-tensor and foreach optimizer paths); 3 optimizers."""
+    launches per eager step (per-tensor and foreach optimizer paths), for ``--overhead-optimizers``."""
     full = DeviceData.from_mnist(load_mnist(args.data_dir, download=False), args.device)
     data = DeviceData(full.train_x, full.train_y, full.test_x_t[:, :64].contiguous(), full.test_y[:64])
     settings = PRESETS["paper"].settings()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     result: dict[str, dict[str, float]] = {}
-    for label in ("adamw", "signum", "focus:gamma=0.2"):
+    for label in args.overhead_optimizers:
         opt, row = parse_optimizer(label), {}
         for mode in args.modes:
             compile_mode = None if mode == "eager" else mode

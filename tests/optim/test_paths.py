@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from focus_optim import FOCUS, AdamW, Signum
-from focus_optim.optim import EXAdam, Lion
+from focus_optim.optim import EXAdam, Lion, SophiaG
 
 F64 = torch.float64
 CASES = [
@@ -99,13 +99,27 @@ def test_ensemble_hyperparameters_check_lengths_and_paths():
     p = torch.nn.Parameter(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="length 4"):
         FOCUS([p], lr=torch.full((4,), 0.1))
+
+    class NoEnsembleForeach(EXAdam):  # a class without an ensemble foreach path
+        _foreach_ensemble = False
+
     with pytest.raises(ValueError, match="foreach=True"):
-        opt = EXAdam([p], lr=torch.full((3,), 0.1), foreach=True)  # no ensemble foreach path
+        opt = NoEnsembleForeach([p], lr=torch.full((3,), 0.1), foreach=True)
         p.grad = torch.ones(3, 2)
         opt.step()
 
 
-@pytest.mark.parametrize(("cls", "kwargs"), [*CASES, (Lion, dict(betas=(0.9, 0.99), weight_decay=0.1))])
+ENSEMBLE_FOREACH_CASES = [
+    *CASES,
+    (Lion, dict(betas=(0.9, 0.99), weight_decay=0.1)),
+    (EXAdam, dict(weight_decay=0.1)),
+    (EXAdam, dict(weight_decay=0.1, growing_step=True)),
+    (SophiaG, dict(weight_decay=0.1)),
+    (SophiaG, dict(weight_decay=0.1, eps_mode="max")),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), ENSEMBLE_FOREACH_CASES)
 def test_ensemble_foreach_equals_per_tensor_bit_for_bit(cls, kwargs):
     """Per-member lr / weight_decay on several tensors of different shapes (one of them joining
     late, so the step counts differ): the foreach path makes exactly the per-tensor path's numbers,
@@ -125,6 +139,8 @@ def test_ensemble_foreach_equals_per_tensor_bit_for_bit(cls, kwargs):
                 g = torch.randn(p.shape, generator=gen, dtype=F64)
                 p.grad = None if (i == 2 and t < 3) else g
             opt.step()
+            if isinstance(opt, SophiaG) and t % 3 == 1:  # Hessian EMA from this step's gradients
+                opt.update_hessian()
         return [p.detach() for p in ps]
 
     for a, b in zip(train(False), train(True)):

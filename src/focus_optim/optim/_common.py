@@ -10,9 +10,10 @@ Ensemble hyperparameters
 * a 1-D tensor of length ``E``: slice ``i`` along dim 0 of *every* parameter of the group uses
   value ``i``. The labs stack ``E`` independent models or trajectories along dim 0 and train them
   all with one optimizer. Groups with such tensors run on the per-tensor path, or, for classes
-  with ``_foreach_ensemble`` (FOCUS, Signum, AdamW, Lion), on the foreach path when asked or by
-  torch.optim's default (foreach on CUDA, not while compiling): the per-member values enter as
-  broadcasting views (:func:`member_views`), with the per-tensor path's numbers bit for bit.
+  with ``_foreach_ensemble`` (FOCUS, Signum, AdamW, Lion, EXAdam, Sophia-G), on the foreach path
+  when asked or by torch.optim's default (foreach on CUDA, not while compiling): the per-member
+  values enter as broadcasting views (:func:`member_views`), with the per-tensor path's numbers
+  bit for bit.
 """
 
 from __future__ import annotations

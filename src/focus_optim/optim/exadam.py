@@ -39,10 +39,12 @@ from ._common import (
     BaseOptimizer,
     V,
     add_scaled_,
+    foreach_add_scaled_,
     foreach_groups,
     is_zero,
+    member_hparam,
+    member_views,
     per_member,
-    scalar,
     step_value,
     working_views,
     write_back,
@@ -71,6 +73,7 @@ class EXAdam(BaseOptimizer):
         "weight_decay": V.check_nonneg,
     }
     _state_keys = ("exp_avg", "exp_avg_sq")
+    _foreach_ensemble = True
 
     def __init__(
         self,
@@ -200,14 +203,14 @@ def _multi_tensor_exadam(
     growing_step: bool,
     maximize: bool,
 ) -> None:
-    lr, weight_decay = scalar(lr), scalar(weight_decay)
     groups = foreach_groups(
         params, grads, [exp_avgs, exp_avg_sqs], state_steps, maximize=maximize, split_by_step=True
     )
     for _, work, g, (m, v), steps in groups:
         step = steps[0]
-        if not is_zero(weight_decay):
-            torch._foreach_add_(work, torch._foreach_mul(work, -(lr * weight_decay)))
+        eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
+        if not is_zero(wd):
+            foreach_add_scaled_(work, work, member_views(-(eta * wd), work))
         b1, b2 = beta1**step, beta2**step
         torch._foreach_mul_(m, beta1)
         torch._foreach_add_(m, g, alpha=1 - beta1)
@@ -228,5 +231,4 @@ def _multi_tensor_exadam(
         torch._foreach_sqrt_(d2)
         torch._foreach_add_(d2, eps)
         torch._foreach_div_(numer, d2)
-        torch._foreach_mul_(numer, -(lr * step_size_factor(step, growing_step)))
-        torch._foreach_add_(work, numer)
+        foreach_add_scaled_(work, numer, member_views(-(eta * step_size_factor(step, growing_step)), work))

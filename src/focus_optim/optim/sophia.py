@@ -57,8 +57,9 @@ from ._common import (
     as_real,
     foreach_groups,
     is_zero,
+    member_hparam,
+    member_views,
     per_member,
-    scalar,
     working_views,
     write_back,
 )
@@ -94,6 +95,7 @@ class SophiaG(BaseOptimizer):
         "hessian_interval": lambda n, v: V.check_int(n, v, 1),
     }
     _state_keys = ("exp_avg", "hessian")
+    _foreach_ensemble = True
 
     def __init__(
         self,
@@ -295,11 +297,11 @@ def _multi_tensor_sophiag(
     eps_mode: str,
     maximize: bool,
 ) -> None:
-    lr, weight_decay = scalar(lr), scalar(weight_decay)
     groups = foreach_groups(params, grads, [exp_avgs, hessians], state_steps, maximize=maximize)
     for _, work, g, (m, h), _ in groups:
-        if not is_zero(weight_decay):
-            torch._foreach_mul_(work, 1 - lr * weight_decay)
+        eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
+        if not is_zero(wd):
+            torch._foreach_mul_(work, member_views(1 - eta * wd, work))
         torch._foreach_mul_(m, beta1)
         torch._foreach_add_(m, g, alpha=1 - beta1)
         denom = torch._foreach_mul(h, rho * bs)
@@ -311,8 +313,8 @@ def _multi_tensor_sophiag(
         torch._foreach_div_(ratio, denom)
         torch._foreach_clamp_max_(ratio, 1.0)
         torch._foreach_mul_(ratio, torch._foreach_sign(m))
-        if isinstance(lr, Tensor):
-            torch._foreach_mul_(ratio, lr)
+        if isinstance(eta, Tensor):
+            torch._foreach_mul_(ratio, member_views(eta, work))
             torch._foreach_sub_(work, ratio)
         else:
-            torch._foreach_add_(work, ratio, alpha=-lr)
+            torch._foreach_add_(work, ratio, alpha=-eta)
