@@ -214,3 +214,29 @@ def test_the_example_template_runs_resumes_and_plots(tmp_path, capsys) -> None:
     assert len(cells) == 4
     example.main(argv)  # the same command again: nothing is recomputed
     assert {p: p.stat().st_mtime_ns for p in cells} == cells
+
+
+def test_cli_summarises_and_plots_the_union_of_shards(tmp_path, capsys) -> None:
+    import json
+
+    from focus_optim.cli import main
+
+    run(tmp_path / "a", shard="0/2")
+    run(tmp_path / "b", shard="1/2")  # another directory, e.g. another cluster job's scratch
+    assert main(["compare", "summary", str(tmp_path / "a"), "--json"]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half["runs"] == [6, 12] and half["metric"] == "loss"
+    assert main(["compare", "summary", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    table = best_lr(run(tmp_path / "full"), "loss")
+    assert both["runs"] == [12, 12]
+    for label, row in both["optimizers"].items():
+        assert row["best_lr"] == float(table["best_lr"].sel(optimizer=label))
+        assert row["loss"] == float(table["best"].sel(optimizer=label))
+    assert main(["compare", "summary", str(tmp_path / "full"), "--metric", "w_sum", "--mode", "max"]) == 0
+    assert "best lr by the mean w_sum (max)" in capsys.readouterr().out
+    dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["compare", "plot", *dirs, "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert main(["compare", "summary", str(tmp_path / "full"), "--metric", "acc"]) == 2
+    assert "Unknown metric 'acc'; stored: loss, w_sum, seed" in capsys.readouterr().err

@@ -17,6 +17,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("toy", "focus_optim.landscape.cli"),
     ("mnist", "focus_optim.mnist.cli"),
     ("lm", "focus_optim.lm.cli"),
+    ("compare", "focus_optim.compare_cli"),
 )
 
 
