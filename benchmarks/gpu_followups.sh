@@ -10,6 +10,8 @@
 #                                              # fresh CLI process, cold and warm compile caches (~6-7 min)
 #   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums (+ its packed == alone check);
 #                                              # traj-steps/s vs the scalar loop
+#   benchmarks/gpu_followups.sh toy-unroll     # 2a and 6r (free order) with TOY_STEPS_PER_CALL (4) steps
+#                                              # per compiled call: state stays on chip between them
 #   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell, eager vs compiled modes
 #   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan (MNIST_COMPILE, MNIST_WORKERS,
 #                                              # MNIST_TRAIN_PRECISION=fp32|tf32)
@@ -19,7 +21,7 @@
 # GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers).
 # Issue 5 needs: >= 550K tokens/s (was 503K); the lm part carries .data/corpus and .data/tokenizers.
 set -euo pipefail
-part=${1:?usage: gpu_followups.sh tests|toy|toy-variants|mnist-modes|mnist-scan|lm}
+part=${1:?usage: gpu_followups.sh tests|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm}
 out=${OUT:-runs/gpu-followups}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-src}
@@ -35,6 +37,10 @@ case "$part" in
       --no-warm --no-plots --store "$out/toy-store-free"
     OUT="$out" python benchmarks/toy_throughput.py --device cuda --skip-cpu
     ;;
+  toy-unroll)
+    OUT="$out/toy-unroll" python benchmarks/toy_gpu_suite.py --figures 2a 6r --free-order \
+      --steps-per-call "${TOY_STEPS_PER_CALL:-4}" --no-warm --no-plots --store "$out/toy-store-unroll"
+    ;;
   mnist-modes)
     OUT="$out" python benchmarks/mnist_cell_modes.py
     OUT="$out" python benchmarks/mnist_cell_modes.py --overhead
@@ -47,7 +53,7 @@ case "$part" in
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500
     ;;
   *)
-    echo "unknown part: $part (tests|toy|toy-variants|mnist-modes|mnist-scan|lm)" >&2
+    echo "unknown part: $part (tests|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm)" >&2
     exit 2
     ;;
 esac

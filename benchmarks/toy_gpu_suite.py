@@ -151,6 +151,12 @@ def main() -> int:
     )
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=1,
+        help="steps unrolled in one compiled call (state can stay on chip between them; longer compile)",
+    )
+    ap.add_argument(
         "--fresh-process", action="store_true", help="time 2a as a new CLI process, cold then warm caches"
     )
     args = ap.parse_args()
@@ -179,10 +185,14 @@ def main() -> int:
         "preset": args.preset,
         "compile": args.compile,
         "fixed_order": not args.free_order,
+        "steps_per_call": args.steps_per_call,
     }
     print(json.dumps(info))
     run = F.RunOptions(
-        device=args.device, compile=args.compile == "on", fixed_order=False if args.free_order else None
+        device=args.device,
+        compile=args.compile == "on",
+        fixed_order=False if args.free_order else None,
+        steps_per_call=args.steps_per_call,
     )
     rows = []
     t_suite = time.perf_counter()

@@ -3,6 +3,8 @@ its metrics, and independence of its results from batching, chunking and packing
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -129,13 +131,19 @@ def test_results_do_not_depend_on_batching_chunking_or_packing(land: V.Valley) -
 @pytest.mark.slow
 @pytest.mark.skipif(not S.compile_available(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
 def test_compiled_step_agrees_with_eager() -> None:
-    """One compiled graph (FOCUS): packed == per cell bit for bit; compiled vs eager statistically."""
+    """One compiled graph (FOCUS): packed == per cell and 3 steps per call == 1, bit for bit;
+    compiled vs eager statistically."""
     blocks = [S.Rows.make(seed, a, 1.5, np.full(256, 0.01), 0.1) for seed, a in [(21, 10.0), (22, 100.0)]]
     comp = S.Options(compile=True, pack_cells=True, chunk_rows=1024)
     packed = S.simulate("focus", blocks, V.rotated(), 300, comp)
     alone = [S.simulate("focus", [b], V.rotated(), 300, comp)[0] for b in blocks]
     for p, a in zip(packed, alone):
         assert torch.equal(p, a)
+    # Three steps unrolled in one compiled call (state kept between them): the same numbers.
+    unrolled = S.simulate("focus", blocks, V.rotated(), 300, dataclasses.replace(comp, steps_per_call=3))
+    for u, p in zip(unrolled, packed):
+        assert torch.equal(u, p)
+    assert any(ws.opts.steps_per_call == 3 and ws.opts.compile for ws in S._WORKSPACES.values())
     eager = S.simulate("focus", blocks, V.rotated(), 300, EAGER)
     for c, e in zip(packed, eager):
         c, e = c[:, 0].double(), e[:, 0].double()

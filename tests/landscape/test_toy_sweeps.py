@@ -124,6 +124,12 @@ def test_packed_cells_equal_cells_alone(tmp_path: Path) -> None:
         assert np.array_equal(t["metrics"], a["metrics"])
 
 
+def test_run_options_reach_the_simulator() -> None:
+    want = dict(compile=True, chunk_rows=512, threads=1, pack_cells=True, fixed_order=False, steps_per_call=5)
+    opts = F._sim_options(spec_2a(), F.RunOptions(**want), "cpu", record=False)
+    assert {k: getattr(opts, k) for k in want} == want
+
+
 def test_analysis_picks_best_lr_by_mean_and_treats_divergence_as_worst() -> None:
     vals = np.zeros((2, 1, 1, 3, 4, 3))  # optimizer, sharpness, noise, lr, replicate, metric
     vals[0, 0, 0, :, :, 0] = [[1, 1, 1, 1], [0.5, 0.5, 0.5, 0.6], [np.inf, -9, -9, -9]]
@@ -192,6 +198,8 @@ def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert ds["theta"].dims == ("optimizer", "replicate", "step", "coord") and ds.sizes["step"] == 31
     assert main(["toy", "run", "--figure", "2a", "--out", str(out), "--optimizers", "adamw"]) == 2  # refuses
     assert main(["toy", "plot", str(tmp_path / "nothing-here")]) == 2
+    assert main(["toy", "run", "--figure", "2a", "--out", str(tmp_path / "k"), "--steps-per-call", "0"]) == 2
+    assert not (tmp_path / "k").exists()
 
 
 @pytest.mark.slow

@@ -69,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--chunk-rows", type=int, default=None, help="trajectories per chunk (default: per device)"
     )
+    r.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=1,
+        help="compiled steps unrolled per call (state stays on chip between them; longer compile)",
+    )
     r.add_argument("--max-cells", type=int, default=None, help="stop after this many cells (per figure)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--plot", action="store_true", help="plot OUT when done")
@@ -99,7 +105,15 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads
     if threads is None and torch.device(device).type == "cpu":
         threads = 1  # per-step kernels are short: more threads per process only add barrier stalls
-    opts = F.RunOptions(device=device, compile=comp, chunk_rows=args.chunk_rows, threads=threads)
+    if args.steps_per_call < 1:
+        raise ValueError(f"Invalid --steps-per-call: {args.steps_per_call} (allowed: an integer >= 1)")
+    opts = F.RunOptions(
+        device=device,
+        compile=comp,
+        chunk_rows=args.chunk_rows,
+        threads=threads,
+        steps_per_call=args.steps_per_call,
+    )
     out = Path(args.out)
     t_all = time.perf_counter()
     for fig in F.expand(args.figure):

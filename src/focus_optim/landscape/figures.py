@@ -99,6 +99,7 @@ class RunOptions:
     compile_min_work: float = 2e9
     pack_cells: bool | None = None
     fixed_order: bool | None = None
+    steps_per_call: int = 1
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) ->
         threads=run.threads,
         pack_cells=run.pack_cells,
         fixed_order=run.fixed_order,
+        steps_per_call=run.steps_per_call,
     )
 
 
