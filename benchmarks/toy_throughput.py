@@ -17,6 +17,10 @@ needs 28.8M trajectories x 1000 steps = 2.88e10 trajectory-steps; the table extr
 
     PYTHONPATH=src python benchmarks/toy_throughput.py                 # CPU, ~2-4 min
     PYTHONPATH=src python benchmarks/toy_throughput.py --device cuda --skip-cpu   # GPU rows, ~1-2 min
+    PYTHONPATH=src python benchmarks/toy_throughput.py --dim 100 --steps-per-call 1 4   # Figure 6 right
+
+``--dim N`` times Figure 6 right's N-D valley (rates stay per trajectory; multiply by N for
+coordinate-steps); ``--steps-per-call`` compares compiled calls of one and of several steps.
 
 With ``$OUT`` set, ``$OUT/toy_throughput.json`` holds every number.
 """
@@ -87,18 +91,19 @@ def time_scalar(trajectories: int, steps: int) -> float:
     return 3 * trajectories * steps / (time.perf_counter() - t0)
 
 
-def time_batched(n: int, steps: int, opts: S.Options) -> tuple[float, float]:
+def time_batched(n: int, steps: int, opts: S.Options, land: V.Valley | None = None) -> tuple[float, float]:
     """(trajectory-steps/s over the three optimizers, seconds of compilation/warm-up)."""
     block = rows(n)
+    land = land or V.rotated()
     t0 = time.perf_counter()  # compile (or warm up) outside the timed region
     for opt in S.PAPER_SETUPS:
-        S.simulate(opt, block, V.rotated(), 2, opts)
+        S.simulate(opt, block, land, max(2, opts.steps_per_call), opts)
     warm = time.perf_counter() - t0
     sync = torch.cuda.synchronize if torch.device(opts.device).type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for opt in S.PAPER_SETUPS:
-        S.simulate(opt, block, V.rotated(), steps, opts)
+        S.simulate(opt, block, land, steps, opts)
     sync()
     return 3 * n * steps / (time.perf_counter() - t0), warm
 
@@ -116,10 +121,15 @@ def main() -> int:
         "--gpu-rows", type=int, default=9_600_000, help="rows per optimizer on CUDA (Fig. 2a: 9.6M)"
     )
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--dim", type=int, default=2, help="2: the paper's valley; N > 2: Figure 6 right's")
+    ap.add_argument(
+        "--steps-per-call", type=int, nargs="+", default=[1], help="compiled steps per call to compare"
+    )
     ap.add_argument("--skip-cpu", action="store_true", help="only the scalar baseline and the GPU rows")
     args = ap.parse_args()
 
     results: list[dict[str, Any]] = []
+    land = V.rotated() if args.dim == 2 else V.random_axis(args.dim)
 
     def add(name: str, rate: float, **kw: Any) -> None:
         row = {
@@ -141,27 +151,33 @@ def main() -> int:
     for threads in [] if args.skip_cpu else args.threads:
         torch.set_num_threads(threads)
         for chunk in args.chunks:
-            rate, _ = time_batched(chunk, args.steps, S.Options(compile=False, chunk_rows=chunk))
+            rate, _ = time_batched(chunk, args.steps, S.Options(compile=False, chunk_rows=chunk), land)
             add(f"eager cpu chunk={chunk} t={threads}", rate, threads=threads, chunk=chunk)
         if not args.no_compile and S.compile_available(torch.device("cpu")):
             for chunk in args.chunks:
-                rate, warm = time_batched(chunk, args.steps, S.Options(compile=True, chunk_rows=chunk))
-                add(
-                    f"compiled cpu chunk={chunk} t={threads}",
-                    rate,
-                    threads=threads,
-                    chunk=chunk,
-                    compile_s=round(warm, 1),
-                )
+                for k in args.steps_per_call:
+                    opts = S.Options(compile=True, chunk_rows=chunk, steps_per_call=k)
+                    rate, warm = time_batched(chunk, args.steps, opts, land)
+                    add(
+                        f"compiled cpu chunk={chunk} t={threads}" + (f" k={k}" if k != 1 else ""),
+                        rate,
+                        threads=threads,
+                        chunk=chunk,
+                        steps_per_call=k,
+                        compile_s=round(warm, 1),
+                    )
     torch.set_num_threads(before)
     if args.device.startswith("cuda") and torch.cuda.is_available():
-        for comp in ([True] if args.no_compile is False else []) + [False]:
-            n = args.gpu_rows if comp else args.gpu_rows // 4
-            opts = S.Options(device=args.device, compile=comp, pack_cells=True)
-            rate, warm = time_batched(n, args.steps, opts)
-            add(f"{'compiled' if comp else 'eager'} cuda rows={n}", rate, compile_s=round(warm, 1), rows=n)
+        n_gpu = max(64, args.gpu_rows * 2 // args.dim)  # the same coordinates as 2-D rows
+        variants = [(True, k) for k in ([] if args.no_compile else args.steps_per_call)] + [(False, 1)]
+        for comp, k in variants:
+            n = n_gpu if comp else n_gpu // 4
+            opts = S.Options(device=args.device, compile=comp, pack_cells=True, steps_per_call=k)
+            rate, warm = time_batched(n, args.steps, opts, land)
+            name = f"{'compiled' if comp else 'eager'} cuda rows={n}" + (f" k={k}" if k != 1 else "")
+            add(name, rate, compile_s=round(warm, 1), rows=n, steps_per_call=k)
     scalar = results[0]["traj_steps_per_s"]
-    for dev in ("cpu", "cuda"):
+    for dev in ("cpu", "cuda") if args.dim == 2 else ():  # the paper's loop is 2-D
         rates = [r["traj_steps_per_s"] for r in results if f" {dev} " in r["variant"]]
         if rates:
             print(f"best {dev} batched / scalar loop: {max(rates) / scalar:.0f}x")
@@ -170,6 +186,7 @@ def main() -> int:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "steps": args.steps,
+        "dim": args.dim,
         "results": results,
     }
     if torch.cuda.is_available():
