@@ -144,6 +144,9 @@ def test_local_workers_equal_one_process(tmp_path) -> None:
     full = run(tmp_path / "full")
     pool = run(tmp_path / "pool", workers=2)
     same_runs(full, pool)
+    with pytest.raises(ValueError, match="must be importable by name"):
+        compare(lambda t: {"loss": 0.0}, ["adamw"], LRS, out=tmp_path / "lambda", workers=2, progress=False)
+    assert not (tmp_path / "lambda").exists()
 
 
 def test_changed_problem_refuses_the_old_store(tmp_path) -> None:

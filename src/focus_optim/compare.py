@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,13 +208,22 @@ def compare(
         optimizers, lrs, replicates=replicates, metrics=metrics, curves=curves, points=points,
         name=name, config=config, base_seed=base_seed,
     )  # fmt: skip
+    compute = _RunTrials(train, opts, list(metrics), list(curves), points, base_seed)
+    if workers > 1:
+        try:
+            pickle.dumps(compute)
+        except Exception as exc:  # a lambda, a closure, a function defined inside another one...
+            raise ValueError(
+                f"workers={workers} runs train in other processes, so it must be importable by name "
+                f"(defined at module level, as must everything it holds): {exc}"
+            ) from None
     if isinstance(shard, str):
         from .sweep import parse_shard
 
         shard = parse_shard(shard)
     report: SweepReport = run_sweep(
         spec,
-        _RunTrials(train, opts, list(metrics), list(curves), points, base_seed),
+        compute,
         out,
         shard=shard or shard_from_env(),
         device=device,
