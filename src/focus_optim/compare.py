@@ -94,23 +94,19 @@ class _RunTrials:
         name = hp.pop("optimizer", label)
         trial = Trial(label, get_spec(name).name, hp, lr, rep, self.base_seed + rep, device)
         result = self.train(trial)
+        where = f"train({label}, lr={lr:g}, replicate={rep})"
         if not isinstance(result, Mapping):
-            raise TypeError(
-                f"train({label}, lr={lr:g}, replicate={rep}) returned {type(result).__name__}, not a dict"
-            )
+            raise TypeError(f"{where} returned {type(result).__name__}, not a dict")
         missing = [k for k in self.metrics + self.curves if k not in result]
         if missing:
-            raise ValueError(
-                f"train({label}, lr={lr:g}, replicate={rep}) returned no {', '.join(missing)} "
-                f"(got {', '.join(sorted(result)) or 'nothing'})"
-            )
+            got = ", ".join(sorted(result)) or "nothing"
+            raise ValueError(f"{where} returned no {', '.join(missing)} (got {got})")
         out = {"metrics": np.array([_scalar(result[k], k) for k in self.metrics], dtype=np.float64)}
         if self.curves:
             rows = []
             for k in self.curves:
                 arr = np.asarray(_numpy(result[k]), dtype=np.float64).reshape(-1)
                 if arr.shape != (self.points,):
-                    where = f"train({label}, lr={lr:g}, replicate={rep})"
                     raise ValueError(f"curve {k!r} of {where} has {arr.size} points, expected {self.points}")
                 rows.append(arr)
             out["curves"] = np.stack(rows, axis=-1)
