@@ -94,6 +94,27 @@ def test_paired_seeds_give_every_optimizer_the_same_start(tmp_path) -> None:
     assert len(np.unique(init.values)) == 3
 
 
+def slow_focus(trial: Trial) -> dict[str, float]:
+    import time
+
+    time.sleep(0.05 if trial.optimizer == "focus" else 0.0)
+    return {"loss": trial.lr}
+
+
+def test_each_run_records_its_wall_time(tmp_path, capsys) -> None:
+    import json
+
+    from focus_optim.cli import main
+
+    ds = compare(slow_focus, ["adamw", "focus"], LRS, out=tmp_path / "t", replicates=2, progress=False)
+    sec = ds["seconds"]
+    assert sec.dims == ("optimizer", "lr", "replicate") and bool(np.isfinite(sec).all())
+    assert float(sec.sel(optimizer="focus").min()) >= 0.05 > float(sec.sel(optimizer="adamw").max())
+    assert main(["compare", "summary", str(tmp_path / "t"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["optimizers"]
+    assert rows["focus"]["seconds"] == pytest.approx(float(sec.sel(optimizer="focus", lr=LRS[0]).mean()))
+
+
 def test_best_lr_matches_an_independent_numpy_selection(tmp_path) -> None:
     rng = np.random.default_rng(0)
     vals = rng.normal(size=(2, 3, 4)).astype(np.float32)

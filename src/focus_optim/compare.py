@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,9 @@ class _RunTrials:
         hp = dict(self.optimizers[label])
         name = hp.pop("optimizer", label)
         trial = Trial(label, get_spec(name).name, hp, lr, rep, self.base_seed + rep, device)
+        t0 = time.perf_counter()
         result = self.train(trial)
+        seconds = time.perf_counter() - t0
         where = f"train({label}, lr={lr:g}, replicate={rep})"
         if not isinstance(result, Mapping):
             raise TypeError(f"{where} returned {type(result).__name__}, not a dict")
@@ -101,7 +104,10 @@ class _RunTrials:
         if missing:
             got = ", ".join(sorted(result)) or "nothing"
             raise ValueError(f"{where} returned no {', '.join(missing)} (got {got})")
-        out = {"metrics": np.array([_scalar(result[k], k) for k in self.metrics], dtype=np.float64)}
+        out = {
+            "metrics": np.array([_scalar(result[k], k) for k in self.metrics], dtype=np.float64),
+            "seconds": np.array(seconds),
+        }
         if self.curves:
             rows = []
             for k in self.curves:
@@ -141,7 +147,7 @@ def comparison_spec(
         raise ValueError(
             f"Invalid curves/points: {curves}, {points} (allowed: distinct names with points >= 1)"
         )
-    variables: dict[str, tuple[str, ...]] = {"metrics": ("metric",)}
+    variables: dict[str, tuple[str, ...]] = {"metrics": ("metric",), "seconds": ()}
     extra: dict[str, list[Any]] = {"metric": metrics}
     if curves:
         variables["curves"] = ("point", "curve")
@@ -195,10 +201,10 @@ def compare(
         max_runs: stop after this many runs (e.g. to fill a time slot; run again to continue).
 
     Returns:
-        ``xarray.Dataset`` with ``metrics (optimizer, lr, replicate, metric)``, ``curves (..., point,
-        curve)`` if any, and ``cell_done`` (runs not yet computed, e.g. other shards', are NaN);
-        ``attrs`` say how many runs this call computed (``runs_computed``) and found stored
-        (``runs_skipped``).
+        ``xarray.Dataset`` with ``metrics (optimizer, lr, replicate, metric)``, ``seconds`` (each
+        run's wall time inside ``train``), ``curves (..., point, curve)`` if any, and
+        ``cell_done`` (runs not yet computed, e.g. other shards', are NaN); ``attrs`` say how many
+        runs this call computed (``runs_computed``) and found stored (``runs_skipped``).
     """
     spec, opts = comparison_spec(
         optimizers, lrs, replicates=replicates, metrics=metrics, curves=curves, points=points,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,18 +46,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"{done}/{total} runs; wrote", *written)
         return 0
     table = best_lr(ds, metric, mode=args.mode)
-    rows = {
-        str(label): {
-            "best_lr": float(table["best_lr"].sel(optimizer=label)),
+    rows = {}
+    for label in table["optimizer"].values:
+        lr = float(table["best_lr"].sel(optimizer=label))
+        timed = "seconds" in ds and math.isfinite(lr)
+        at_best = ds["seconds"].sel(optimizer=label, lr=lr).mean().item() if timed else float("nan")
+        rows[str(label)] = {
+            "best_lr": lr,
             metric: float(table["best"].sel(optimizer=label)),
             "std": float(table["best_std"].sel(optimizer=label)),
+            "seconds": at_best,  # mean wall time of a run at the best lr
         }
-        for label in table["optimizer"].values
-    }
     if args.json:
         print(json.dumps({"metric": metric, "mode": args.mode, "runs": [done, total], "optimizers": rows}))
         return 0
     print(f"{ds.attrs['name']}: {done}/{total} runs stored; best lr by the mean {metric} ({args.mode})")
     for label, r in rows.items():
-        print(f"  {label:>16s}  lr {r['best_lr']:<9.3g} {metric} {r[metric]:.6g} ± {r['std']:.2g}")
+        print(
+            f"  {label:>16s}  lr {r['best_lr']:<9.3g} {metric} {r[metric]:.6g} ± {r['std']:.2g}"
+            f"   {r['seconds']:.3g} s/run"
+        )
     return 0
