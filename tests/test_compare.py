@@ -161,6 +161,18 @@ def test_shards_fill_one_store_like_a_single_process(tmp_path, monkeypatch) -> N
     same_runs(full, second)
 
 
+def threads_seen(trial: Trial) -> dict[str, float]:
+    return {"threads": torch.get_num_threads()}
+
+
+def test_workers_get_one_thread_each_unless_told(tmp_path) -> None:
+    kw = dict(metrics=["threads"], workers=2, progress=False)
+    ds = compare(threads_seen, ["adamw"], LRS, out=tmp_path / "a", **kw)
+    assert (ds["metrics"] == 1).all()  # two processes x torch's default threads would oversubscribe
+    ds = compare(threads_seen, ["adamw"], LRS, out=tmp_path / "b", threads=2, **kw)
+    assert (ds["metrics"] == 2).all()
+
+
 def test_local_workers_equal_one_process(tmp_path) -> None:
     full = run(tmp_path / "full")
     pool = run(tmp_path / "pool", workers=2)

@@ -180,6 +180,7 @@ def compare(
     shard: Shard | str | None = None,
     device: str | None = None,
     workers: int = 1,
+    threads: int | None = None,
     progress: bool = True,
     max_runs: int | None = None,
 ) -> Any:
@@ -198,6 +199,8 @@ def compare(
         shard: ``"i/n"`` or a :class:`~focus_optim.sweep.Shard` (default: torchrun's RANK/WORLD_SIZE).
         device: default ``cuda:LOCAL_RANK`` with GPUs, else ``cpu``.
         workers: local processes (``train`` must then be importable by name).
+        threads: torch threads per process (default: 1 with several workers, so that they do not
+            oversubscribe the cores; torch's own choice otherwise).
         max_runs: stop after this many runs (e.g. to fill a time slot; run again to continue).
 
     Returns:
@@ -232,6 +235,7 @@ def compare(
         progress=progress,
         max_cells=max_runs,
         workers=workers,
+        threads=threads if threads is not None else (1 if workers > 1 else None),
     )
     ds = load_results(out)
     ds.attrs.update(runs_computed=report.computed, runs_skipped=report.skipped, seconds=report.seconds)
