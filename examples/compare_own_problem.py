@@ -101,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     print(f"{ds.attrs['cells_done']}/{ds.attrs['cells_total']} runs stored in {args.out}")
+    if not ds.attrs["complete"]:  # other shards are still running
+        print(f"when every shard is done: focus-optim compare summary {args.out}")
+        return 0
     table = best_lr(ds, "val_loss")
     for label in table["optimizer"].values:
         t = table.sel(optimizer=label)
         best, std = float(t["best"]), float(t["best_std"])
         print(f"{label:>8s}: best lr {float(t['best_lr']):.0e}  val loss {best:.4f} ± {std:.4f}")
-    if args.plot and ds.attrs["complete"]:
+    if args.plot:
         print("plot:", *plot(ds, "val_loss", f"{args.out}/compare"))
     return 0
 

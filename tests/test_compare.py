@@ -243,8 +243,12 @@ def test_the_example_template_runs_resumes_and_plots(tmp_path, capsys) -> None:
     spec.loader.exec_module(example)
     argv = ["--out", str(tmp_path / "c"), "--steps", "20", "--lrs", "1e-3", "1e-2", "--replicates", "1",
             "--optimizers", "adamw", "focus", "--no-progress", "--plot"]  # fmt: skip
-    assert example.main(argv) == 0
-    assert "4/4 runs stored" in capsys.readouterr().out
+    assert example.main([*argv, "--shard", "0/2"]) == 0  # one cluster job of two: no table yet
+    out = capsys.readouterr().out
+    assert "2/4 runs stored" in out and "when every shard is done" in out and "best lr" not in out
+    assert example.main(argv) == 0  # the rest, then the table and the plot
+    out = capsys.readouterr().out
+    assert "4/4 runs stored" in out and out.count("best lr") == 2
     assert (tmp_path / "c" / "compare.png").stat().st_size > 1000
     cells = {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "cells").glob("*.npz")}
     assert len(cells) == 4
