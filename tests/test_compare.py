@@ -266,6 +266,10 @@ def test_cli_summarises_and_plots_the_union_of_shards(tmp_path, capsys) -> None:
     assert main(["compare", "summary", str(tmp_path / "a"), "--json"]) == 0
     half = json.loads(capsys.readouterr().out)
     assert half["runs"] == [6, 12] and half["metric"] == "loss"
+    done = run(tmp_path / "a", shard="0/2")["cell_done"]  # nothing left to run: just the store
+    for label, row in half["optimizers"].items():  # an lr with runs still missing is not ranked
+        complete = [lr for lr in LRS if bool(done.sel(optimizer=label, lr=lr).all())]
+        assert row["best_lr"] in complete if complete else np.isnan(row["best_lr"])
     assert main(["compare", "summary", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
     both = json.loads(capsys.readouterr().out)
     table = best_lr(run(tmp_path / "full"), "loss")

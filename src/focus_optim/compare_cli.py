@@ -2,7 +2,8 @@
 
 A comparison sharded over processes, GPUs or cluster array jobs writes into one directory (or
 several, given together); these commands read whatever is stored, so they also show a comparison
-in progress (runs not yet stored are left out of the means and reported).
+in progress: the number of stored runs is printed, and an lr whose runs are not all stored yet is
+not ranked (as a diverged run would not be).
 """
 
 from __future__ import annotations
