@@ -23,7 +23,8 @@ bar, and an ``xarray.Dataset`` of the results::
 ``optimizers`` maps a label to hyperparameters; a label that is not a registry name says which
 optimizer it is with an ``"optimizer"`` entry (``{"focus-g0.4": {"optimizer": "focus", "gamma":
 0.4}}``). A run may also return per-step curves (``curves=["val_loss"], points=100``: an array of
-``points`` values each), stored beside the metrics. The best lr is picked by the mean over
+``points`` values each; or ``points=[0, 250, 500]``, the coordinates themselves, e.g. steps),
+stored beside the metrics. The best lr is picked by the mean over
 replicates, as the paper does (:mod:`focus_optim.selection`); a diverged run (inf or NaN) is
 stored as such and its lr can never be the best. With ``workers > 1`` the ``train`` function must
 be importable by name (defined at module level), as for any ``spawn`` pool.
@@ -126,7 +127,7 @@ def comparison_spec(
     replicates: int,
     metrics: Sequence[str],
     curves: Sequence[str] = (),
-    points: int = 0,
+    points: int | Sequence[float] = 0,
     name: str = "compare",
     config: Mapping[str, Any] | None = None,
     base_seed: int = 0,
@@ -143,15 +144,17 @@ def comparison_spec(
     metrics, curves = list(metrics), list(curves)
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"Invalid metrics: {metrics} (allowed: a non-empty list of distinct names)")
-    if len(set(curves)) != len(curves) or (curves and (not isinstance(points, int) or points < 1)):
+    coords = list(range(points)) if isinstance(points, int) else [float(v) for v in points]
+    if len(set(curves)) != len(curves) or (curves and not coords):
         raise ValueError(
-            f"Invalid curves/points: {curves}, {points} (allowed: distinct names with points >= 1)"
+            f"Invalid curves/points: {curves}, {points} (allowed: distinct names with points >= 1, "
+            "or a non-empty list of point coordinates)"
         )
     variables: dict[str, tuple[str, ...]] = {"metrics": ("metric",), "seconds": ()}
     extra: dict[str, list[Any]] = {"metric": metrics}
     if curves:
         variables["curves"] = ("point", "curve")
-        extra.update(point=list(range(points)), curve=curves)
+        extra.update(point=coords, curve=curves)
     spec = SweepSpec(
         name=name,
         outer={"optimizer": list(opts), "lr": lrs, "replicate": list(range(replicates))},
@@ -173,7 +176,7 @@ def compare(
     replicates: int = 3,
     metrics: Sequence[str] = ("loss",),
     curves: Sequence[str] = (),
-    points: int = 0,
+    points: int | Sequence[float] = 0,
     name: str = "compare",
     config: Mapping[str, Any] | None = None,
     base_seed: int = 0,
@@ -193,7 +196,8 @@ def compare(
         out: the results directory (resumed if it holds this comparison; refused if another).
         replicates: runs per (optimizer, lr), with seeds ``base_seed + replicate``.
         metrics: names of the scalars ``train`` returns.
-        curves, points: names of per-step series ``train`` returns, each ``points`` long.
+        curves, points: names of per-step series ``train`` returns, each ``points`` long (or as
+            long as the list of point coordinates ``points``, e.g. the steps they were taken at).
         config: anything else that changes results (model size, steps, data...): stored and
             compared on resume, so a changed problem never mixes with old runs.
         shard: ``"i/n"`` or a :class:`~focus_optim.sweep.Shard` (default: torchrun's RANK/WORLD_SIZE).
@@ -213,7 +217,8 @@ def compare(
         optimizers, lrs, replicates=replicates, metrics=metrics, curves=curves, points=points,
         name=name, config=config, base_seed=base_seed,
     )  # fmt: skip
-    compute = _RunTrials(train, opts, list(metrics), list(curves), points, base_seed)
+    n_points = points if isinstance(points, int) else len(points)
+    compute = _RunTrials(train, opts, list(metrics), list(curves), n_points, base_seed)
     if workers > 1:
         try:
             pickle.dumps(compute)

@@ -1,4 +1,4 @@
-"""``focus-optim lm {prepare,train,compare}``; heavy imports happen inside the handlers.
+"""``focus-optim lm {prepare,train,compare,sweep}``; heavy imports happen inside the handlers.
 
 Exit codes: 0 done, 2 bad input or config (the message says which), 3 stopped on a non-finite
 loss (the last good checkpoint is kept).
@@ -20,10 +20,11 @@ def add_parser(subparsers: Any) -> None:
     _add_prepare(sub)
     _add_train(sub)
     _add_compare(sub)
+    _add_sweep(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m focus_optim.lm.cli {prepare,train,compare} ...``: the lab alone, without
+    """``python -m focus_optim.lm.cli {prepare,train,compare,sweep} ...``: the lab alone, without
     importing the other labs' command modules (what the GPU scripts and torchrun use)."""
     parser = argparse.ArgumentParser(
         prog="focus-optim lm", description="GPT-2 lab: prepare data, train, compare runs"
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_prepare(sub)
     _add_train(sub)
     _add_compare(sub)
+    _add_sweep(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -94,6 +96,13 @@ def _add_train(sub: Any) -> None:
         "focus_optim.lm.config.TrainConfig for the keys). "
         "Multi-GPU: torchrun ... -m focus_optim.lm.cli train ...",
     )
+    _config_args(p, TRAIN_FLAGS)
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt.pt if it exists")
+    p.set_defaults(func=_train)
+
+
+def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    """``--config``, ``--set`` and the shortcut flags shared by ``train`` and ``sweep``."""
     p.add_argument("--config", default=None, help="TOML config file")
     p.add_argument(
         "--set",
@@ -103,17 +112,8 @@ def _add_train(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override a config key (repeatable); dotted keys for optimizer_args./model_args.",
     )
-    p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt.pt if it exists")
-    for flag, key in (
-        ("--out-dir", "out_dir"),
-        ("--data-dir", "data_dir"),
-        ("--optimizer", "optimizer"),
-        ("--lr", "lr"),
-        ("--max-steps", "max_steps"),
-        ("--model", "model"),
-        ("--device", "device"),
-    ):
-        p.add_argument(flag, dest=key, default=None, help=f"same as --set {key}=...")
+    for key in flags:
+        p.add_argument("--" + key.replace("_", "-"), dest=key, default=None, help=f"same as --set {key}=...")
     p.add_argument(
         "--compile",
         dest="compile",
@@ -122,19 +122,23 @@ def _add_train(sub: Any) -> None:
         default=None,
         help="torch.compile the model",
     )
-    p.set_defaults(func=_train)
+
+
+def _load(args: argparse.Namespace, flags: tuple[str, ...]) -> Any:
+    from .config import load_config
+
+    values = [f"{k}={_quote(getattr(args, k))}" for k in (*flags, "compile") if getattr(args, k) is not None]
+    return load_config(args.config, args.overrides + values)
+
+
+TRAIN_FLAGS = ("out_dir", "data_dir", "optimizer", "lr", "max_steps", "model", "device")
+SWEEP_FLAGS = ("data_dir", "max_steps", "model", "device")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .train import NonFiniteLossError, train
 
-    flags = [
-        f"{key}={_quote(getattr(args, key))}"
-        for key in ("out_dir", "data_dir", "optimizer", "lr", "max_steps", "model", "device", "compile")
-        if getattr(args, key) is not None
-    ]
-    cfg = load_config(args.config, args.overrides + flags)
+    cfg = _load(args, TRAIN_FLAGS)
     try:
         summary = train(cfg, resume=args.resume)
     except NonFiniteLossError as exc:
@@ -184,6 +188,50 @@ def _compare(args: argparse.Namespace) -> int:
         title=args.title,
         plot=not args.no_plot,
     )
+    return 0
+
+
+def _add_sweep(sub: Any) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="optimizers x lrs x seeds of one config, resumable, sharded (--shard i/n or torchrun)",
+        description="Train the base config (--config, --set) once per optimizer, lr and replicate, each "
+        "run in OUT/runs/, results in OUT (focus-optim compare summary|plot OUT). Under torchrun every "
+        "rank trains its own runs on its own GPU. Optimizers: NAME:KEY=VALUE,... from registry defaults.",
+    )
+    _config_args(p, SWEEP_FLAGS)
+    p.add_argument("--out", required=True, help="results directory (resumed if it exists)")
+    p.add_argument(
+        "--optimizers", nargs="+", required=True, help='e.g. "adamw:betas=(0.9,0.95),weight_decay=0.1"'
+    )
+    p.add_argument("--lrs", nargs="+", type=float, required=True, help="peak learning rates")
+    p.add_argument("--replicates", type=int, default=1, help="seeds per (optimizer, lr): seed, seed+1, ...")
+    p.add_argument(
+        "--shard", default=None, help="i/n: this process trains every n-th run (default: torchrun's)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over runs")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ..compare import best_lr
+    from .sweep import sweep
+
+    ds = sweep(
+        _load(args, SWEEP_FLAGS),
+        args.optimizers,
+        args.lrs,
+        args.out,
+        replicates=args.replicates,
+        shard=args.shard,
+        progress=not args.no_progress,
+    )
+    print(f"{ds.attrs['cells_done']}/{ds.attrs['cells_total']} runs stored in {args.out}")
+    if ds.attrs["complete"]:
+        table = best_lr(ds, "val_loss")
+        for label in table["optimizer"].values:
+            t = table.sel(optimizer=label)
+            print(f"  {label}: best lr {float(t['best_lr']):.3g}, final val loss {float(t['best']):.4f}")
     return 0
 
 

@@ -16,9 +16,10 @@ Unknown hyperparameters raise a ValueError listing the valid ones.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,58 @@ def check_hyperparameters(name: str, hparams: Mapping[str, Any]) -> OptimizerSpe
             f"valid: {', '.join(sorted(valid))}"
         )
     return spec
+
+
+def parse_optimizer_spec(
+    text: str, *, reserved: Sequence[str] = ("lr",), why: str = "is set elsewhere", kind: str = "reserved"
+) -> tuple[OptimizerSpec, dict[str, Any]]:
+    """``NAME[:KEY=VALUE,...]`` -> (spec, hyperparameters), as the labs' command lines take them.
+
+    ``NAME`` is a registry name or alias; each ``VALUE`` is a Python literal (``0.4``,
+    ``(0.9, 0.99)``) or a bare word (``decay_mode=reference``). Unknown names or keys, and keys in
+    ``reserved`` (``kind`` names them, ``why`` says what sets them), raise a ValueError that lists
+    the valid keys.
+    """
+    name, _, rest = text.strip().partition(":")
+    spec = get_spec(name)
+    hparams: dict[str, Any] = {}
+    for item in _split_top_level(rest):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"Invalid optimizer {text!r}: expected NAME:KEY=VALUE,..., got {item!r}")
+        hparams[key] = _literal(value.strip())
+    valid = set(spec.hyperparameters())
+    bad = sorted(k for k in hparams if k not in valid or k in reserved)
+    if bad:
+        allowed = ", ".join(sorted(valid - set(reserved)))
+        raise ValueError(
+            f"Invalid optimizer {text!r}: unknown or {kind} hyperparameter(s) {', '.join(bad)} "
+            f"({' and '.join(reserved)} {why}; valid for {spec.name}: {allowed})"
+        )
+    return spec, hparams
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets: ``"betas=(0.9,0.99),gamma=0.2"`` -> 2 items."""
+    items, depth, cur = [], 0, []
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    items.append("".join(cur))
+    return [s for s in (i.strip() for i in items) if s]
 
 
 def available_optimizers() -> list[str]:

@@ -1,0 +1,138 @@
+"""``focus-optim lm sweep``: optimizers x learning rates x seeds of one GPT-2 training config.
+
+Each (optimizer, lr, replicate) is a complete ``focus-optim lm train`` run of the base config with
+that optimizer, peak lr and seed (``seed + replicate``), in ``OUT/runs/<label>_lr<lr>_r<rep>``,
+through :func:`focus_optim.compare.compare` and so through the labs' one sweep runner:
+
+* results (final val loss, training time, the val curve at every evaluation) are stored per run in
+  ``OUT`` and load with :func:`focus_optim.load_results`; ``focus-optim compare summary|plot OUT``
+  ranks the optimizers by their best lr;
+* a killed sweep resumes with the same command: stored runs are skipped and an interrupted run
+  continues from its last checkpoint (``ckpt_interval``), so only the steps since are redone;
+* ``--shard i/n`` or ``torchrun`` spreads the runs: under torchrun every rank trains its own runs
+  on its own GPU (one process per run, no DDP), which is how small models fill a node or a cluster.
+
+A run that stops on a non-finite loss is a result, stored as val loss ``inf`` (its lr can then
+never be the best). Optimizers are ``NAME:KEY=VALUE,...`` (as in the MNIST lab, e.g.
+``"focus:betas=(0.9,0.99),gamma=0.2,weight_decay=0.2"``), each starting from its registry
+defaults; the base config's ``optimizer``, ``lr``, ``optimizer_args`` and ``seed`` are replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..compare import Trial, compare
+from ..optim.registry import parse_optimizer_spec
+from .config import TrainConfig
+
+METRICS = ("val_loss", "best_val_loss", "train_time")
+REPLACED = ("optimizer", "lr", "optimizer_args", "seed", "out_dir", "name")
+
+
+def eval_steps(cfg: TrainConfig) -> list[int]:
+    """The steps at which a run of ``cfg`` evaluates (start, every ``eval_interval``, the end)."""
+    every = range(cfg.eval_interval, cfg.max_steps, cfg.eval_interval) if cfg.eval_interval > 0 else ()
+    return sorted({0, *every, cfg.max_steps})
+
+
+@dataclass
+class TrainRun:
+    """One training run of a sweep (the picklable ``train`` function given to ``compare``)."""
+
+    base: dict[str, Any]
+    root: str
+
+    def __call__(self, trial: Trial) -> dict[str, Any]:
+        from .compare import load_curve
+        from .train import NonFiniteLossError, Trainer
+
+        run_dir = Path(self.root) / "runs" / f"{trial.label}_lr{trial.lr:g}_r{trial.replicate}"
+        values = {
+            **self.base,
+            "optimizer": trial.optimizer,
+            "lr": trial.lr,
+            "optimizer_args": dict(trial.hparams),
+            "seed": trial.seed,
+            "out_dir": str(run_dir),
+            "name": f"{trial.label} lr={trial.lr:g} r{trial.replicate}",
+        }
+        if values.get("device", "auto") == "auto":
+            values["device"] = trial.device
+        cfg = TrainConfig.from_dict(values)
+        try:
+            with _one_process():
+                summary = Trainer(cfg, resume=(run_dir / "ckpt.pt").exists()).run()
+            final, train_time = float(summary["val_loss"]), float(summary["train_time"])
+        except NonFiniteLossError:
+            final, train_time = math.inf, math.nan
+        curve = load_curve(run_dir)
+        by_step = dict(zip(curve.steps.astype(int).tolist(), curve.val_loss.tolist()))
+        vals = [by_step.get(s, math.nan) for s in eval_steps(cfg)]
+        finite = [v for v in vals if math.isfinite(v)]
+        return {
+            "val_loss": final,
+            "best_val_loss": min(finite) if finite else math.inf,
+            "train_time": train_time,
+            "val_curve": vals,
+        }
+
+
+def sweep(
+    base: TrainConfig,
+    optimizers: Sequence[str],
+    lrs: Sequence[float],
+    out: str | os.PathLike[str],
+    *,
+    replicates: int = 1,
+    shard: str | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> Any:
+    """Run (or resume) the sweep; return the results as an ``xarray.Dataset`` (see the module)."""
+    runs = {}
+    for label in optimizers:
+        spec, hparams = parse_optimizer_spec(label, reserved=("lr",), why="is swept (--lrs)")
+        runs[label.strip()] = {"optimizer": spec.name, **_lists(hparams)}
+    values = {k: v for k, v in base.to_dict().items() if k not in REPLACED}
+    values["progress"] = False
+    return compare(
+        TrainRun(values, str(out)),
+        runs,
+        lrs,
+        out=out,
+        replicates=replicates,
+        metrics=METRICS,
+        curves=["val_curve"],
+        points=eval_steps(base),
+        name="lm-sweep",
+        config={"train": values},
+        base_seed=base.seed,
+        shard=shard,
+        workers=workers,
+        progress=progress,
+    )
+
+
+@contextlib.contextmanager
+def _one_process() -> Iterator[None]:
+    """Hide torchrun's world from the trainer: under a sweep each rank trains its own runs."""
+    saved = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _lists(hparams: Any) -> dict[str, Any]:
+    """Tuples as lists, as a TOML config would hold them (so configs compare equal on resume)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(hparams).items()}
+
+
+__all__ = ["METRICS", "TrainRun", "eval_steps", "sweep"]

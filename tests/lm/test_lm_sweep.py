@@ -1,0 +1,133 @@
+"""``focus-optim lm sweep``: optimizer x lr x seed training runs through the one sweep runner."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from lm_helpers import records, tiny_config
+
+from focus_optim.cli import main
+from focus_optim.lm.loader import TrainLoader
+from focus_optim.lm.model import GPT
+from focus_optim.lm.sweep import eval_steps, sweep
+from focus_optim.lm.train import train
+
+OPTS = ["adamw:betas=(0.9,0.95),weight_decay=0.1", "focus:betas=(0.9,0.99),gamma=0.2,weight_decay=0.2"]
+LRS = [3e-3, 1e-2]
+SHAPE = ("max_steps=8", "eval_interval=4", "ckpt_interval=2")
+
+
+def base(data, tmp_path):
+    return tiny_config(data, tmp_path / "unused", *SHAPE)
+
+
+def run_dir(out, label, lr, rep=0):
+    return out / "runs" / f"{label}_lr{lr:g}_r{rep}"
+
+
+def test_each_run_equals_a_direct_training_run(synthetic_data, tmp_path) -> None:
+    ds = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "sw", progress=False)
+    assert ds.attrs["complete"] and ds.attrs["runs_computed"] == 4
+    assert ds["point"].values.tolist() == [0, 4, 8] == eval_steps(base(synthetic_data, tmp_path))
+    args = {"betas": [0.9, 0.99], "gamma": 0.2, "weight_decay": 0.2}
+    direct = tiny_config(
+        synthetic_data, tmp_path / "direct", *SHAPE, optimizer="focus", lr=1e-2, optimizer_args=args
+    )
+    summary = train(direct)
+    cell = {"optimizer": OPTS[1], "lr": 1e-2, "replicate": 0}
+    assert float(ds["metrics"].sel(**cell, metric="val_loss")) == np.float32(summary["val_loss"])
+    curve = [r["val_loss"] for r in records(tmp_path / "direct", "val")]
+    np.testing.assert_array_equal(ds["curves"].sel(**cell, curve="val_curve").values, np.float32(curve))
+    assert float(ds["metrics"].sel(**cell, metric="best_val_loss")) == np.float32(min(curve))
+    # the runs differ where they should: optimizer and lr reach the trainer
+    losses = ds["metrics"].sel(replicate=0, metric="val_loss").values
+    assert len(np.unique(losses)) == 4 and bool(np.isfinite(losses).all())
+    assert float(ds["metrics"].sel(**cell, metric="val_loss")) < float(ds["curves"].sel(**cell, point=0.0)[0])
+
+
+def test_a_killed_sweep_resumes_inside_the_interrupted_run(synthetic_data, tmp_path, monkeypatch) -> None:
+    full = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "full", progress=False)
+    real_next, calls = TrainLoader.next, {"n": 0}
+
+    def crashing_next(self):  # the first run dies while fetching step 6 (checkpoint at step 4)
+        calls["n"] += 1
+        if calls["n"] > 5 * 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_next(self)
+
+    monkeypatch.setattr(TrainLoader, "next", crashing_next)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(TrainLoader, "next", real_next)
+    assert not list((tmp_path / "cut" / "cells").glob("*.npz"))
+    again = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "cut", progress=False)
+    assert again.attrs["runs_computed"] == 4
+    first = run_dir(tmp_path / "cut", OPTS[0], LRS[0])
+    assert "resume" in [r["event"] for r in records(first, "event")]  # continued, not restarted
+    losses = ["val_loss", "best_val_loss"]  # (train_time is a wall time)
+    np.testing.assert_array_equal(again["metrics"].sel(metric=losses), full["metrics"].sel(metric=losses))
+    np.testing.assert_array_equal(again["curves"], full["curves"])
+    rerun = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "cut", progress=False)
+    assert rerun.attrs["runs_computed"] == 0
+
+
+def test_under_torchrun_each_rank_trains_its_own_runs(synthetic_data, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    ds = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "sw", progress=False)
+    assert ds.attrs["cells_done"] == 2 and not ds.attrs["complete"]  # rank 1 of 2: every other run
+    assert os.environ["WORLD_SIZE"] == "2" and os.environ["RANK"] == "1"  # restored after each run
+
+
+def test_a_diverged_run_is_stored_as_inf(synthetic_data, tmp_path, monkeypatch) -> None:
+    real_forward, calls = GPT.forward, {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        out = real_forward(self, idx, targets)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 5 * 2:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    ds = sweep(base(synthetic_data, tmp_path), OPTS[:1], LRS[:1], tmp_path / "sw", progress=False)
+    m = ds["metrics"].isel(optimizer=0, lr=0, replicate=0)
+    assert math.isinf(float(m.sel(metric="val_loss")))
+    curve = ds["curves"].isel(optimizer=0, lr=0, replicate=0, curve=0).values
+    assert np.isfinite(curve[:2]).all() and np.isnan(curve[2])  # evaluated at 0 and 4, stopped at 6
+    assert float(m.sel(metric="best_val_loss")) == curve[:2].min()
+
+
+def test_cli_sweep_and_its_errors(synthetic_data, tmp_path, capsys) -> None:
+    cfg = tmp_path / "base.toml"
+    cfg.write_text(
+        f'model = "tiny"\ndata_dir = {json.dumps(str(synthetic_data))}\nbatch_size = 4\ngrad_accum = 2\n'
+        'max_steps = 4\nwarmup_steps = 1\ndtype = "float32"\neval_interval = 2\neval_sequences = 8\n'
+        'device = "cpu"\ntensorboard = false\n'
+    )
+    argv = [
+        "lm",
+        "sweep",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "o"),
+        "--lrs",
+        "1e-3",
+        "--no-progress",
+    ]
+    assert main([*argv, "--optimizers", "adamw", "signum"]) == 0
+    out = capsys.readouterr().out
+    assert "2/2 runs stored" in out and "adamw: best lr 0.001" in out
+    assert main([*argv, "--optimizers", "focus:lr=1"]) == 2
+    assert "reserved hyperparameter(s) lr (lr is swept (--lrs)" in capsys.readouterr().err
+    assert main([*argv, "--optimizers", "focus:gama=1"]) == 2
+    assert "valid for focus:" in capsys.readouterr().err
+    assert main([*argv, "--optimizers", "adamw", "--set", "bogus=1"]) == 2
+    assert "Unknown config key 'bogus'; valid: data_dir" in capsys.readouterr().err
