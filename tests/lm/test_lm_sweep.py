@@ -84,6 +84,14 @@ def test_under_torchrun_each_rank_trains_its_own_runs(synthetic_data, tmp_path, 
     assert os.environ["WORLD_SIZE"] == "2" and os.environ["RANK"] == "1"  # restored after each run
 
 
+def test_local_workers_train_the_same_runs(synthetic_data, tmp_path) -> None:
+    one = sweep(base(synthetic_data, tmp_path), OPTS, LRS[:1], tmp_path / "one", progress=False)
+    two = sweep(base(synthetic_data, tmp_path), OPTS, LRS[:1], tmp_path / "two", workers=2, progress=False)
+    losses = ["val_loss", "best_val_loss"]
+    np.testing.assert_array_equal(two["metrics"].sel(metric=losses), one["metrics"].sel(metric=losses))
+    np.testing.assert_array_equal(two["curves"], one["curves"])
+
+
 def test_a_diverged_run_is_stored_as_inf(synthetic_data, tmp_path, monkeypatch) -> None:
     real_forward, calls = GPT.forward, {"n": 0}
 

@@ -209,6 +209,7 @@ def _add_sweep(sub: Any) -> None:
     p.add_argument(
         "--shard", default=None, help="i/n: this process trains every n-th run (default: torchrun's)"
     )
+    p.add_argument("--workers", type=int, default=1, help="local processes training runs side by side")
     p.add_argument("--no-progress", action="store_true", help="no progress bar over runs")
     p.set_defaults(func=_sweep)
 
@@ -224,6 +225,7 @@ def _sweep(args: argparse.Namespace) -> int:
         args.out,
         replicates=args.replicates,
         shard=args.shard,
+        workers=args.workers,
         progress=not args.no_progress,
     )
     print(f"{ds.attrs['cells_done']}/{ds.attrs['cells_total']} runs stored in {args.out}")

@@ -9,7 +9,7 @@ through :func:`focus_optim.compare.compare` and so through the labs' one sweep r
   ranks the optimizers by their best lr;
 * a killed sweep resumes with the same command: stored runs are skipped and an interrupted run
   continues from its last checkpoint (``ckpt_interval``), so only the steps since are redone;
-* ``--shard i/n`` or ``torchrun`` spreads the runs: under torchrun every rank trains its own runs
+* ``--workers N`` (local processes), ``--shard i/n`` or ``torchrun`` spreads the runs: under torchrun every rank trains its own runs
   on its own GPU (one process per run, no DDP), which is how small models fill a node or a cluster.
 
 A run that stops on a non-finite loss is a result, stored as val loss ``inf`` (its lr can then
