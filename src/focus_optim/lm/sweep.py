@@ -9,8 +9,9 @@ through :func:`focus_optim.compare.compare` and so through the labs' one sweep r
   ranks the optimizers by their best lr;
 * a killed sweep resumes with the same command: stored runs are skipped and an interrupted run
   continues from its last checkpoint (``ckpt_interval``), so only the steps since are redone;
-* ``--workers N`` (local processes), ``--shard i/n`` or ``torchrun`` spreads the runs: under torchrun every rank trains its own runs
-  on its own GPU (one process per run, no DDP), which is how small models fill a node or a cluster.
+* ``--workers N`` (local processes), ``--shard i/n`` or ``torchrun`` spreads the runs: under
+  torchrun every rank trains its own runs on its own GPU (one process per run, no DDP), which is
+  how small models fill a node or a cluster.
 
 A run that stops on a non-finite loss is a result, stored as val loss ``inf`` (its lr can then
 never be the best). Optimizers are ``NAME:KEY=VALUE,...`` (as in the MNIST lab, e.g.
@@ -99,7 +100,7 @@ def sweep(
     runs = {}
     for label in optimizers:
         spec, hparams = parse_optimizer_spec(label, reserved=("lr",), why="is swept (--lrs)")
-        runs[label.strip()] = {"optimizer": spec.name, **_lists(hparams)}
+        runs[label.strip()] = {"optimizer": spec.name, **hparams}
     values = {k: v for k, v in base.to_dict().items() if k not in REPLACED}
     values["progress"] = False
     return compare(
@@ -128,11 +129,6 @@ def _one_process() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
-
-
-def _lists(hparams: Any) -> dict[str, Any]:
-    """Tuples as lists, as a TOML config would hold them (so configs compare equal on resume)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(hparams).items()}
 
 
 __all__ = ["METRICS", "TrainRun", "eval_steps", "sweep"]
