@@ -214,6 +214,7 @@ def test_curves_are_stored_and_plotted(tmp_path) -> None:
         (["adamw"], {"lrs": [0.0]}, "Invalid lrs"),
         (["adamw"], {"lrs": [1e-3, 1e-3]}, "distinct"),
         (["adamw"], {"replicates": 0}, "Invalid replicates"),
+        (["adamw"], {"replicates": 2.5}, "Invalid replicates"),
         (["adamw"], {"metrics": []}, "Invalid metrics"),
         (["adamw"], {"curves": ["c"], "points": 0}, "Invalid curves"),
     ],

@@ -33,6 +33,7 @@ be importable by name (defined at module level), as for any ``spawn`` pool.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import pickle
 import time
@@ -139,8 +140,9 @@ def comparison_spec(
         raise ValueError(f"Invalid lrs: {lrs} (allowed: a non-empty list of finite numbers > 0)")
     if len(set(lrs)) != len(lrs):
         raise ValueError(f"Invalid lrs: {lrs} (allowed: distinct values)")
-    if not isinstance(replicates, int) or replicates < 1:
+    if not isinstance(replicates, numbers.Integral) or isinstance(replicates, bool) or replicates < 1:
         raise ValueError(f"Invalid replicates: {replicates!r} (allowed: an integer >= 1)")
+    replicates = int(replicates)
     metrics, curves = list(metrics), list(curves)
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"Invalid metrics: {metrics} (allowed: a non-empty list of distinct names)")
