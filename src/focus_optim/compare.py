@@ -32,6 +32,7 @@ be importable by name (defined at module level), as for any ``spawn`` pool.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -129,6 +130,7 @@ def comparison_spec(
     metrics: Sequence[str],
     curves: Sequence[str] = (),
     points: int | Sequence[float] = 0,
+    point_label: str = "point along the run",
     name: str = "compare",
     config: Mapping[str, Any] | None = None,
     base_seed: int = 0,
@@ -163,7 +165,12 @@ def comparison_spec(
         inner={},
         variables=variables,
         extra_coords=extra,
-        config={"optimizers": opts, "base_seed": base_seed, "user": dict(config or {})},
+        config={
+            "optimizers": opts,
+            "base_seed": base_seed,
+            "point_label": point_label,
+            "user": dict(config or {}),
+        },
         seed=base_seed,
     )
     return spec, opts
@@ -179,6 +186,7 @@ def compare(
     metrics: Sequence[str] = ("loss",),
     curves: Sequence[str] = (),
     points: int | Sequence[float] = 0,
+    point_label: str = "point along the run",
     name: str = "compare",
     config: Mapping[str, Any] | None = None,
     base_seed: int = 0,
@@ -199,7 +207,8 @@ def compare(
         replicates: runs per (optimizer, lr), with seeds ``base_seed + replicate``.
         metrics: names of the scalars ``train`` returns.
         curves, points: names of per-step series ``train`` returns, each ``points`` long (or as
-            long as the list of point coordinates ``points``, e.g. the steps they were taken at).
+            long as the list of point coordinates ``points``, e.g. the steps they were taken at);
+            ``point_label`` names that axis in plots (e.g. ``"step"``).
         config: anything else that changes results (model size, steps, data...): stored and
             compared on resume, so a changed problem never mixes with old runs.
         shard: ``"i/n"`` or a :class:`~focus_optim.sweep.Shard` (default: torchrun's RANK/WORLD_SIZE).
@@ -217,7 +226,7 @@ def compare(
     """
     spec, opts = comparison_spec(
         optimizers, lrs, replicates=replicates, metrics=metrics, curves=curves, points=points,
-        name=name, config=config, base_seed=base_seed,
+        point_label=point_label, name=name, config=config, base_seed=base_seed,
     )  # fmt: skip
     n_points = points if isinstance(points, int) else len(points)
     compute = _RunTrials(train, opts, list(metrics), list(curves), n_points, base_seed)
@@ -278,6 +287,7 @@ def plot(ds: Any, metric: str, path: str | os.PathLike[str], *, mode: str = "min
     table = best_lr(ds, metric, mode=mode)
     has_curves = "curves" in ds
     curve_names = [str(c) for c in ds["curve"].values] if has_curves else []
+    point_label = json.loads(ds.attrs.get("config", "{}")).get("point_label", "point along the run")
     ncol = 1 + len(curve_names)
     fig, axes = plt.subplots(1, ncol, figsize=(4.6 * ncol, 3.6), squeeze=False)
     ax = axes[0, 0]
@@ -295,6 +305,9 @@ def plot(ds: Any, metric: str, path: str | os.PathLike[str], *, mode: str = "min
     log_y = vals.size > 0 and bool((vals > 0).all()) and vals.max() > 10 * vals.min()
     ax.set(xscale="log", yscale="log" if log_y else "linear", xlabel="learning rate",
            ylabel=f"{metric} (mean, band: min-max over replicates)")  # fmt: skip
+    lrs = ds["lr"].values  # label the swept lrs themselves (after the scale, which resets ticks)
+    ax.set_xticks(lrs, [f"{v:.2g}" for v in lrs])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.legend(fontsize=8)
     for j, cname in enumerate(curve_names, start=1):
         ax = axes[0, j]
@@ -306,7 +319,7 @@ def plot(ds: Any, metric: str, path: str | os.PathLike[str], *, mode: str = "min
             ax.plot(
                 ds["point"].values, c, color=color(label), label=f"{label} (lr {float(b['best_lr']):.2g})"
             )
-        ax.set(xlabel="point along the run", ylabel=f"{cname} at the best lr (mean over replicates)")
+        ax.set(xlabel=point_label, ylabel=f"{cname} at the best lr (mean over replicates)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     written = save(fig, path)

@@ -34,6 +34,7 @@ def test_each_run_equals_a_direct_training_run(synthetic_data, tmp_path) -> None
     ds = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "sw", progress=False)
     assert ds.attrs["complete"] and ds.attrs["runs_computed"] == 4
     assert ds["point"].values.tolist() == [0, 4, 8] == eval_steps(base(synthetic_data, tmp_path))
+    assert json.loads(ds.attrs["config"])["point_label"] == "step"  # the x axis of compare's plot
     args = {"betas": [0.9, 0.99], "gamma": 0.2, "weight_decay": 0.2}
     direct = tiny_config(
         synthetic_data, tmp_path / "direct", *SHAPE, optimizer="focus", lr=1e-2, optimizer_args=args

@@ -112,6 +112,7 @@ def sweep(
         metrics=METRICS,
         curves=["val_curve"],
         points=eval_steps(base),
+        point_label="step",
         name="lm-sweep",
         config={"train": values},
         base_seed=base.seed,
