@@ -285,3 +285,42 @@ def test_cli_summarises_and_plots_the_union_of_shards(tmp_path, capsys) -> None:
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert main(["compare", "summary", str(tmp_path / "full"), "--metric", "acc"]) == 2
     assert "Unknown metric 'acc'; stored: loss, w_sum, seed" in capsys.readouterr().err
+
+
+def test_cli_runs_a_training_function_by_name(tmp_path, capsys) -> None:
+    from pathlib import Path
+
+    from focus_optim.cli import main
+
+    # module:function (this test module is importable by name) equals the Python API
+    opts = ["adamw:weight_decay=0.0", "focus:gamma=0.0,weight_decay=0.0"]  # = OPTS
+    args = ["--optimizers", *opts, "--lrs", *map(str, LRS), "--metrics", "loss", "w_sum", "seed",
+            "--replicates", "2", "--no-progress"]  # fmt: skip
+    assert main(["compare", "run", "test_compare:least_squares", "--out", str(tmp_path / "m"), *args]) == 0
+    assert "12/12 runs stored" in capsys.readouterr().out
+    from focus_optim import load_results
+
+    cli = load_results(tmp_path / "m")["metrics"].sel(metric="loss").values
+    api = run(tmp_path / "api")["metrics"].sel(metric="loss").values
+    np.testing.assert_array_equal(cli, api)
+    # path/to/file.py:function, here the template's train (500 steps, one run per optimizer)
+    example = Path(__file__).resolve().parents[1] / "examples" / "compare_own_problem.py"
+    argv = ["compare", "run", f"{example}:train", "--optimizers", "adamw", "--lrs", "1e-3", "--replicates",
+            "1", "--metrics", "val_loss", "--out", str(tmp_path / "f"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    import compare_own_problem as template  # importable now: its folder is on sys.path
+
+    direct = template.train(Trial("adamw", "adamw", {}, 1e-3, 0, 0, "cpu"))
+    got = load_results(tmp_path / "f")["metrics"].sel(metric="val_loss").values.item()
+    assert got == np.float32(direct["val_loss"])
+    for target, message in [
+        ("nocolon", "Invalid target 'nocolon'"),
+        ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+        ("test_compare:nope", "has no function 'nope'"),
+        (f"{tmp_path}/missing.py:f", "no such file"),
+    ]:
+        assert main(["compare", "run", target, "--out", str(tmp_path / "e"), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["compare", "run", "test_compare:least_squares", "--out", str(tmp_path / "e"),
+                 *args[:1], "focus:lr=1", *args[3:]]) == 2  # fmt: skip
+    assert "lr is swept (--lrs)" in capsys.readouterr().err

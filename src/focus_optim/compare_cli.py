@@ -1,4 +1,8 @@
-"""``focus-optim compare summary|plot DIR...``: the results of :func:`focus_optim.compare.compare`.
+"""``focus-optim compare run|summary|plot``: :func:`focus_optim.compare.compare` from the shell.
+
+``run TARGET`` calls a training function named ``module:function`` or ``path/to/file.py:function``
+(``train(trial) -> {metric: value}``, see :mod:`focus_optim.compare`) for every optimizer, lr and
+replicate, sharded with ``--shard i/n`` or torchrun and resumable like every sweep here.
 
 A comparison sharded over processes, GPUs or cluster array jobs writes into one directory (or
 several, given together); these commands read whatever is stored, so they also show a comparison
@@ -9,13 +13,32 @@ not ranked (as a diverged run would not be).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="summarise or plot a focus_optim.compare store", description=__doc__)
     csub = p.add_subparsers(dest="compare_command", required=True)
+    r = csub.add_parser("run", help="run (or resume) a comparison of a training function")
+    r.add_argument("target", help="the training function: module:function or path/to/file.py:function")
+    r.add_argument(
+        "--optimizers", nargs="+", required=True, help='NAME[:KEY=VALUE,...], e.g. "focus:gamma=0.2"'
+    )
+    r.add_argument("--lrs", nargs="+", type=float, required=True, help="learning rates")
+    r.add_argument("--metrics", nargs="+", required=True, help="names of the numbers train returns")
+    r.add_argument("--out", required=True, help="results directory (resumed if it exists)")
+    r.add_argument("--replicates", type=int, default=3, help="paired seeds per (optimizer, lr)")
+    r.add_argument("--seed", type=int, default=0, help="seed of replicate 0")
+    r.add_argument("--shard", default=None, help="i/n: every n-th run from the i-th (default: torchrun's)")
+    r.add_argument("--workers", type=int, default=1, help="local processes")
+    r.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_comparison)
     commands = (("summary", "each optimizer's best lr and value"), ("plot", "the lr sweep (+ curves)"))
     for name, help_ in commands:
         c = csub.add_parser(name, help=help_)
@@ -68,3 +91,51 @@ def run(args: argparse.Namespace) -> int:
             f"   {r['seconds']:.3g} s/run"
         )
     return 0
+
+
+def run_comparison(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .optim.registry import parse_optimizer_spec
+
+    optimizers = {}
+    for text in args.optimizers:
+        spec, hparams = parse_optimizer_spec(text, reserved=("lr",), why="is swept (--lrs)")
+        optimizers[text.strip()] = {"optimizer": spec.name, **hparams}
+    ds = compare(
+        load_target(args.target),
+        optimizers,
+        args.lrs,
+        out=args.out,
+        replicates=args.replicates,
+        metrics=args.metrics,
+        config={"target": args.target},
+        base_seed=args.seed,
+        shard=args.shard,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(f"{ds.attrs['cells_done']}/{ds.attrs['cells_total']} runs stored in {args.out}")
+    return 0
+
+
+def load_target(target: str) -> Any:
+    """``module:function`` or ``path/to/file.py:function`` -> the function. A file's folder goes on
+    ``sys.path`` and the file is imported by name, so worker processes can import it too."""
+    where, sep, name = target.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"Invalid target {target!r} (allowed: module:function or path/to/file.py:function)")
+    if where.endswith(".py"):
+        path = Path(where).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: no such file (target {target!r})")
+        sys.path.insert(0, str(path.parent))
+        where = path.stem
+    try:
+        module = importlib.import_module(where)
+    except ImportError as exc:
+        raise ValueError(f"Invalid target {target!r}: cannot import {where!r} ({exc})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"Invalid target {target!r}: {where} has no function {name!r}")
+    return fn
