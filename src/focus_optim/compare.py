@@ -27,7 +27,9 @@ optimizer it is with an ``"optimizer"`` entry (``{"focus-g0.4": {"optimizer": "f
 stored beside the metrics. The best lr is picked by the mean over
 replicates, as the paper does (:mod:`focus_optim.selection`); a diverged run (inf or NaN) is
 stored as such and its lr can never be the best. With ``workers > 1`` the ``train`` function must
-be importable by name (defined at module level), as for any ``spawn`` pool.
+be importable by name (defined at module level), as for any ``spawn`` pool. From the shell:
+``focus-optim compare run module:train ...``, then ``focus-optim compare summary|plot OUT``
+(:mod:`focus_optim.compare_cli`).
 """
 
 from __future__ import annotations
