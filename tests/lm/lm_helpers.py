@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,20 @@ def tiny_config(data_dir: Path, out_dir: Path, *overrides: str, **values: Any) -
 def records(out_dir: Path, kind: str) -> list[dict[str, Any]]:
     lines = (out_dir / "log.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("kind") == kind]
+
+
+def kill_after_batches(monkeypatch: Any, batches: int) -> Callable[[], None]:
+    """Make the train loader raise KeyboardInterrupt on micro-batch ``batches + 1`` (a simulated
+    kill); returns a function that restores the real loader."""
+    from focus_optim.lm.loader import TrainLoader
+
+    real_next, calls = TrainLoader.next, {"n": 0}
+
+    def crashing_next(self: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > batches:
+            raise KeyboardInterrupt("simulated kill")
+        return real_next(self)
+
+    monkeypatch.setattr(TrainLoader, "next", crashing_next)
+    return lambda: monkeypatch.setattr(TrainLoader, "next", real_next)

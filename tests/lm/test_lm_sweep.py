@@ -9,10 +9,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from lm_helpers import records, tiny_config
+from lm_helpers import kill_after_batches, records, tiny_config
 
 from focus_optim.cli import main
-from focus_optim.lm.loader import TrainLoader
 from focus_optim.lm.model import GPT
 from focus_optim.lm.sweep import eval_steps, sweep
 from focus_optim.lm.train import train
@@ -53,18 +52,10 @@ def test_each_run_equals_a_direct_training_run(synthetic_data, tmp_path) -> None
 
 def test_a_killed_sweep_resumes_inside_the_interrupted_run(synthetic_data, tmp_path, monkeypatch) -> None:
     full = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "full", progress=False)
-    real_next, calls = TrainLoader.next, {"n": 0}
-
-    def crashing_next(self):  # the first run dies while fetching step 6 (checkpoint at step 4)
-        calls["n"] += 1
-        if calls["n"] > 5 * 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real_next(self)
-
-    monkeypatch.setattr(TrainLoader, "next", crashing_next)
+    restore = kill_after_batches(monkeypatch, 5 * 2)  # the first run dies fetching step 6 (checkpoint at 4)
     with pytest.raises(KeyboardInterrupt):
         sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(TrainLoader, "next", real_next)
+    restore()
     assert not list((tmp_path / "cut" / "cells").glob("*.npz"))
     again = sweep(base(synthetic_data, tmp_path), OPTS, LRS, tmp_path / "cut", progress=False)
     assert again.attrs["runs_computed"] == 4

@@ -8,10 +8,9 @@ import types
 
 import pytest
 import torch
-from lm_helpers import records, tiny_config
+from lm_helpers import kill_after_batches, records, tiny_config
 
 from focus_optim.lm import checkpoint
-from focus_optim.lm.loader import TrainLoader
 from focus_optim.lm.model import GPT
 from focus_optim.lm.schedule import WarmupCosine
 from focus_optim.lm.train import NonFiniteLossError, Trainer, train
@@ -40,18 +39,10 @@ def test_resume_equals_uninterrupted_bit_for_bit(synthetic_data, tmp_path, monke
 
     # the interrupted run crashes while fetching the first micro-batch of step 8 (checkpoint at 6)
     cut = tiny_config(synthetic_data, tmp_path / "cut", *opts)
-    real_next, calls = TrainLoader.next, {"n": 0}
-
-    def crashing_next(self):
-        calls["n"] += 1
-        if calls["n"] > 7 * 2:
-            raise KeyboardInterrupt("simulated interruption")
-        return real_next(self)
-
-    monkeypatch.setattr(TrainLoader, "next", crashing_next)
+    restore = kill_after_batches(monkeypatch, 7 * 2)
     with pytest.raises(KeyboardInterrupt):
         train(cut)
-    monkeypatch.setattr(TrainLoader, "next", real_next)
+    restore()
     assert checkpoint.load(tmp_path / "cut" / "ckpt.pt")["step"] == 6
     assert max(r["step"] for r in records(tmp_path / "cut", "train")) == 7  # logged past the checkpoint
 
