@@ -30,6 +30,7 @@ from torch.optim.optimizer import (
     _get_value,
 )
 
+from . import _dtensor
 from . import _validate as V
 
 Scalar = float | Tensor
@@ -48,6 +49,9 @@ class BaseOptimizer(Optimizer):
     _supports_fused: bool = False
     #: whether the foreach path takes 1-D (per-member) hyperparameters (see :func:`member_views`)
     _foreach_ensemble: bool = False
+    #: whether the update is element-wise, so that a DTensor (FSDP2) parameter is updated on its
+    #: local shard (see :mod:`~focus_optim.optim._dtensor`)
+    _elementwise: bool = True
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self._validate_group(defaults, where="")
@@ -77,12 +81,15 @@ class BaseOptimizer(Optimizer):
                 raise ValueError(f"{type(self).__name__} does not support sparse parameters")
             if p.is_complex() and not self._supports_complex():
                 raise ValueError(f"{type(self).__name__} does not support complex parameters")
-            if isinstance(group.get("lr"), Tensor) and group["lr"].ndim == 1:
-                _check_ensemble_len("lr", group["lr"], p)
             for name in self._ensemble_hparams:
                 value = group.get(name)
                 if isinstance(value, Tensor) and value.ndim == 1:
                     _check_ensemble_len(name, value, p)
+                    if _dtensor.is_dtensor(p):
+                        raise ValueError(
+                            f"Invalid {name}: 1-D (per-member) tensor hyperparameters need plain tensors, "
+                            "got a DTensor parameter"
+                        )
 
     def _supports_complex(self) -> bool:
         return True
@@ -188,7 +195,15 @@ class BaseOptimizer(Optimizer):
             params.append(p)
             grads.append(p.grad)
             states.append(state)
+        if self._local_shards(group) and _dtensor.any_dtensor(params):
+            grads = [_dtensor.local_grad(g, p) for g, p in zip(grads, params)]
+            params = [_dtensor.local(p) for p in params]
+            states = [{k: _dtensor.local(v) for k, v in s.items()} for s in states]
         return params, grads, states
+
+    def _local_shards(self, group: dict[str, Any]) -> bool:
+        """Whether this group's DTensor parameters are updated on their local shards."""
+        return self._elementwise
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``torch.optim`` loading, then: ``step`` back on the CPU (torch moves it to the device for

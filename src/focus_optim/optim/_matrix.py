@@ -9,6 +9,8 @@
   independent ensemble members; the matrix is given by the remaining dims, and the update
   (orthogonalisation, norms, quantiles, SVDs) is batched over the members.
 * Complex parameters are refused.
+* ``DTensor`` (FSDP2) parameters: the auxiliary AdamW updates local shards; the matrix update
+  gathers what needs the whole matrix and keeps the local shard (:mod:`._dtensor`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class MatrixOptimizer(BaseOptimizer):
 
     def _supports_complex(self) -> bool:
         return False
+
+    def _local_shards(self, group: dict[str, Any]) -> bool:
+        return not group["matrix"]
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())

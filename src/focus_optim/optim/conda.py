@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
+from . import _dtensor
 from ._common import V, add_scaled_, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 
@@ -144,11 +145,15 @@ class Conda(MatrixOptimizer):
     ) -> None:
         beta1, beta2 = group["betas"]
         for p, g, state in zip(params, grads, states):
+            # A sharded (DTensor) matrix is updated whole on every rank, which keeps its own shard.
+            kept = (p, state["exp_avg"], state["exp_avg_sq"])
+            whole_p, exp_avg, exp_avg_sq = (_dtensor.full(t) for t in kept)
+            g = _dtensor.full(g)
             conda_update_(
-                p,
+                whole_p,
                 -g if group["maximize"] else g,
-                state["exp_avg"],
-                state["exp_avg_sq"],
+                exp_avg,
+                exp_avg_sq,
                 state["ortho"],
                 state["step"],
                 state["last_svd_step"],
@@ -161,6 +166,9 @@ class Conda(MatrixOptimizer):
                 scale=group["scale"],
                 correct_bias=group["correct_bias"],
             )
+            if whole_p is not p:
+                for dst, whole in zip(kept, (whole_p, exp_avg, exp_avg_sq)):
+                    _dtensor.store(dst, whole)
 
     def _update_aux(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]

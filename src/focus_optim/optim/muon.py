@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from . import _dtensor
 from ._common import V, add_scaled_, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 
@@ -213,17 +214,19 @@ def muon_update_(
     wd = per_member(weight_decay, work)
 
     buf.lerp_(g, 1 - momentum)
-    update = g.lerp(buf, momentum) if nesterov else buf
+    blend = g.lerp(buf, momentum) if nesterov else buf
+    update = _dtensor.full(blend)  # the whole matrix of a sharded (DTensor) parameter
     shape = member_shape(update, ensemble_dims)
     if len(shape) > 2:
         update = update.reshape(*update.shape[:ensemble_dims], shape[0], -1)
     update = newton_schulz(update, ns_steps, ns_coefficients, dtype=torch.bfloat16)
     # Official quirk: the factor uses the last two dims of the unflattened gradient.
     update *= max(1, g.size(-2) / g.size(-1)) ** 0.5
+    update = _dtensor.like(update.reshape(p.shape).to(work.dtype), blend)
 
     if not is_zero(wd):
         work.mul_(1 - eta * wd)
-    add_scaled_(work, update.reshape(p.shape).to(work.dtype), -eta)
+    add_scaled_(work, update, -eta)
     if work is not p:
         p.copy_(work)
 

@@ -65,7 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _comm
+from . import _comm, _dtensor
 from ._common import BaseOptimizer, V, add_scaled_, is_zero, per_member
 from .adamw import adamw
 
@@ -212,6 +212,11 @@ class OneBitAdam(BaseOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if _dtensor.any_dtensor(group["params"]):
+            raise ValueError(
+                "OneBitAdam does not support DTensor (FSDP2 / tensor-parallel) parameters: it replaces "
+                "DDP's gradient all-reduce and needs every parameter whole on every worker"
+            )
         mask = group.get("exp_avg_mask")
         if mask is not None:
             for p in group["params"]:

@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from . import _dtensor
 from ._common import V, add_scaled_, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 from .muon import MUON_COEFFICIENTS, newton_schulz
@@ -242,8 +243,8 @@ def root_update_(
 
     buf.mul_(momentum).add_(g)
     X = g.add(buf, alpha=momentum) if nesterov else buf
-    C = soft_threshold_clip(X, threshold_quantile, ensemble_dims, threshold)
-    update = newton_schulz(C, root_steps, root_coefficients(rows, cols))
+    C = soft_threshold_clip(_dtensor.full(X), threshold_quantile, ensemble_dims, threshold)
+    update = _dtensor.like(newton_schulz(C, root_steps, root_coefficients(rows, cols)), X)
 
     if not is_zero(wd):
         work.mul_(1 - eta * wd)

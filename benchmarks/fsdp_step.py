@@ -1,0 +1,119 @@
+"""One optimizer step on FSDP2-sharded GPT-2 parameter shapes, side by side with torch's AdamW.
+
+Run under torchrun (gloo on CPU, NCCL on CUDA)::
+
+    torchrun --nproc-per-node 2 benchmarks/fsdp_step.py --shapes small --reps 5
+
+Every parameter is sharded with ``fully_shard`` (dim 0 over the ranks) and holds a gradient; each
+candidate's ``step()`` is timed on every rank (a barrier before each step) and the slowest rank's
+median is reported, with its ratio to ``torch.optim.AdamW(foreach=True)`` measured in the same run.
+Element-wise optimizers step on the local shards; Muon gathers each whole matrix (see
+``focus_optim.optim._dtensor``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import distribute_tensor
+
+from focus_optim import FOCUS, make_optimizer
+from focus_optim.bench.step import GPT2_SMALL, QUICK, ShapeModel, gpt2_shapes
+
+FOCUS_HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
+CANDIDATES = {
+    "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=6e-4, foreach=True),
+    "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=6e-4, fused=True),
+    "focus (foreach)": lambda m: FOCUS(m.parameters(), **FOCUS_HP, foreach=True),
+    "focus (fused)": lambda m: FOCUS(m.parameters(), **FOCUS_HP, fused=True),
+    "signum (fused)": lambda m: make_optimizer("signum", m, lr=6e-4, weight_decay=0.2, fused=True),
+    "adamw, ours (foreach)": lambda m: make_optimizer("adamw", m, lr=6e-4, foreach=True),
+    "lion (foreach)": lambda m: make_optimizer("lion", m, lr=1e-4, foreach=True),
+    "muon (gathers each matrix)": lambda m: make_optimizer("muon", m),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", choices=("small", "quick"), default="small")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="substrings of candidate names")
+    parser.add_argument("--json", type=Path, help="write the report here (rank 0)")
+    args = parser.parse_args()
+
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+    shapes = gpt2_shapes(**(GPT2_SMALL if args.shapes == "small" else QUICK))
+
+    rows = []
+    for label, factory in CANDIDATES.items():
+        if args.only and not any(o.lower() in label.lower() for o in args.only):
+            continue
+        model = ShapeModel(shapes, device, torch.float32)
+        grads = [p.grad for p in model.parameters()]
+        fully_shard(model)
+        for p, g in zip(model.parameters(), grads):  # a gradient sharded like its parameter
+            p.grad = distribute_tensor(g, p.device_mesh, p.placements)
+        opt = factory(model)
+        times = []
+        for i in range(args.warmup + args.reps):
+            dist.barrier()
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        median = torch.tensor(statistics.median(times), dtype=torch.float64, device=device)
+        dist.all_reduce(median, op=dist.ReduceOp.MAX)
+        rows.append(dict(name=label, ms=float(median) * 1e3))
+        del model, opt
+
+    base = next((r["ms"] for r in rows if r["name"] == "torch AdamW (foreach)"), None)
+    for r in rows:
+        r["x_torch_adamw_foreach"] = r["ms"] / base if base else None
+    if rank == 0:
+        report = dict(
+            device=torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+            world_size=world,
+            threads_per_rank=torch.get_num_threads(),
+            torch=torch.__version__,
+            date=dt.date.today().isoformat(),
+            command="torchrun --nproc-per-node "
+            + str(world)
+            + " benchmarks/fsdp_step.py "
+            + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            shapes=args.shapes,
+            n_params=sum(torch.Size(s).numel() for _, s in shapes),
+            results=rows,
+        )
+        for r in rows:
+            ratio = r["x_torch_adamw_foreach"]
+            print(f"{r['name']:32s} {r['ms']:10.1f} ms  {ratio:5.2f}x" if ratio else r["name"])
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Parameters sharded as ``DTensor`` (FSDP2's ``fully_shard``, tensor parallelism).
+
+* Element-wise optimizers (FOCUS, Signum, AdamW, Lion, EXAdam, Sophia-G, and the auxiliary AdamW
+  of the matrix optimizers) update each shard where it lives: the step runs on the local tensors,
+  with no communication and on every path, fused included. A gradient laid out differently from
+  its parameter (e.g. still ``Partial``) is redistributed to the parameter's layout first.
+* Matrix optimizers (Muon, ROOT, Conda) need whole matrices for their orthogonalisation, quantiles
+  and SVDs: they gather what needs it (:func:`full`), compute it on every rank, and keep their
+  own shard (:func:`like`). The numbers are those of the unsharded computation.
+
+``torch.distributed.tensor`` is never imported here (it costs ~0.6 s): if nobody imported it,
+no ``DTensor`` exists.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from torch import Tensor
+
+
+def _dtensor_type() -> type | None:
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def is_dtensor(t: object) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def any_dtensor(tensors: list[Tensor]) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and any(isinstance(t, cls) for t in tensors)
+
+
+def local(t: Any) -> Any:
+    """The local tensor of a ``DTensor`` (sharing its storage: in-place updates are the shard's);
+    anything else unchanged. Call under ``torch.no_grad()``."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def local_grad(g: Tensor, p: Tensor) -> Tensor:
+    """The local part of gradient ``g`` laid out as its parameter ``p``."""
+    if is_dtensor(g) and (g.device_mesh != p.device_mesh or g.placements != p.placements):
+        g = g.redistribute(p.device_mesh, p.placements)
+    return local(g)
+
+
+def full(t: Tensor) -> Tensor:
+    """The whole tensor (an all-gather for a sharded ``DTensor``); anything else unchanged."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def like(whole: Tensor, ref: Tensor) -> Tensor:
+    """``whole`` (the same on every rank) laid out as ``ref``: a ``DTensor`` with ``ref``'s mesh and
+    placements, cut locally from ``whole`` (no communication); ``whole`` itself if ``ref`` is a
+    plain tensor."""
+    if not is_dtensor(ref):
+        return whole
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = ref.device_mesh
+    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return replicated.redistribute(mesh, ref.placements)
+
+
+def store(dst: Tensor, whole: Tensor) -> None:
+    """Write ``whole`` into ``dst``: into its local shard if ``dst`` is a ``DTensor``."""
+    if is_dtensor(dst):
+        local(dst).copy_(local(like(whole, dst)))
+    else:
+        dst.copy_(whole)

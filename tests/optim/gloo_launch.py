@@ -1,0 +1,46 @@
+"""Run a function on several gloo ranks (CPU processes started by torch.multiprocessing spawn)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+TIMEOUT_S = 120.0
+
+
+def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple) -> None:
+    torch.set_num_threads(1)
+    # a file rendezvous (no free-port race between choosing a port and binding it)
+    store = Path(out_dir) / f"rendezvous-{fn.__name__}"
+    dist.init_process_group("gloo", init_method=store.as_uri(), rank=rank, world_size=n)
+    try:
+        result = fn(rank, n, out_dir, *args)
+        torch.save(result, Path(out_dir) / f"result{rank}.pt")
+        dist.barrier()  # every rank done before any tears its process group down
+    finally:
+        dist.destroy_process_group()
+    # The result is saved: skip interpreter finalization, where gloo's worker threads can still
+    # drop tensors and abort the process ("terminate called without an active exception",
+    # pytorch/pytorch#179291), which the launcher would report as a failed rank.
+    os._exit(0)
+
+
+def launch(fn: Callable[..., Any], n: int, out_dir: Path, *args: Any) -> list[Any]:
+    """Run ``fn(rank, n, out_dir, *args)`` on ``n`` gloo ranks; return each rank's result."""
+    ctx = mp.spawn(_entry, args=(n, fn, str(out_dir), args), nprocs=n, join=False)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.terminate()
+            pytest.fail(f"{fn.__name__} on {n} ranks did not finish within {TIMEOUT_S} s")
+    return [torch.load(out_dir / f"result{r}.pt", weights_only=True) for r in range(n)]
