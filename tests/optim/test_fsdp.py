@@ -114,9 +114,7 @@ def _run_cases(rank: int, n: int, out_dir: str) -> dict[str, Any]:
         resumed_opt = make_optimizer(name, resumed, lr=1e-2, **hparams)
         _train(resumed, resumed_opt, range(CUT))  # the parameters of step CUT, then a fresh optimizer
         resumed_opt = make_optimizer(name, resumed, lr=1e-2, **hparams)
-        set_optimizer_state_dict(
-            resumed, resumed_opt, saved, options=StateDictOptions(full_state_dict=True)
-        )
+        set_optimizer_state_dict(resumed, resumed_opt, saved, options=StateDictOptions(full_state_dict=True))
         _train(resumed, resumed_opt, range(CUT, STEPS))
 
         results[case] = {
@@ -175,3 +173,25 @@ def _ensemble_refuses(rank: int, n: int, out_dir: str) -> str:
     except ValueError as e:
         return str(e)
     return ""
+
+
+def _partial_gradient(rank: int, n: int, out_dir: str) -> dict[str, torch.Tensor]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (n,))
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    grads = [torch.randn(4, 3, generator=torch.Generator().manual_seed(1 + r)) for r in range(n)]
+    p = nn.Parameter(distribute_tensor(w.clone(), mesh, [Replicate()]))  # may keep the tensor as its own
+    # tensor-parallel style: each rank holds a summand of the gradient of a replicated parameter
+    p.grad = DTensor.from_local(grads[rank], mesh, [Partial()], run_check=False)
+    make_optimizer("focus", [p], lr=0.1, weight_decay=0.1).step()
+    one = nn.Parameter(w.clone())
+    one.grad = sum(grads)
+    make_optimizer("focus", [one], lr=0.1, weight_decay=0.1).step()
+    return {"sharded": p.to_local().detach().clone(), "one": one.detach().clone()}
+
+
+def test_partial_gradient_is_reduced_before_the_update(tmp_path):
+    for r in launch(_partial_gradient, 2, tmp_path):
+        assert torch.equal(r["sharded"], r["one"])
