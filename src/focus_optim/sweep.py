@@ -16,9 +16,10 @@ Store layout (a directory)::
     cells/<key>.npz        one file per finished cell, written to a temp name then renamed
 
 A changed configuration refuses to write into an old store. Resume skips cells whose file exists.
-Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th pending cell, so
-processes, GPUs or cluster array jobs can share one directory; ``load_results`` stitches whatever
-is there into an ``xarray.Dataset`` (missing cells are NaN; ``attrs["complete"]`` says if none is).
+Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th cell of the grid and
+skip the stored ones (so a shard's cells stay the same when it resumes), so processes, GPUs or
+cluster array jobs can share one directory; ``load_results`` stitches whatever is there into an
+``xarray.Dataset`` (missing cells are NaN; ``attrs["complete"]`` says if none is).
 Each cell's seed is derived from (seed, sweep name, cell coordinates), never from the shard or the
 order of computation.
 
