@@ -24,7 +24,11 @@ Variants, chosen by ``decay_mode``:
 The attraction sign is evaluated as :math:`\operatorname{sign}((1-\beta_2^t)\theta_t - \bar\theta_t)`,
 which equals :math:`\operatorname{sign}(\theta_t - \hat\theta_t)` but makes the paper's
 :math:`\hat\theta_1 = \theta_1` an exact tie (zero attraction at the first step) instead of a
-rounding-error coin flip.
+rounding-error coin flip. Later ties are not exact: a parameter that has not moved since its first
+step (an exactly zero gradient, no decay, or lr 0 warm-up steps) has an average that differs from
+:math:`(1-\beta_2^t)\theta` by rounding, so its attraction is :math:`\pm\gamma` rather than 0,
+as in the reference code. Freeze such parameters (``requires_grad=False``) rather than relying on
+zero gradients.
 
 State per parameter: ``exp_avg`` (:math:`m`), ``param_avg`` (:math:`\bar\theta`) and ``step``.
 With ``gamma=0`` and ``betas[1]=0`` the update is exactly :class:`~focus_optim.Signum`.
