@@ -83,12 +83,17 @@ def test_matches_restatement_with_groups_and_schedule(order, path):
         assert opt.state[p]["step"].item() == steps
 
 
-def test_first_step_has_no_attraction():
-    """theta_hat_1 = theta_1 exactly, so step 1 is a pure sign-of-momentum step (no decay)."""
-    p = torch.nn.Parameter(torch.randn(1000))
+@pytest.mark.parametrize("beta2", [0.99, 0.9, 0.3, 0.05])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_first_step_has_no_attraction(beta2, path, dtype):
+    """theta_hat_1 = theta_1 exactly, so step 1 is a pure sign-of-momentum step (no decay), on every
+    path and for beta2 below 0.5 too (where a lerp's second branch, contracted into an FMA by the
+    compiled fused path, used to leave a rounding-error attraction)."""
+    p = torch.nn.Parameter(torch.randn(1000, dtype=dtype))
     before = p.detach().clone()
-    opt = FOCUS([p], lr=0.1, betas=(0.9, 0.99), gamma=0.5)
-    p.grad = torch.randn(1000)
+    opt = FOCUS([p], lr=0.1, betas=(0.9, beta2), gamma=0.5, **{**PATHS, "fused": dict(fused=True)}[path])
+    p.grad = torch.randn(1000, dtype=dtype)
     opt.step()
     torch.testing.assert_close(p.detach(), before - 0.1 * torch.sign(p.grad), rtol=0, atol=0)
 

@@ -220,14 +220,16 @@ def focus_update_(
     wd = per_member(weight_decay, work)
 
     m.lerp_(g, 1 - beta1)
-    a.lerp_(work, 1 - beta2)
+    # As the reference code (not a lerp, whose second branch a compiler may contract into an FMA):
+    # at the first step a == (1 - beta2) * theta exactly on every path, the tie the sign relies on.
+    a.mul_(beta2).add_(work, alpha=1 - beta2)
     decay = not is_zero(wd)
     if decay and decay_mode != "decoupled":
         eta_wd_hat = -(eta * wd) / bc2  # -eta*omega applied to theta_hat = a / bc2
     if decay and decay_mode == "algorithm1":
         add_scaled_(work, a, eta_wd_hat)
     if gamma != 0:
-        update = torch.mul(work, bc2).sub_(a).sign_().mul_(gamma).add_(m.sign())
+        update = attraction_sign(torch.mul(work, bc2), a).mul_(gamma).add_(m.sign())
     else:
         update = m.sign()
     if decay and decay_mode == "decoupled":
@@ -236,6 +238,13 @@ def focus_update_(
     if decay and decay_mode == "reference":
         add_scaled_(work, a, eta_wd_hat)
     write_back(p_real, work)
+
+
+def attraction_sign(scaled: Tensor, avg: Tensor) -> Tensor:
+    """``sign(scaled - avg)`` as two comparisons: the same numbers eagerly, but a compiler cannot
+    contract ``theta * bc2 - avg`` into one FMA, which would turn the exact tie of the first step
+    into a rounding-error sign."""
+    return torch.gt(scaled, avg).to(scaled.dtype).sub_(torch.lt(scaled, avg).to(scaled.dtype))
 
 
 def _multi_tensor_focus(
@@ -260,7 +269,8 @@ def _multi_tensor_focus(
         eta, wd = member_hparam(lr, work[0]), member_hparam(weight_decay, work[0])
         bc2 = 1 - beta2 ** steps[0]
         torch._foreach_lerp_(m, g, 1 - beta1)
-        torch._foreach_lerp_(a, work, 1 - beta2)
+        torch._foreach_mul_(a, beta2)
+        torch._foreach_add_(a, work, alpha=1 - beta2)
         decay = not is_zero(wd)
         if decay and decay_mode != "decoupled":
             eta_wd_hat = member_views(-(eta * wd) / bc2, work)

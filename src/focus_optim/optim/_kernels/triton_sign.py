@@ -44,6 +44,7 @@ def _sign_family_kernel(
     s_witness,
     lr,
     w1,
+    b2,
     w2,
     gamma,
     eta_wd_hat,
@@ -54,7 +55,6 @@ def _sign_family_kernel(
     HAS_AVG: tl.constexpr,
     DECAY: tl.constexpr,
     W1_HIGH: tl.constexpr,
-    W2_HIGH: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -77,7 +77,7 @@ def _sign_family_kernel(
     if HAS_AVG:
         a_ptr = tl.load(ptrs + 3 * n_tensors + t).to(s_witness.dtype)
         a = tl.load(a_ptr + offs, mask=mask).to(tl.float32)
-        a = _lerp(a, p, w2, W2_HIGH)
+        a = a * b2 + w2 * p  # as the per-tensor path: exactly w2 * p at the first step, FMA or not
         if DECAY and MODE == 0:
             p = p + eta_wd_hat * a
         # A comparison, not sign(p*bc2 - a): FMA contraction would turn the exact tie at
@@ -134,6 +134,7 @@ def sign_family_(
         exp_avgs[0],
         lr,
         w1,
+        beta2,
         w2,
         gamma,
         eta_wd_hat,
@@ -144,7 +145,6 @@ def sign_family_(
         HAS_AVG=param_avgs is not None,
         DECAY=decay,
         W1_HIGH=w1 >= 0.5,
-        W2_HIGH=w2 >= 0.5,
         BLOCK=BLOCK,
         num_warps=NUM_WARPS,
     )
