@@ -155,6 +155,14 @@ def test_analysis_picks_best_lr_by_mean_and_treats_divergence_as_worst() -> None
     assert lr.sel(optimizer="signum").item() == 0.3
     assert A.winners(ds).item() == 1
     assert A.pairwise(ds, "adamw", "signum").item() == 0.0
+    # every lr of signum diverged: +inf (it loses to a finite adamw), no lr; not "missing"
+    ds["metrics"].loc[dict(optimizer="signum", replicate=0)] = np.nan
+    best, lr = A.best_lr(ds)
+    assert best.sel(optimizer="signum").item() == np.inf and np.isnan(lr.sel(optimizer="signum").item())
+    assert A.winners(ds).item() == 0 and A.pairwise(ds, "adamw", "signum").item() == 1.0
+    # a cell not computed yet is missing
+    ds["cell_done"].loc[dict(optimizer="signum")] = False
+    assert np.isnan(A.best_lr(ds)[0].sel(optimizer="signum").item()) and A.winners(ds).item() == -1
 
 
 def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

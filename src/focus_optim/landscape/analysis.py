@@ -16,25 +16,15 @@ import numpy as np
 METRIC = "final_loss"
 
 
-def mean_over_replicates(ds: Any, metric: str = METRIC) -> Any:
-    """Mean of ``metric`` over replicates (+inf where any replicate is non-finite)."""
-    import xarray as xr
-
-    x = ds["metrics"].sel(metric=metric)
-    bad = (~np.isfinite(x)).any("replicate")
-    mean = x.where(np.isfinite(x)).mean("replicate")
-    return xr.where(bad, np.inf, mean)
-
-
 def best_lr(ds: Any, metric: str = METRIC) -> tuple[Any, Any]:
-    """``(best mean loss, its lr)`` per optimizer and pixel (the lr axis reduced)."""
-    mean = mean_over_replicates(ds, metric)
-    filled = mean.fillna(np.inf)
-    idx = filled.argmin("lr")
-    best = filled.isel(lr=idx)
-    lr = ds["lr"].isel(lr=idx)
+    """``(best mean loss, its lr)`` per optimizer and pixel (the lr axis reduced), by the paper's
+    rule in :func:`focus_optim.selection.best_lr`. Where every lr diverged the best loss is +inf
+    (it loses to any finite optimizer) and the lr NaN; pixels not computed yet are NaN."""
+    from ..selection import best_lr as select
+
+    chosen = select(ds["metrics"].sel(metric=metric))
     done = ds["cell_done"]
-    return best.where(done), lr.where(done)
+    return chosen["best_loss"].fillna(np.inf).where(done), chosen["best_lr"].where(done)
 
 
 def winners(ds: Any, optimizers: Sequence[str] | None = None, metric: str = METRIC) -> Any:
@@ -137,7 +127,6 @@ __all__ = [
     "METRIC",
     "best_lr",
     "critical_noise",
-    "mean_over_replicates",
     "outer_axis",
     "pairwise",
     "phase_checks",
