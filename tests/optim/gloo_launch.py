@@ -1,4 +1,4 @@
-"""Run a function on several gloo ranks (CPU processes started by torch.multiprocessing spawn)."""
+"""Run a function on several ranks (processes started by torch.multiprocessing spawn; gloo on CPU)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import torch.multiprocessing as mp
 TIMEOUT_S = 120.0
 
 
-def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple) -> None:
+def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple, backend: str) -> None:
     torch.set_num_threads(1)
     # a file rendezvous (no free-port race between choosing a port and binding it)
     store = Path(out_dir) / f"rendezvous-{fn.__name__}"
-    dist.init_process_group("gloo", init_method=store.as_uri(), rank=rank, world_size=n)
+    dist.init_process_group(backend, init_method=store.as_uri(), rank=rank, world_size=n)
     try:
         result = fn(rank, n, out_dir, *args)
         torch.save(result, Path(out_dir) / f"result{rank}.pt")
@@ -33,9 +33,9 @@ def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple)
     os._exit(0)
 
 
-def launch(fn: Callable[..., Any], n: int, out_dir: Path, *args: Any) -> list[Any]:
-    """Run ``fn(rank, n, out_dir, *args)`` on ``n`` gloo ranks; return each rank's result."""
-    ctx = mp.spawn(_entry, args=(n, fn, str(out_dir), args), nprocs=n, join=False)
+def launch(fn: Callable[..., Any], n: int, out_dir: Path, *args: Any, backend: str = "gloo") -> list[Any]:
+    """Run ``fn(rank, n, out_dir, *args)`` on ``n`` ranks (gloo by default); return each rank's result."""
+    ctx = mp.spawn(_entry, args=(n, fn, str(out_dir), args, backend), nprocs=n, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:

@@ -58,7 +58,7 @@ def _shard(model: nn.Module) -> nn.Module:
 def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for i in steps:
         g = torch.Generator().manual_seed(i)
-        x = torch.randn(7, 8, generator=g)
+        x = torch.randn(7, 8, generator=g).to(next(model.parameters()).device)
         loss = (model(x) - 1).square().mean()
         loss.backward()
         opt.step(**protocol.step_kwargs(opt, tokens=7))
@@ -195,3 +195,28 @@ def _partial_gradient(rank: int, n: int, out_dir: str) -> dict[str, torch.Tensor
 def test_partial_gradient_is_reduced_before_the_update(tmp_path):
     for r in launch(_partial_gradient, 2, tmp_path):
         assert torch.equal(r["sharded"], r["one"])
+
+
+def _cuda_paths(rank: int, n: int, out_dir: str) -> dict[str, Any]:
+    torch.cuda.set_device(rank)
+    results = {}
+    for case in ("focus-fused", "signum-fused", "adamw-fused", "focus-foreach", "muon", "conda"):
+        name, hparams = CASES[case]
+        one = _model().cuda()
+        one_opt = make_optimizer(name, one, lr=1e-2, **hparams)
+        _train(one, one_opt, range(STEPS))
+        sharded = _shard(_model().cuda())
+        opt = make_optimizer(name, sharded, lr=1e-2, **hparams)
+        _train(sharded, opt, range(STEPS))
+        results[case] = {"one": [t.cpu() for t in _whole(one)], "sharded": [t.cpu() for t in _whole(sharded)]}
+    return results
+
+
+@pytest.mark.gpu
+def test_sharded_training_on_cuda_equals_one_process(tmp_path):
+    """FSDP2 on one CUDA device (NCCL): the fused Triton kernel runs on the local shards."""
+    (results,) = launch(_cuda_paths, 1, tmp_path, backend="nccl")
+    for case, r in results.items():
+        for a, b, p0 in zip(r["sharded"], r["one"], _model().parameters()):
+            assert not torch.equal(b, p0.detach()), f"{case}: a parameter did not move"
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=lambda m, case=case: f"{case}: {m}")
