@@ -39,6 +39,17 @@ def test_unknown_name_and_hyperparameter_list_the_valid_ones():
         make_optimizer("focus", [nn.Parameter(torch.zeros(2))], gama=0.2)
 
 
+@pytest.mark.parametrize("name", available_optimizers())
+def test_non_numeric_hyperparameters_are_value_errors_naming_them(name):
+    """A word where a number belongs (``--optimizers focus:lr=abc`` on a command line) and a complex
+    tensor are ValueErrors that name the argument and its range, like any other invalid value."""
+    params = [nn.Parameter(torch.zeros(3, 3))]
+    with pytest.raises(ValueError, match=r"^Invalid lr: 'abc' \(allowed: a number or a real tensor, finite"):
+        make_optimizer(name, params, lr="abc")
+    with pytest.raises(ValueError, match=r"^Invalid lr: a tensor of dtype torch.complex64 \(allowed: real"):
+        make_optimizer(name, params, lr=torch.tensor(1 + 2j))
+
+
 def test_nanogpt_decay_split_and_tied_params_once():
     model = TinyLM()
     opt = make_optimizer("focus", model, lr=1e-3, weight_decay=0.2)

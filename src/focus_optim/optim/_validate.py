@@ -9,7 +9,7 @@ are checked element-wise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -17,43 +17,45 @@ from torch import Tensor
 Number = float | int | Tensor
 
 
-def _values(value: Number) -> list[float]:
+def _values(name: str, value: Number, allowed: str) -> list[float]:
+    """The real numbers in ``value``; anything else is an invalid ``name`` (e.g. a word from a
+    command line such as ``weight_decay=abc``)."""
     if isinstance(value, Tensor):
         if value.is_complex() or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"hyperparameter tensors must be real numbers, got dtype {value.dtype}")
+            raise ValueError(
+                f"Invalid {name}: a tensor of dtype {value.dtype} (allowed: real numbers, {allowed})"
+            )
         return [float(v) for v in value.detach().reshape(-1).cpu().tolist()]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number or a tensor, got {type(value).__name__}")
+        raise ValueError(f"Invalid {name}: {value!r} (allowed: a number or a real tensor, {allowed})")
     return [float(value)]
 
 
-def _fail(name: str, value: Number, allowed: str) -> None:
-    shown = value if not isinstance(value, Tensor) else f"tensor with values {_values(value)[:4]}..."
-    raise ValueError(f"Invalid {name}: {shown} (allowed: {allowed})")
+def _check(name: str, value: Number, allowed: str, ok: Callable[[float], bool]) -> None:
+    values = _values(name, value, allowed)
+    if not all(ok(v) for v in values):
+        shown = value if not isinstance(value, Tensor) else f"tensor with values {values[:4]}..."
+        raise ValueError(f"Invalid {name}: {shown} (allowed: {allowed})")
 
 
 def check_nonneg(name: str, value: Number) -> None:
     """``0 <= value < inf``."""
-    if not all(math.isfinite(v) and v >= 0.0 for v in _values(value)):
-        _fail(name, value, "finite and >= 0")
+    _check(name, value, "finite and >= 0", lambda v: math.isfinite(v) and v >= 0.0)
 
 
 def check_positive(name: str, value: Number) -> None:
     """``0 < value < inf``."""
-    if not all(math.isfinite(v) and v > 0.0 for v in _values(value)):
-        _fail(name, value, "finite and > 0")
+    _check(name, value, "finite and > 0", lambda v: math.isfinite(v) and v > 0.0)
 
 
 def check_finite(name: str, value: Number) -> None:
     """Any finite real number (negative allowed)."""
-    if not all(math.isfinite(v) for v in _values(value)):
-        _fail(name, value, "any finite number")
+    _check(name, value, "any finite number", math.isfinite)
 
 
 def check_beta(name: str, value: Number) -> None:
     """``0 <= value < 1``."""
-    if not all(0.0 <= v < 1.0 for v in _values(value)):
-        _fail(name, value, "0 <= beta < 1")
+    _check(name, value, "0 <= beta < 1", lambda v: 0.0 <= v < 1.0)
 
 
 def check_betas(name: str, betas: Sequence[Number], count: int = 2) -> None:
