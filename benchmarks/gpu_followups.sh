@@ -5,7 +5,9 @@
 # ../shared/data/mnist), with the package importable (PYTHONPATH=src). Each part writes JSON under
 # $OUT (else runs/gpu-followups) and prints a compact table; quote the numbers in BENCHMARKS.md.
 #
-#   benchmarks/gpu_followups.sh tests          # every @pytest.mark.gpu test (landscape, mnist, optim, lm)
+#   benchmarks/gpu_followups.sh tests          # every @pytest.mark.gpu test (landscape, mnist, optim incl.
+#                                              # FSDP2 on CUDA, lm)
+#   benchmarks/gpu_followups.sh step           # the fused FOCUS step again (kernel changed 2026-11-23)
 #   benchmarks/gpu_followups.sh toy            # the paper toy suite with its GPU checks, then 2a as a
 #                                              # fresh CLI process, cold and warm compile caches (~6-7 min)
 #   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums (+ its packed == alone check);
@@ -21,13 +23,17 @@
 # GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers).
 # Issue 5 needs: >= 550K tokens/s (was 503K); the lm part carries .data/corpus and .data/tokenizers.
 set -euo pipefail
-part=${1:?usage: gpu_followups.sh tests|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm}
+part=${1:?usage: gpu_followups.sh tests|step|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm}
 out=${OUT:-runs/gpu-followups}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-src}
 case "$part" in
   tests)
     python -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -25
+    ;;
+  step)
+    python -m focus_optim.cli bench-step --device cuda --dtype float32 --optimizers focus signum AdamW \
+      --json "$out/bench_step_cuda_float32.json"
     ;;
   toy)
     OUT="$out/toy" python benchmarks/toy_gpu_suite.py --store "$out/toy-store" --fresh-process
@@ -53,7 +59,7 @@ case "$part" in
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500
     ;;
   *)
-    echo "unknown part: $part (tests|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm)" >&2
+    echo "unknown part: $part (tests|step|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm)" >&2
     exit 2
     ;;
 esac
