@@ -1,4 +1,5 @@
-"""DDP on CPU (gloo, 2 processes): the loss curve equals the 1-process run at the same global batch."""
+"""DDP and FSDP2 on CPU (gloo, 2 processes): the loss curve equals the 1-process run at the same
+global batch, and a run resumed from its checkpoint equals the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -33,7 +34,13 @@ def _free_port() -> int:
 
 
 def _worker(
-    rank: int, world_size: int, port: int, data_dir: str, out_dir: str, optimizers: tuple[str, ...]
+    rank: int,
+    world_size: int,
+    port: int,
+    data_dir: str,
+    out_dir: str,
+    optimizers: tuple[str, ...],
+    fsdp_optimizers: tuple[str, ...],
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -53,20 +60,30 @@ def _worker(
         Trainer(tiny_config(data, out / "onebit_full", *onebit)).run()
         Trainer(tiny_config(data, out / "onebit_cut", *onebit, "max_steps=3")).run()
         Trainer(tiny_config(data, out / "onebit_cut", *onebit), resume=True).run()
+        # FSDP2: every block sharded; the optimizers step on their shards (Muon gathers matrices)
+        for name in fsdp_optimizers:
+            Trainer(
+                tiny_config(data, out / f"fsdp_{name}", *OPTS, f"optimizer={name}", "parallel='fsdp'")
+            ).run()
+        fsdp_cut = (*OPTS, "optimizer=focus", "parallel='fsdp'", "decay_steps=6")
+        Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut, "max_steps=3")).run()
+        Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut), resume=True).run()
     finally:
         distributed.shutdown()
 
 
 def test_two_processes_match_one(synthetic_data, tmp_path):
-    optimizers = ("adamw", "focus")
-    for name in optimizers:
+    optimizers, fsdp_optimizers = ("adamw", "focus"), ("focus", "muon")
+    for name in {*optimizers, *fsdp_optimizers}:
         train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
-    mp.spawn(
-        _worker, args=(2, _free_port(), str(synthetic_data), str(tmp_path / "ddp"), optimizers), nprocs=2
-    )
+    args = (2, _free_port(), str(synthetic_data), str(tmp_path / "ddp"), optimizers, fsdp_optimizers)
+    mp.spawn(_worker, args=args, nprocs=2)
 
-    for name in optimizers:
-        single, ddp = tmp_path / "single" / name, tmp_path / "ddp" / name
+    runs = [(name, name, "ddp") for name in optimizers] + [
+        (name, f"fsdp_{name}", "fsdp") for name in fsdp_optimizers
+    ]
+    for name, run, parallel in runs:
+        single, ddp = tmp_path / "single" / name, tmp_path / "ddp" / run
         for kind, key in (("train", "loss"), ("val", "val_loss"), ("train", "grad_norm")):
             one = [(r["step"], r[key]) for r in records(single, kind)]
             two = [(r["step"], r[key]) for r in records(ddp, kind)]
@@ -74,8 +91,20 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
             torch.testing.assert_close([v for _, v in two], [v for _, v in one], rtol=1e-5, atol=1e-6)
         start = next(r for r in records(ddp, "event") if r["event"] == "start")
         assert start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 64
+        assert start["parallel"] == parallel
         state = torch.load(ddp / "ckpt.pt", weights_only=True)
         assert len(state["rng"]) == 2 and state["world_size"] == 2
+        assert (state["optimizer_fqn"] is not None) == (parallel == "fsdp")
+
+    # an FSDP checkpoint holds the whole state: it resumes exactly, and also in one process
+    full, cut = tmp_path / "ddp" / "fsdp_focus", tmp_path / "ddp" / "fsdp_cut"
+    assert [(r["step"], r["loss"]) for r in records(cut, "train")] == [
+        (r["step"], r["loss"]) for r in records(full, "train")
+    ]
+    state = torch.load(full / "ckpt.pt", weights_only=True)
+    single_state = torch.load(tmp_path / "single" / "focus" / "ckpt.pt", weights_only=True)
+    for key, value in single_state["model"].items():
+        torch.testing.assert_close(state["model"][key], value, rtol=1e-5, atol=1e-6)
 
     full, cut = tmp_path / "ddp" / "onebit_full", tmp_path / "ddp" / "onebit_cut"
     losses = [[(r["step"], r["loss"]) for r in records(d, "train")] for d in (full, cut)]

@@ -87,8 +87,8 @@ def test_local_workers_train_the_same_runs(synthetic_data, tmp_path) -> None:
 def test_a_diverged_run_is_stored_as_inf(synthetic_data, tmp_path, monkeypatch) -> None:
     real_forward, calls = GPT.forward, {"n": 0}
 
-    def poisoned(self, idx, targets=None):
-        out = real_forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, **kw):
+        out = real_forward(self, idx, targets, **kw)
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] > 5 * 2:

@@ -72,8 +72,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_path
     cfg = tiny_config(synthetic_data, tmp_path / "run", "max_steps=8", "ckpt_interval=2", "log_interval=3")
     real_forward, calls = GPT.forward, {"n": 0}
 
-    def poisoned(self, idx, targets=None):
-        out = real_forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, **kw):
+        out = real_forward(self, idx, targets, **kw)
         if torch.is_grad_enabled():  # training micro-batches only (not evaluation)
             calls["n"] += 1
             if calls["n"] > 4 * 2:  # from step 5 on
@@ -94,8 +94,8 @@ def test_nonfinite_skip_policy_skips_the_update(synthetic_data, tmp_path, monkey
     cfg = tiny_config(synthetic_data, tmp_path / "run", "max_steps=4", "nonfinite='skip'", "eval_interval=0")
     real_forward, calls = GPT.forward, {"n": 0}
 
-    def poisoned(self, idx, targets=None):
-        out = real_forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, **kw):
+        out = real_forward(self, idx, targets, **kw)
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] in (5, 6):  # both micro-batches of step 3

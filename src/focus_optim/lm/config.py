@@ -36,6 +36,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE_POLICIES = ("stop", "skip")
+PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
     sdpa_backend: str = "auto"  # attention kernel on CUDA: auto (torch's choice) | flash | cudnn | ...
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    parallel: str = "ddp"  # several ranks: ddp (replicated model) | fsdp (FSDP2, every block sharded)
     # evaluation, logging, checkpoints
     eval_interval: int = 250  # steps between val evaluations (0: only at the start and the end)
     eval_sequences: int = 256  # fixed val windows (evenly spaced; fewer if the split is short)
@@ -116,6 +118,7 @@ class TrainConfig:
                 f"sdpa_backend {self.sdpa_backend!r} (allowed: {', '.join(SDPA_BACKENDS)})",
             ),
             (self.nonfinite in NONFINITE_POLICIES, f"nonfinite {self.nonfinite!r} (allowed: stop, skip)"),
+            (self.parallel in PARALLEL_MODES, f"parallel {self.parallel!r} (allowed: ddp, fsdp)"),
             (self.batch_size >= 1, f"batch_size {self.batch_size} (allowed: >= 1)"),
             (self.grad_accum >= 1, f"grad_accum {self.grad_accum} (allowed: >= 1)"),
             (self.max_steps >= 0, f"max_steps {self.max_steps} (allowed: >= 0)"),

@@ -1,7 +1,8 @@
 """Process-group setup for torchrun: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment.
 
 NCCL on CUDA, gloo on CPU. A plain ``python`` launch (no ``RANK``) is a single process and
-initialises nothing.
+initialises nothing. Several ranks train data-parallel, with DDP (a replica per rank) or FSDP2
+(:func:`shard_model`: parameters, gradients and optimizer state sharded over the ranks).
 """
 
 from __future__ import annotations
@@ -55,3 +56,13 @@ def init(device_name: str = "auto") -> DistInfo:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2 (``fully_shard``): each transformer block, then the rest (embeddings, final norm and
+    the tied head), sharded over the ranks; the module is changed in place."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:  # type: ignore[union-attr]
+        fully_shard(block)
+    fully_shard(model)

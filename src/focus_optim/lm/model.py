@@ -139,13 +139,18 @@ class GPT(nn.Module):
             x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ce_chunk: int | None = None
+    ) -> torch.Tensor:
+        """Logits, or with ``targets`` the mean cross-entropy (chunked when ``ce_chunk`` > 0; default
+        from the config)."""
         x = self.hidden_states(idx)
         if targets is None:
             return self.lm_head(x)
-        if self.config.ce_chunk > 0:
+        chunk = self.config.ce_chunk if ce_chunk is None else ce_chunk
+        if chunk > 0:
             return chunked_linear_cross_entropy(
-                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.config.ce_chunk
+                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), chunk
             )
         logits = self.lm_head(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

@@ -45,7 +45,6 @@ from . import checkpoint, distributed
 from .config import TrainConfig
 from .data import load_meta
 from .loader import TrainLoader, gather, open_tokens, val_windows
-from .losses import chunked_linear_cross_entropy
 from .model import GPT, model_config
 from .progress import progress
 from .runlog import RunLogger
@@ -90,6 +89,9 @@ class Trainer:
             )
         _seed_all(cfg.seed)
         self.raw_model = GPT(self.model_cfg).to(self.device)
+        self.fsdp = self.dist.ddp and cfg.parallel == "fsdp"
+        if self.fsdp:  # before the optimizer: it holds the sharded parameters
+            distributed.shard_model(self.raw_model)
         self.optimizer = make_optimizer(
             cfg.optimizer,
             self.raw_model,
@@ -115,7 +117,7 @@ class Trainer:
         self.model: torch.nn.Module = self.raw_model
         if cfg.compile:
             self.model = torch.compile(self.model, mode=cfg.compile_mode)
-        if self.dist.ddp:
+        if self.dist.ddp and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids, gradient_as_bucket_view=True)
 
@@ -212,7 +214,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(opt)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf)
+        gnorm = _whole(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf))
         skipped = cfg.nonfinite == "skip" and self._nonfinite_anywhere(loss_sum, gnorm)
         if skipped:
             opt.zero_grad(set_to_none=True)
@@ -266,13 +268,11 @@ class Trainer:
         cfg, T = self.cfg, self.model_cfg.block_size
         starts = self.val_starts[self.dist.rank :: self.dist.world_size]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        head = self.raw_model.lm_head.weight
         for i in range(0, len(starts), cfg.batch_size):
             chunk = starts[i : i + cfg.batch_size]
             x, y = (t.to(self.device, non_blocking=True) for t in gather(self.val_tokens, chunk, T))
             with self.autocast:
-                h = self.raw_model.hidden_states(x).flatten(0, 1)
-                loss = chunked_linear_cross_entropy(h, head, y.flatten(), EVAL_CHUNK)
+                loss = self.raw_model(x, y, ce_chunk=EVAL_CHUNK)  # the root's forward: FSDP hooks run
             total[0] += loss.double() * len(chunk)
             total[1] += len(chunk)
         if self.dist.ddp:
@@ -357,6 +357,7 @@ class Trainer:
     def _run_facts(self) -> dict[str, Any]:
         return {
             "world_size": self.dist.world_size,
+            "parallel": ("fsdp" if self.fsdp else "ddp") if self.dist.ddp else "none",
             "device": str(self.device),
             "params": self.raw_model.num_params(non_embedding=False),
             "flops_per_token": self.flops_per_token,
@@ -374,6 +375,7 @@ class Trainer:
         self._flush(_NoBar())
         rng = checkpoint.rng_state()
         per_rank = self._optimizer_state_per_rank()
+        model_state, optim_state = self._full_state()
         if self.dist.ddp:
             states: list[Any] = [None] * self.dist.world_size
             dist.all_gather_object(states, rng)
@@ -385,8 +387,9 @@ class Trainer:
             dist.barrier()
         if self.dist.is_main:
             state = {
-                "model": self.raw_model.state_dict(),
-                "optimizer": None if per_rank else self.optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": None if per_rank or self.fsdp else optim_state,
+                "optimizer_fqn": optim_state if self.fsdp else None,
                 "optimizer_per_rank": per_rank,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
@@ -402,10 +405,33 @@ class Trainer:
         if self.dist.ddp:
             dist.barrier()
 
+    def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Model and optimizer state dicts, whole (under FSDP gathered by every rank, held by rank 0;
+        the optimizer's then keyed by parameter names)."""
+        if not self.fsdp:
+            return self.raw_model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.raw_model, self.optimizer, options=options)
+
     def _load(self, state: dict[str, Any]) -> int:
         """Restore everything from a checkpoint; returns the data position (global batches)."""
-        self.raw_model.load_state_dict(state["model"])
-        if state.get("optimizer_per_rank"):
+        by_name = state.get("optimizer_fqn")  # written under FSDP: loads into any layout
+        if self.fsdp and by_name is None:
+            raise ValueError(f"{self.ckpt_path} was written without FSDP: resume it with parallel='ddp'")
+        if by_name is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(
+                self.raw_model,
+                self.optimizer,
+                model_state_dict=state["model"],
+                optim_state_dict=by_name,
+                options=StateDictOptions(full_state_dict=True),
+            )
+        elif state.get("optimizer_per_rank"):
+            self.raw_model.load_state_dict(state["model"])
             if state["world_size"] != self.dist.world_size:
                 raise ValueError(
                     f"{self.ckpt_path} holds per-rank optimizer state for {state['world_size']} ranks; "
@@ -419,6 +445,7 @@ class Trainer:
                 )
             self.optimizer.load_state_dict(own["optimizer"])
         else:
+            self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -447,6 +474,9 @@ class Trainer:
         return self.out_dir / f"ckpt.optim.rank{rank}.pt"
 
     def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        if self.fsdp:  # reduce-scatter the gradients on the last micro-batch only
+            self.raw_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+            return contextlib.nullcontext()
         if self.dist.ddp and not sync:
             return self.model.no_sync()  # type: ignore[operator]
         return contextlib.nullcontext()
@@ -494,6 +524,11 @@ def set_sdpa_backend(name: str) -> None:
     b.enable_cudnn_sdp(name in ("auto", "cudnn"))
     b.enable_mem_efficient_sdp(name in ("auto", "efficient"))
     b.enable_math_sdp(True)
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (e.g. the gradient norm of an FSDP model) as a plain tensor; others unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _seed_all(seed: int) -> None:
