@@ -68,6 +68,7 @@ def _worker(
         fsdp_cut = (*OPTS, "optimizer=focus", "parallel='fsdp'", "decay_steps=6")
         Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut, "max_steps=3")).run()
         Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut), resume=True).run()
+        Trainer(tiny_config(data, out / "fsdp_half", *fsdp_cut, "max_steps=3")).run()  # resumed below
     finally:
         distributed.shutdown()
 
@@ -101,6 +102,18 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
     assert [(r["step"], r["loss"]) for r in records(cut, "train")] == [
         (r["step"], r["loss"]) for r in records(full, "train")
     ]
+    # ... and in one process (the same global batches; float round-off from the ranks' sums)
+    half = tmp_path / "ddp" / "fsdp_half"
+    train(tiny_config(synthetic_data, half, *OPTS, "optimizer=focus", "decay_steps=6"), resume=True)
+    assert [(r["event"], r["step"]) for r in records(half, "event") if r["event"] == "resume"] == [
+        ("resume", 3)
+    ]
+    torch.testing.assert_close(
+        [r["loss"] for r in records(half, "train")],
+        [r["loss"] for r in records(full, "train")],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     state = torch.load(full / "ckpt.pt", weights_only=True)
     single_state = torch.load(tmp_path / "single" / "focus" / "ckpt.pt", weights_only=True)
     for key, value in single_state["model"].items():
