@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..optim import make_optimizer, protocol
+from ..optim import _dtensor, make_optimizer, protocol
 from . import checkpoint, distributed
 from .config import TrainConfig
 from .data import load_meta
@@ -214,7 +214,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(opt)
-        gnorm = _whole(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf))
+        gnorm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf)
+        gnorm = _dtensor.full(gnorm)  # a DTensor under FSDP
         skipped = cfg.nonfinite == "skip" and self._nonfinite_anywhere(loss_sum, gnorm)
         if skipped:
             opt.zero_grad(set_to_none=True)
@@ -524,11 +525,6 @@ def set_sdpa_backend(name: str) -> None:
     b.enable_cudnn_sdp(name in ("auto", "cudnn"))
     b.enable_mem_efficient_sdp(name in ("auto", "efficient"))
     b.enable_math_sdp(True)
-
-
-def _whole(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor (e.g. the gradient norm of an FSDP model) as a plain tensor; others unchanged."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _seed_all(seed: int) -> None:
