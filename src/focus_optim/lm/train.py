@@ -235,7 +235,9 @@ class Trainer:
         ``train_time`` (the wall-time axis of the plots) excludes compilation."""
         t0 = time.perf_counter()
         x, y = (t.to(self.device) for t in self.loader.cpu_batch(0))
-        with self._grad_sync(False), self.autocast:
+        # FSDP keeps an unsynchronised backward's gradients in its own unsharded buffers, where
+        # zero_grad would not reach them: there the warm-up backward reduces, and they are dropped
+        with self._grad_sync(self.fsdp), self.autocast:
             loss = self.model(x, y)
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
