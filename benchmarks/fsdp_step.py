@@ -7,8 +7,13 @@ Run under torchrun (gloo on CPU, NCCL on CUDA)::
 Every parameter is sharded with ``fully_shard`` (dim 0 over the ranks) and holds a gradient; each
 candidate's ``step()`` is timed on every rank (a barrier before each step) and the slowest rank's
 median is reported, with its ratio to ``torch.optim.AdamW(foreach=True)`` measured in the same run.
-Element-wise optimizers step on the local shards; Muon gathers each whole matrix (see
-``focus_optim.optim._dtensor``).
+Element-wise optimizers step on the local shards; Muon and ROOT gather each whole matrix (see
+``focus_optim.optim._dtensor``) and, unless ``distributed=False``, orthogonalise each matrix on one
+rank only and broadcast the result (``focus_optim.optim._owners``).
+
+``--layout replicated`` times the same candidates on whole, replicated parameters instead (as
+under DDP after its all-reduce); there the matrix optimizers share their work with
+``distributed=True``.
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ CANDIDATES = {
     "signum (fused)": lambda m: make_optimizer("signum", m, lr=6e-4, weight_decay=0.2, fused=True),
     "adamw, ours (foreach)": lambda m: make_optimizer("adamw", m, lr=6e-4, foreach=True),
     "lion (foreach)": lambda m: make_optimizer("lion", m, lr=1e-4, foreach=True),
-    "muon (gathers each matrix)": lambda m: make_optimizer("muon", m),
+    "muon (every rank every matrix)": lambda m: make_optimizer("muon", m, distributed=False),
+    "muon (matrix work shared)": lambda m: make_optimizer("muon", m, distributed=SHARED),
+    "root (every rank every matrix)": lambda m: make_optimizer("root", m, distributed=False),
+    "root (matrix work shared)": lambda m: make_optimizer("root", m, distributed=SHARED),
 }
+SHARED: bool | None = None  # the matrix optimizers' ``distributed`` for sharing (set by --layout)
 
 
 def main() -> None:
@@ -50,9 +59,12 @@ def main() -> None:
     parser.add_argument("--shapes", choices=("small", "quick"), default="small")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--layout", choices=("fsdp", "replicated"), default="fsdp")
     parser.add_argument("--only", nargs="*", help="substrings of candidate names")
     parser.add_argument("--json", type=Path, help="write the report here (rank 0)")
     args = parser.parse_args()
+    global SHARED
+    SHARED = None if args.layout == "fsdp" else True
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -68,9 +80,10 @@ def main() -> None:
             continue
         model = ShapeModel(shapes, device, torch.float32)
         grads = [p.grad for p in model.parameters()]
-        fully_shard(model)
-        for p, g in zip(model.parameters(), grads):  # a gradient sharded like its parameter
-            p.grad = distribute_tensor(g, p.device_mesh, p.placements)
+        if args.layout == "fsdp":
+            fully_shard(model)
+            for p, g in zip(model.parameters(), grads):  # a gradient sharded like its parameter
+                p.grad = distribute_tensor(g, p.device_mesh, p.placements)
         opt = factory(model)
         times = []
         for i in range(args.warmup + args.reps):
@@ -103,12 +116,13 @@ def main() -> None:
             + " benchmarks/fsdp_step.py "
             + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             shapes=args.shapes,
+            layout=args.layout,
             n_params=sum(torch.Size(s).numel() for _, s in shapes),
             results=rows,
         )
         for r in rows:
             ratio = r["x_torch_adamw_foreach"]
-            print(f"{r['name']:32s} {r['ms']:10.1f} ms  {ratio:5.2f}x" if ratio else r["name"])
+            print(f"{r['name']:32s} {r['ms']:10.1f} ms" + (f"  {ratio:5.2f}x" if ratio else ""))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -124,8 +124,10 @@ def test_seeds_depend_on_cell_coordinates_not_order():
 
 def test_parse_shard(monkeypatch):
     assert parse_shard("1/4") == Shard(1, 4)
-    with pytest.raises(ValueError, match="expected i/n"):
-        parse_shard("1-4")
+    assert parse_shard(" 3 / 8 ") == Shard(3, 8)
+    for bad in ("1-4", "1_0/20", "1/4/5", "1.0/4", "١/٤"):  # digit grouping, unicode digits
+        with pytest.raises(ValueError, match="expected i/n"):
+            parse_shard(bad)
     with pytest.raises(ValueError, match="Invalid shard 4/4"):
         parse_shard("4/4")
     monkeypatch.setenv("RANK", "2")

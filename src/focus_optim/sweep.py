@@ -37,6 +37,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,11 +133,10 @@ def parse_shard(text: str | None) -> Shard | None:
     """``"i/n"`` -> Shard(i, n); None -> the torchrun shard from RANK/WORLD_SIZE, if any."""
     if text is None:
         return shard_from_env()
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"Invalid --shard {text!r}: expected i/n with integers, e.g. 0/4") from None
-    return Shard(i, n)
+    match = re.fullmatch(r"\s*(-?[0-9]+)\s*/\s*(-?[0-9]+)\s*", text)
+    if match is None:
+        raise ValueError(f"Invalid --shard {text!r}: expected i/n with integers, e.g. 0/4")
+    return Shard(int(match[1]), int(match[2]))
 
 
 def shard_from_env() -> Shard | None:

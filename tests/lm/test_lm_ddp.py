@@ -77,7 +77,7 @@ def _worker(
 
 
 def test_two_processes_match_one(synthetic_data, tmp_path):
-    optimizers, fsdp_optimizers = ("adamw", "focus"), ("focus", "muon")
+    optimizers, fsdp_optimizers = ("adamw", "focus", "muon"), ("focus", "muon")
     for name in {*optimizers, *fsdp_optimizers}:
         train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
     args = (2, _free_port(), str(synthetic_data), str(tmp_path / "ddp"), optimizers, fsdp_optimizers)

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..optim import _dtensor, make_optimizer, protocol
+from ..optim.registry import get_spec
 from . import checkpoint, distributed
 from .config import TrainConfig
 from .data import load_meta
@@ -97,7 +98,7 @@ class Trainer:
             self.raw_model,
             decay_embeddings=cfg.decay_embeddings,
             lr=cfg.lr,
-            **cfg.optimizer_args,
+            **self._optimizer_args(),
         )
         decay_steps = cfg.decay_steps or cfg.max_steps
         self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio)
@@ -143,6 +144,15 @@ class Trainer:
         self._last_val: float | None = None
 
     # --- the loop --------------------------------------------------------------------------------
+    def _optimizer_args(self) -> dict[str, Any]:
+        """The config's optimizer arguments; under DDP, Muon and ROOT also share their per-matrix
+        Newton-Schulz work over the replicas (``distributed=True``; FSDP shares it by itself)."""
+        args = dict(self.cfg.optimizer_args)
+        takes = get_spec(self.cfg.optimizer).hyperparameters()
+        if self.dist.ddp and not self.fsdp and "distributed" in takes:
+            args.setdefault("distributed", True)
+        return args
+
     def run(self) -> dict[str, Any]:
         """Train to ``max_steps``; returns a summary (final val loss, steps, tokens, time)."""
         cfg = self.cfg

@@ -39,12 +39,13 @@ convention (see :mod:`~focus_optim.optim.root`); it is not an option here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from . import _dtensor
+from . import _dtensor, _owners
 from ._common import V, add_scaled_, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 
@@ -96,6 +97,10 @@ class Muon(MatrixOptimizer):
         ns_steps: Newton-Schulz iterations (>= 0).
         ns_coefficients: :math:`(a, b, c)` of the quintic iteration.
         adamw_lr, adamw_betas, adamw_eps, adamw_wd: the aux Adam's defaults for ``matrix=False`` groups.
+        distributed: share the Newton-Schulz work over ranks holding the same matrices, each
+            matrix computed by one rank and broadcast (as the official distributed ``Muon``).
+            ``None``: for FSDP2/``DTensor`` matrices; ``True``: also plain tensors, over the
+            default process group (DDP); ``False``: never. See :mod:`focus_optim.optim._owners`.
         matrix: ``matrix`` of groups that do not set it.
         ensemble_dims: leading dims indexing ensemble members (see the module docstring).
         maximize: maximize the objective (``.grad`` is not modified).
@@ -118,6 +123,7 @@ class Muon(MatrixOptimizer):
         "adamw_betas": V.check_betas,
         "adamw_eps": V.check_positive,
         "adamw_wd": V.check_nonneg,
+        "distributed": _owners.check_distributed,
     }
     _matrix_state_keys = ("momentum_buffer",)
     _state_keys = ("momentum_buffer", "exp_avg", "exp_avg_sq")  # all floating state (load casts)
@@ -137,6 +143,7 @@ class Muon(MatrixOptimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-10,
         adamw_wd: float | Tensor = 0.0,
+        distributed: bool | None = None,
         matrix: bool = True,
         ensemble_dims: int = 0,
         maximize: bool = False,
@@ -154,6 +161,7 @@ class Muon(MatrixOptimizer):
             adamw_betas=tuple(adamw_betas),
             adamw_eps=adamw_eps,
             adamw_wd=adamw_wd,
+            distributed=distributed,
             matrix=matrix,
             ensemble_dims=ensemble_dims,
             maximize=maximize,
@@ -171,20 +179,27 @@ class Muon(MatrixOptimizer):
     def _update_matrices(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
     ) -> None:
-        for p, g, state in zip(params, grads, states):
+        blends = []
+        for g, state in zip(grads, states):
             state["step"] += 1
-            muon_update_(
-                p,
-                -g if group["maximize"] else g,
-                state["momentum_buffer"],
-                lr=group["lr"],
-                momentum=group["momentum"],
-                weight_decay=group["weight_decay"],
-                nesterov=group["nesterov"],
+            buf = state["momentum_buffer"]
+            g = -g if group["maximize"] else g
+            # NS starts by rounding to bf16: rounding first halves the bytes gathered and broadcast
+            blends.append(muon_momentum_(g, buf, group["momentum"], group["nesterov"]).to(torch.bfloat16))
+        updates = _owners.map_whole(
+            partial(
+                muon_orthogonalize,
                 ns_steps=group["ns_steps"],
                 ns_coefficients=group["ns_coefficients"],
                 ensemble_dims=group["ensemble_dims"],
-            )
+            ),
+            blends,
+            distributed=group["distributed"],
+            out_dtype=torch.bfloat16,
+        )
+        for p, g, state, update in zip(params, grads, states, updates):
+            muon_apply_(p, state["momentum_buffer"], update, g.shape, lr=group["lr"],
+                        weight_decay=group["weight_decay"])  # fmt: skip
 
     def _update_aux(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
@@ -208,22 +223,48 @@ def muon_update_(
     ensemble_dims: int = 0,
 ) -> None:
     """One Muon step of parameter ``p`` (gradient ``g``, momentum ``buf``), in place."""
-    work = working_copy(p, buf)
+    blend = muon_momentum_(g, buf, momentum, nesterov)
+    update = muon_orthogonalize(_dtensor.full(blend), ns_steps, ns_coefficients, ensemble_dims)
+    muon_apply_(p, buf, _dtensor.like(update, blend), g.shape, lr=lr, weight_decay=weight_decay)
+
+
+def muon_momentum_(g: Tensor, buf: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    r""":math:`B \leftarrow \beta B + (1-\beta)G` in place; returns
+    :math:`X` (the Nesterov blend, or :math:`B`)."""
     g = g if g.dtype == buf.dtype else g.to(buf.dtype)
+    buf.lerp_(g, 1 - momentum)
+    return g.lerp(buf, momentum) if nesterov else buf
+
+
+def muon_orthogonalize(
+    X: Tensor,
+    ns_steps: int = 5,
+    ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+    ensemble_dims: int = 0,
+) -> Tensor:
+    r""":math:`\mathrm{NS}_5(X)` of a whole matrix (per member, flattened to 2-D), in bfloat16,
+    shaped as ``X``."""
+    shape = member_shape(X, ensemble_dims)
+    flat = X.reshape(*X.shape[:ensemble_dims], shape[0], -1) if len(shape) > 2 else X
+    return newton_schulz(flat, ns_steps, ns_coefficients, dtype=torch.bfloat16).reshape(X.shape)
+
+
+def muon_apply_(
+    p: Tensor,
+    buf: Tensor,
+    update: Tensor,
+    grad_shape: torch.Size,
+    *,
+    lr: float | Tensor,
+    weight_decay: float | Tensor,
+) -> None:
+    r""":math:`W \leftarrow W(1-\eta\lambda) - \eta\,O\sqrt{\max(1, \mathrm{rows}/\mathrm{cols})}`
+    (in ``buf``'s dtype: fp32 state of a low-precision ``p`` works on an fp32 copy)."""
+    work = working_copy(p, buf)
     eta = per_member(lr, work)
     wd = per_member(weight_decay, work)
-
-    buf.lerp_(g, 1 - momentum)
-    blend = g.lerp(buf, momentum) if nesterov else buf
-    update = _dtensor.full(blend)  # the whole matrix of a sharded (DTensor) parameter
-    shape = member_shape(update, ensemble_dims)
-    if len(shape) > 2:
-        update = update.reshape(*update.shape[:ensemble_dims], shape[0], -1)
-    update = newton_schulz(update, ns_steps, ns_coefficients, dtype=torch.bfloat16)
     # Official quirk: the factor uses the last two dims of the unflattened gradient.
-    update *= max(1, g.size(-2) / g.size(-1)) ** 0.5
-    update = _dtensor.like(update.reshape(p.shape).to(work.dtype), blend)
-
+    update = (update * max(1, grad_shape[-2] / grad_shape[-1]) ** 0.5).to(work.dtype)
     if not is_zero(wd):
         work.mul_(1 - eta * wd)
     add_scaled_(work, update, -eta)

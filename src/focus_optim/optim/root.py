@@ -44,12 +44,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from . import _dtensor
+from . import _dtensor, _owners
 from ._common import V, add_scaled_, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 from .muon import MUON_COEFFICIENTS, newton_schulz
@@ -121,6 +122,9 @@ class ROOT(MatrixOptimizer):
         adamw_betas, adamw_eps: the AdamW backup's betas and eps.
         threshold: ``None`` (code: adaptive quantile) or a fixed :math:`\varepsilon > 0` (README).
         threshold_quantile: the quantile q of :math:`\lvert X\rvert` used when ``threshold`` is None.
+        distributed: share the clip + Newton-Schulz work over ranks holding the same matrices
+            (``None``: FSDP2/``DTensor`` matrices; ``True``: also DDP replicas; ``False``: never),
+            as :class:`~focus_optim.optim.muon.Muon`.
         matrix, ensemble_dims, maximize, foreach, fp32_state: as in :class:`~focus_optim.optim.muon.Muon`.
 
     Defaults: the official class (lr 1e-3, wd 0.1, momentum 0.95, nesterov, 5 steps, AdamW betas
@@ -137,6 +141,7 @@ class ROOT(MatrixOptimizer):
         "adamw_eps": V.check_positive,
         "threshold": lambda n, v: v is None or V.check_positive(n, v),
         "threshold_quantile": lambda n, v: _check_unit_interval(n, v),
+        "distributed": _owners.check_distributed,
     }
     _matrix_state_keys = ("momentum_buffer",)
     _state_keys = ("momentum_buffer", "exp_avg", "exp_avg_sq")  # all floating state (load casts)
@@ -155,6 +160,7 @@ class ROOT(MatrixOptimizer):
         *,
         threshold: float | None = None,
         threshold_quantile: float = 0.9,
+        distributed: bool | None = None,
         matrix: bool = True,
         ensemble_dims: int = 0,
         maximize: bool = False,
@@ -171,6 +177,7 @@ class ROOT(MatrixOptimizer):
             adamw_eps=adamw_eps,
             threshold=threshold,
             threshold_quantile=threshold_quantile,
+            distributed=distributed,
             matrix=matrix,
             ensemble_dims=ensemble_dims,
             maximize=maximize,
@@ -182,21 +189,25 @@ class ROOT(MatrixOptimizer):
     def _update_matrices(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
     ) -> None:
-        for p, g, state in zip(params, grads, states):
+        blends = []
+        for g, state in zip(grads, states):
             state["step"] += 1
-            root_update_(
-                p,
-                -g if group["maximize"] else g,
-                state["momentum_buffer"],
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                nesterov=group["nesterov"],
+            g = -g if group["maximize"] else g
+            blends.append(root_momentum_(g, state["momentum_buffer"], group["momentum"], group["nesterov"]))
+        updates = _owners.map_whole(
+            partial(
+                root_direction,
                 root_steps=group["root_steps"],
                 threshold=group["threshold"],
                 threshold_quantile=group["threshold_quantile"],
                 ensemble_dims=group["ensemble_dims"],
-            )
+            ),
+            blends,
+            distributed=group["distributed"],
+        )
+        for p, state, update in zip(params, states, updates):
+            root_apply_(p, state["momentum_buffer"], update, lr=group["lr"],
+                        weight_decay=group["weight_decay"], ensemble_dims=group["ensemble_dims"])  # fmt: skip
 
     def _update_aux(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
@@ -235,17 +246,46 @@ def root_update_(
     ensemble_dims: int = 0,
 ) -> None:
     """One ROOT step of matrix parameter ``p`` (gradient ``g``, momentum sum ``buf``), in place."""
-    work = working_copy(p, buf)
+    X = root_momentum_(g, buf, momentum, nesterov)
+    update = root_direction(_dtensor.full(X), root_steps, threshold, threshold_quantile, ensemble_dims)
+    update = _dtensor.like(update, X)
+    root_apply_(p, buf, update, lr=lr, weight_decay=weight_decay, ensemble_dims=ensemble_dims)
+
+
+def root_momentum_(g: Tensor, buf: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    r""":math:`B \leftarrow \mu B + G` in place; returns :math:`X` (:math:`G + \mu B` or :math:`B`)."""
     g = g if g.dtype == buf.dtype else g.to(buf.dtype)
+    buf.mul_(momentum).add_(g)
+    return g.add(buf, alpha=momentum) if nesterov else buf
+
+
+def root_direction(
+    X: Tensor,
+    root_steps: int = 5,
+    threshold: float | None = None,
+    threshold_quantile: float = 0.9,
+    ensemble_dims: int = 0,
+) -> Tensor:
+    r""":math:`\mathrm{NS}_{a,b,c}(\operatorname{clamp}(X, -\tau, \tau))` of a whole matrix ``X``."""
+    rows, cols = member_shape(X, ensemble_dims)
+    C = soft_threshold_clip(X, threshold_quantile, ensemble_dims, threshold)
+    return newton_schulz(C, root_steps, root_coefficients(rows, cols))
+
+
+def root_apply_(
+    p: Tensor,
+    buf: Tensor,
+    update: Tensor,
+    *,
+    lr: float | Tensor,
+    weight_decay: float | Tensor,
+    ensemble_dims: int = 0,
+) -> None:
+    r""":math:`W \leftarrow W(1-\eta\lambda) - 0.2\sqrt{\max(m,n)}\,\eta\,O` (in ``buf``'s dtype)."""
+    work = working_copy(p, buf)
     eta = per_member(lr, work)
     wd = per_member(weight_decay, work)
     rows, cols = member_shape(p, ensemble_dims)
-
-    buf.mul_(momentum).add_(g)
-    X = g.add(buf, alpha=momentum) if nesterov else buf
-    C = soft_threshold_clip(_dtensor.full(X), threshold_quantile, ensemble_dims, threshold)
-    update = _dtensor.like(newton_schulz(C, root_steps, root_coefficients(rows, cols)), X)
-
     if not is_zero(wd):
         work.mul_(1 - eta * wd)
     add_scaled_(work, update, -(eta * (0.2 * math.sqrt(max(rows, cols)))))

@@ -1,0 +1,141 @@
+"""Muon's and ROOT's whole-matrix work shared over ranks (``distributed``), on 2 gloo ranks.
+
+Sharing must not change a number: every rank ends with the parameters one process computes, bit
+for bit. It must also share: each matrix is orthogonalised by exactly one rank (counted by
+wrapping ``newton_schulz``), where ``distributed=False`` has every rank compute every matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+from gloo_launch import launch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from focus_optim import make_optimizer
+from focus_optim.optim._owners import balanced_owners
+
+STEPS = 4
+
+
+@given(
+    costs=st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=0, max_size=40),
+    world=st.integers(min_value=1, max_value=8),
+)
+def test_balanced_owners_is_list_scheduling(costs, world):
+    owners = balanced_owners(costs, world)
+    assert len(owners) == len(costs) and all(0 <= r < world for r in owners)
+    assert owners == balanced_owners(list(costs), world)  # a pure function of the costs
+    loads = [sum(c for c, r in zip(costs, owners) if r == rank) for rank in range(world)]
+    if costs:  # greedy largest-first: no rank exceeds the mean load by more than one item
+        assert max(loads) <= sum(costs) / world + max(costs) + 1e-6 * sum(costs)
+
+
+def test_equal_costs_go_round_robin():
+    assert balanced_owners([1.0] * 7, 3) == [0, 1, 2, 0, 1, 2, 0]
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    widths = (8, 16, 16, 12)
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    for i in range(STEPS):
+        x = torch.randn(7, 8, generator=torch.Generator().manual_seed(i))
+        (model(x) - 1).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _whole(model: nn.Module) -> list[torch.Tensor]:
+    return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
+
+
+def _counting_newton_schulz(calls: list[int]) -> None:
+    """Count orthogonalisations in this process (Muon's and ROOT's modules call ``newton_schulz``)."""
+    from focus_optim.optim import muon, root
+
+    original = muon.newton_schulz
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    muon.newton_schulz = counted
+    root.newton_schulz = counted
+
+
+CASES: dict[str, tuple[str, dict[str, Any], bool]] = {  # name, hparams, FSDP-sharded
+    "muon-replicas": ("muon", {"weight_decay": 0.1, "distributed": True}, False),
+    "root-replicas": ("root", {"distributed": True}, False),
+    "muon-fsdp-auto": ("muon", {"weight_decay": 0.1}, True),
+    "root-fsdp-auto": ("root", {}, True),
+    "muon-fsdp-off": ("muon", {"distributed": False}, True),
+}
+
+
+def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
+    from torch.distributed.fsdp import fully_shard
+
+    calls = [0]
+    _counting_newton_schulz(calls)
+    results = {}
+    for case, (name, hparams, fsdp) in CASES.items():
+        model = _model()
+        if fsdp:
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+        opt = make_optimizer(name, model, lr=1e-2, **hparams)
+        matrices = sum(len(g["params"]) for g in opt.param_groups if g["matrix"])
+        calls[0] = 0
+        _train(model, opt)  # the same batches on every rank: replicas stay replicas
+        results[case] = {"params": _whole(model), "calls": calls[0], "matrices": matrices}
+    return results
+
+
+@pytest.mark.distributed
+def test_shared_matrix_work_equals_one_process_and_is_split(tmp_path):
+    ranks = launch(_run, 2, tmp_path)
+    for case, (name, hparams, _) in CASES.items():
+        one = _model()
+        single = {k: v for k, v in hparams.items() if k != "distributed"}
+        _train(one, make_optimizer(name, one, lr=1e-2, **single))
+        expected = [p.detach() for p in one.parameters()]
+        for rank, results in enumerate(ranks):
+            r = results[case]
+            for a, b in zip(r["params"], expected):
+                assert torch.equal(a, b), f"{case} (rank {rank}): differs from one process"
+        matrices = ranks[0][case]["matrices"]
+        assert matrices >= 3
+        counts = [results[case]["calls"] for results in ranks]
+        if hparams.get("distributed") is False:
+            assert counts == [STEPS * matrices] * 2, f"{case}: every rank computes every matrix"
+        else:
+            assert sum(counts) == STEPS * matrices, f"{case}: each matrix once per step, got {counts}"
+            assert all(0 < c < STEPS * matrices for c in counts), f"{case}: work not shared: {counts}"
+
+
+def test_distributed_needs_a_process_group():
+    model = _model()
+    opt = make_optimizer("muon", model, distributed=True)
+    (model(torch.randn(3, 8)) ** 2).sum().backward()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["muon", "root"])
+def test_distributed_must_be_none_or_bool(name):
+    with pytest.raises(ValueError, match=r"distributed.*None, True or False"):
+        make_optimizer(name, _model(), distributed="yes")
