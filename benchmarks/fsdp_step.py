@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shlex
@@ -34,8 +33,10 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import distribute_tensor
 
-from focus_optim import FOCUS, make_optimizer
+from focus_optim import FOCUS, make_optimizer, zero_redundancy
+from focus_optim.atomic import write_json_atomic
 from focus_optim.bench.step import GPT2_SMALL, QUICK, ShapeModel, gpt2_shapes
+from focus_optim.optim import _dtensor
 
 FOCUS_HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
 CANDIDATES = {
@@ -43,6 +44,7 @@ CANDIDATES = {
     "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=6e-4, fused=True),
     "focus (foreach)": lambda m: FOCUS(m.parameters(), **FOCUS_HP, foreach=True),
     "focus (fused)": lambda m: FOCUS(m.parameters(), **FOCUS_HP, fused=True),
+    "focus (fused, ZeRO-1)": lambda m: zero_redundancy(FOCUS(m.parameters(), **FOCUS_HP, fused=True)),
     "signum (fused)": lambda m: make_optimizer("signum", m, lr=6e-4, weight_decay=0.2, fused=True),
     "adamw, ours (foreach)": lambda m: make_optimizer("adamw", m, lr=6e-4, foreach=True),
     "lion (foreach)": lambda m: make_optimizer("lion", m, lr=1e-4, foreach=True),
@@ -78,6 +80,8 @@ def main() -> None:
     for label, factory in CANDIDATES.items():
         if args.only and not any(o.lower() in label.lower() for o in args.only):
             continue
+        if "ZeRO" in label and args.layout == "fsdp":  # FSDP shards the state already
+            continue
         model = ShapeModel(shapes, device, torch.float32)
         grads = [p.grad for p in model.parameters()]
         if args.layout == "fsdp":
@@ -98,7 +102,16 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
         median = torch.tensor(statistics.median(times), dtype=torch.float64, device=device)
         dist.all_reduce(median, op=dist.ReduceOp.MAX)
-        rows.append(dict(name=label, ms=float(median) * 1e3))
+        state = getattr(opt, "optim", opt).state  # ZeRO: this rank's own optimizer
+        nbytes = sum(
+            _dtensor.local(t).numel() * t.element_size()
+            for s in state.values()
+            for t in s.values()
+            if torch.is_tensor(t) and t.ndim > 0
+        )
+        state_mb = torch.tensor(nbytes / 2**20, dtype=torch.float64, device=device)
+        dist.all_reduce(state_mb, op=dist.ReduceOp.MAX)
+        rows.append(dict(name=label, ms=float(median) * 1e3, state_mb_per_rank=float(state_mb)))
         del model, opt
 
     base = next((r["ms"] for r in rows if r["name"] == "torch AdamW (foreach)"), None)
@@ -122,10 +135,12 @@ def main() -> None:
         )
         for r in rows:
             ratio = r["x_torch_adamw_foreach"]
-            print(f"{r['name']:32s} {r['ms']:10.1f} ms" + (f"  {ratio:5.2f}x" if ratio else ""))
+            print(
+                f"{r['name']:32s} {r['ms']:10.1f} ms  state {r['state_mb_per_rank']:7.1f} MB/rank"
+                + (f"  {ratio:5.2f}x" if ratio else "")
+            )
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            write_json_atomic(args.json, report, indent=2)
     dist.destroy_process_group()
 
 

@@ -194,8 +194,9 @@ def main() -> int:
                         shutil.copy2(args.out / name, args.export / name)
     print(format_table(rows, time.perf_counter() - t0))
     if args.export is not None:
-        args.export.mkdir(parents=True, exist_ok=True)
-        (args.export / f"{tag}.json").write_text(json.dumps(rows, indent=1) + "\n")
+        from focus_optim.atomic import write_json_atomic
+
+        write_json_atomic(args.export / f"{tag}.json", rows)
     return 0 if all(r["status"] in ("ok", "done before", "diverged (non-finite loss)") for r in rows) else 1
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from focus_optim import make_optimizer
+from focus_optim.atomic import write_json_atomic
 from focus_optim.lm.config import TrainConfig
 from focus_optim.lm.model import GPT, model_config
 from focus_optim.lm.train import Trainer, set_sdpa_backend
@@ -244,8 +245,7 @@ def main() -> int:
         "seconds": time.perf_counter() - t_start,
     }
     if os.environ.get("OUT"):
-        path = Path(os.environ["OUT"]) / "lm_throughput.json"
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        write_json_atomic(Path(os.environ["OUT"]) / "lm_throughput.json", result)
     print(format_table(result))
     return 0
 

@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from focus_optim.atomic import write_json_atomic
 from focus_optim.mnist.data import load_mnist
 from focus_optim.mnist.model import reference_mlp
 from focus_optim.mnist.optimizers import parse_optimizer
@@ -170,8 +170,7 @@ def main() -> int:
         Path(os.environ["OUT"]) / "mnist_authors_loop.json" if os.environ.get("OUT") else None
     )
     if target:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(json.dumps(result, indent=1))
+        write_json_atomic(target, result)
         print(f"wrote {target}")
     return 0
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from focus_optim.atomic import write_json_atomic
 from focus_optim.mnist.data import load_mnist
 from focus_optim.mnist.optimizers import parse_optimizer
 from focus_optim.mnist.scan import PRESETS
@@ -43,6 +43,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--data-dir", default=".data/mnist")
+    ap.add_argument("--no-verify", action="store_true", help="accept any well-formed IDX set (smoke tests)")
     ap.add_argument("--optimizer", default="focus:gamma=0.2")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 64, 1024, 4096])
     ap.add_argument("--modes", nargs="+", default=["eager", "default", "reduce-overhead"])
@@ -59,7 +60,9 @@ def main() -> int:
         cfg = cfg.replace(steps=args.steps)
     settings = cfg.settings()
     lrs = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]
-    data = DeviceData.from_mnist(load_mnist(args.data_dir, download=False), args.device)
+    data = DeviceData.from_mnist(
+        load_mnist(args.data_dir, download=False, verify=not args.no_verify), args.device
+    )
     opt = parse_optimizer(args.optimizer)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
@@ -99,8 +102,7 @@ def main() -> int:
         "seconds": rows,
     }
     if env_out := os.environ.get("OUT"):
-        Path(env_out).mkdir(parents=True, exist_ok=True)
-        (Path(env_out) / "mnist_cell_modes.json").write_text(json.dumps(info, indent=1))
+        write_json_atomic(Path(env_out) / "mnist_cell_modes.json", info)
     return 0
 
 
@@ -154,7 +156,9 @@ def _inside_aten(event) -> bool:
 def overhead(args: argparse.Namespace) -> int:
     """ms per step of a tiny cell (compute negligible), eager vs each compiled mode, and the kernel
     launches per eager step (per-tensor and foreach optimizer paths), for ``--overhead-optimizers``."""
-    full = DeviceData.from_mnist(load_mnist(args.data_dir, download=False), args.device)
+    full = DeviceData.from_mnist(
+        load_mnist(args.data_dir, download=False, verify=not args.no_verify), args.device
+    )
     data = DeviceData(full.train_x, full.train_y, full.test_x_t[:, :64].contiguous(), full.test_y[:64])
     settings = PRESETS["paper"].settings()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -181,10 +185,8 @@ def overhead(args: argparse.Namespace) -> int:
         result[label] = row
         print(f"{label:>16}: " + "; ".join(f"{k} {v:.2f}" for k, v in row.items()))
     if env_out := os.environ.get("OUT"):
-        Path(env_out).mkdir(parents=True, exist_ok=True)
-        (Path(env_out) / "mnist_cell_overhead.json").write_text(
-            json.dumps({"device": args.device, "torch": torch.__version__, "ms_per_step": result}, indent=1)
-        )
+        body = {"device": args.device, "torch": torch.__version__, "ms_per_step": result}
+        write_json_atomic(Path(env_out) / "mnist_cell_overhead.json", body)
     return 0
 
 

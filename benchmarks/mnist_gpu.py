@@ -22,7 +22,6 @@ Smoke test on a CPU: ``python benchmarks/mnist_gpu.py --device cpu --preset quic
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mnist_authors_loop as authors
 from focus_optim import load_results
+from focus_optim.atomic import write_json_atomic
 from focus_optim.mnist.data import load_mnist
 from focus_optim.mnist.plots import plot_results
 from focus_optim.mnist.scan import PRESETS, run_scan
@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
     ap.add_argument("--train-precision", default="fp32", choices=("fp32", "tf32"))
     ap.add_argument("--data-dir", default=".data/mnist")
+    ap.add_argument("--no-verify", action="store_true", help="accept any well-formed IDX set (smoke tests)")
     ap.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=None, help="override (smoke tests only)")
     ap.add_argument("--no-check", action="store_true", help="skip the precision check and the authors' loop")
@@ -60,7 +61,9 @@ def main() -> int:
 
     t_start = time.perf_counter()
     out = Path(args.out)
-    data = load_mnist(args.data_dir, download=False)  # fails fast, naming the missing/corrupt file
+    data = load_mnist(
+        args.data_dir, download=False, verify=not args.no_verify
+    )  # fails fast, naming the missing/corrupt file
     cfg = PRESETS[args.preset].replace(
         eval_precision=args.eval_precision, train_precision=args.train_precision
     )
@@ -96,6 +99,7 @@ def main() -> int:
         workers=args.workers,
         device=args.device,
         data_dir=args.data_dir,
+        verify=not args.no_verify,
         progress=True,
         compile=args.compile,
     )
@@ -123,10 +127,9 @@ def main() -> int:
             print(f"{key:<38}{_fmt(info[key]):>10}")
     print(f"{'total (s)':<38}{info['total_seconds']:>10.1f}")
     if env_out := os.environ.get("OUT"):
-        Path(env_out).mkdir(parents=True, exist_ok=True)
-        (Path(env_out) / "mnist_gpu.json").write_text(json.dumps(info, indent=1))
+        write_json_atomic(Path(env_out) / "mnist_gpu.json", info)
         shutil.copy(out / "figures" / "summary.txt", Path(env_out) / "mnist_summary.txt")
-    (out / "mnist_gpu.json").write_text(json.dumps(info, indent=1))
+    write_json_atomic(out / "mnist_gpu.json", info)
     return 0
 
 
@@ -135,7 +138,9 @@ def precision_check(cfg, out: Path, args: argparse.Namespace) -> dict:
     bs = 64 if 64 in cfg.batch_sizes else cfg.batch_sizes[0]
     one = cfg.replace(optimizers=(cfg.optimizers[0],), batch_sizes=(bs,), eval_precision="fp32")
     check_dir = out.parent / (out.name + "-check-fp32")
-    run_scan(one, check_dir, device=args.device, data_dir=args.data_dir, progress=False)
+    run_scan(
+        one, check_dir, device=args.device, data_dir=args.data_dir, verify=not args.no_verify, progress=False
+    )
     ref = load_results(check_dir)["history"].sel(metric="test_loss")
     got = load_results(out)["history"].sel(metric="test_loss", optimizer=cfg.optimizers[0], batch_size=bs)
     ref, got = ref.values.squeeze((0, 1)), got.values
@@ -146,7 +151,9 @@ def precision_check(cfg, out: Path, args: argparse.Namespace) -> dict:
 
 def authors_ratio(cfg, args: argparse.Namespace, scan_seconds: float, computed: int) -> dict:
     """The authors' loop on this device, extrapolated to this scan, over the scan's wall time."""
-    data = DeviceData.from_mnist(load_mnist(args.data_dir, download=False), args.device)
+    data = DeviceData.from_mnist(
+        load_mnist(args.data_dir, download=False, verify=not args.no_verify), args.device
+    )
     bss = [2, 64, 1024]
     per = [authors.authors_steps(data, bs, steps=10 if args.device.startswith("cuda") else 2) for bs in bss]
     a, b = authors.fit_linear(bss, per)

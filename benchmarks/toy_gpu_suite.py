@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from focus_optim import load_results
+from focus_optim.atomic import write_json_atomic
 from focus_optim.landscape import analysis as A
 from focus_optim.landscape import figures as F
 from focus_optim.landscape import simulate as S
@@ -217,7 +218,7 @@ def main() -> int:
         info["checks"] = checks(args.device, False if args.free_order else None)
     if args.fresh_process:
         info["fresh_process_2a"] = fresh_process(args.device, args.preset, store)
-    (out / "toy_gpu_suite.json").write_text(json.dumps(info, indent=1))
+    write_json_atomic(out / "toy_gpu_suite.json", info)
     print("\nfigure        seconds  traj-steps/s")
     for r in rows:
         print(f"{r['figure']:<12s} {r['seconds']:>8.2f}  {r['traj_steps_per_s']:.3e}")

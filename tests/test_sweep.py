@@ -58,6 +58,29 @@ def test_resume_recomputes_nothing_and_equals_uninterrupted(tmp_path):
     assert not list((tmp_path / "a" / "cells").glob("*.tmp*"))
 
 
+def test_a_write_killed_midway_is_recomputed_and_its_temp_file_ignored(tmp_path, monkeypatch):
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "a", max_cells=2, progress=False)
+
+    def dies_midway(f, **arrays):  # the process dies after writing some bytes of a cell
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "savez", dies_midway)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, Counting(), tmp_path / "a", progress=False)
+    # a stray temp file as an older version named them (".<key>.<pid>.tmp.npz"), e.g. after SIGKILL
+    (tmp_path / "a" / "cells" / ".1-2.999.tmp.npz").write_bytes(b"PK\x03\x04 torn")
+    partial = load_results(tmp_path / "a")
+    assert int(partial.attrs["cells_done"]) == 2
+    again = Counting()
+    run_sweep(spec, again, tmp_path / "a", progress=False)
+    assert len(again.cells) == 4  # the torn cell was not stored, so it is computed again
+    run_sweep(spec, Counting(), tmp_path / "b", progress=False)
+    xr.testing.assert_identical(load_results(tmp_path / "a"), load_results(tmp_path / "b"))
+
+
 def test_changed_configuration_refuses_with_clear_error(tmp_path):
     run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
     with pytest.raises(ValueError, match=r"different configuration.*config\.steps"):

@@ -16,6 +16,7 @@ from .optim import (
     get_spec,
     make_optimizer,
     param_groups,
+    zero_redundancy,
 )
 
 __version__ = "0.1.0"
@@ -48,4 +49,5 @@ __all__ = [
     "load_results",
     "make_optimizer",
     "param_groups",
+    "zero_redundancy",
 ]

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
+
 # The paper's colours (Figure 2): Adam orange, Signum yellow, FOCUS blue; then the other baselines.
 COLORS: dict[str, str] = {
     "adamw": "#f28e2b",
@@ -53,8 +55,6 @@ def save(fig: Any, path: str | os.PathLike[str], formats: tuple[str, ...] = ("pn
     out = []
     for ext in formats:
         target = base.with_suffix(f".{ext}")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        os.replace(tmp, target)
+        write_atomic(target, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"))
         out.append(target)
     return out

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomic
+
 FORMAT_VERSION = 1
 
 
@@ -235,12 +237,7 @@ class Store:
             arrays[var] = arr
         info = {"key": cell.key, "coords": cell.coords, "config_hash": self.manifest["config_hash"], **meta}
         arrays["__meta__"] = np.array(json.dumps(_jsonable(info)))
-        tmp = self.cells_dir / f".{cell.key}.{os.getpid()}.tmp.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.cell_path(cell))
+        write_atomic(self.cell_path(cell), lambda f: np.savez(f, **arrays))
 
 
 def run_sweep(
@@ -374,7 +371,8 @@ def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     }  # fmt: skip
     done = np.zeros(outer_shape, dtype=bool)
     for p in paths:
-        for f in sorted((p / "cells").glob("*.npz")):
+        # (a temp file of a write that was killed starts with a dot: not a cell)
+        for f in sorted(f for f in (p / "cells").glob("*.npz") if not f.name.startswith(".")):
             index = tuple(int(i) for i in f.stem.split("-")) if f.stem != "all" else ()
             try:
                 with np.load(f, allow_pickle=False) as z:

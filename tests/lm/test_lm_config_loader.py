@@ -38,6 +38,9 @@ def test_unknown_keys_list_the_valid_ones(tmp_path):
         load_config(None, ["batch_size='many'"])
     with pytest.raises(ValueError, match="expected key=value"):
         apply_overrides({}, ["lr"])
+    with pytest.raises(ValueError, match=r"Invalid zero = true with parallel = 'fsdp'.*FSDP shards"):
+        load_config(None, ["zero=true", "parallel='fsdp'"])
+    assert load_config(None, ["zero=true"]).zero is True
 
 
 def _tokens(tmp_path, n=5000):

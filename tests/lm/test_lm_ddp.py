@@ -41,6 +41,7 @@ def _worker(
     out_dir: str,
     optimizers: tuple[str, ...],
     fsdp_optimizers: tuple[str, ...],
+    zero_optimizers: tuple[str, ...],
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -72,21 +73,31 @@ def _worker(
         Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut, "max_steps=3")).run()
         Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut), resume=True).run()
         Trainer(tiny_config(data, out / "fsdp_half", *fsdp_cut, "max_steps=3")).run()  # resumed below
+        # ZeRO-1: optimizer state sharded over the ranks (torch's ZeroRedundancyOptimizer)
+        for name in zero_optimizers:
+            Trainer(tiny_config(data, out / f"zero_{name}", *OPTS, f"optimizer={name}", "zero=true")).run()
+        zero_cut = (*OPTS, "optimizer=focus", "zero=true", "decay_steps=6")
+        Trainer(tiny_config(data, out / "zero_cut", *zero_cut, "max_steps=3")).run()
+        Trainer(tiny_config(data, out / "zero_cut", *zero_cut), resume=True).run()
+        Trainer(tiny_config(data, out / "zero_half", *zero_cut, "max_steps=3")).run()  # resumed below
     finally:
         distributed.shutdown()
 
 
 def test_two_processes_match_one(synthetic_data, tmp_path):
     optimizers, fsdp_optimizers = ("adamw", "focus", "muon"), ("focus", "muon")
-    for name in {*optimizers, *fsdp_optimizers}:
+    zero_optimizers = ("focus", "muon")
+    for name in {*optimizers, *fsdp_optimizers, *zero_optimizers}:
         train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
-    args = (2, _free_port(), str(synthetic_data), str(tmp_path / "ddp"), optimizers, fsdp_optimizers)
+    out = str(tmp_path / "ddp")
+    args = (2, _free_port(), str(synthetic_data), out, optimizers, fsdp_optimizers, zero_optimizers)
     mp.spawn(_worker, args=args, nprocs=2)
 
     runs = (
         [(name, name, "ddp") for name in optimizers]
         + [("adamw", "fsdp_adamw_compiled", "fsdp")]
         + [(name, f"fsdp_{name}", "fsdp") for name in fsdp_optimizers]
+        + [(name, f"zero_{name}", "ddp") for name in zero_optimizers]
     )
     for name, run, parallel in runs:
         single, ddp = tmp_path / "single" / name, tmp_path / "ddp" / run
@@ -97,7 +108,7 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
             torch.testing.assert_close([v for _, v in two], [v for _, v in one], rtol=1e-5, atol=1e-6)
         start = next(r for r in records(ddp, "event") if r["event"] == "start")
         assert start["world_size"] == 2 and start["tokens_per_step"] == 2 * 4 * 64
-        assert start["parallel"] == parallel
+        assert start["parallel"] == parallel and start["zero"] == run.startswith("zero_")
         state = torch.load(ddp / "ckpt.pt", weights_only=True)
         assert len(state["rng"]) == 2 and state["world_size"] == 2
         assert (state["optimizer_fqn"] is not None) == (parallel == "fsdp")
@@ -123,6 +134,19 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
     single_state = torch.load(tmp_path / "single" / "focus" / "ckpt.pt", weights_only=True)
     for key, value in single_state["model"].items():
         torch.testing.assert_close(state["model"][key], value, rtol=1e-5, atol=1e-6)
+
+    # a ZeRO checkpoint holds the consolidated state: it resumes exactly, and also in one process
+    full, cut, half = (tmp_path / "ddp" / name for name in ("zero_focus", "zero_cut", "zero_half"))
+    assert [(r["step"], r["loss"]) for r in records(cut, "train")] == [
+        (r["step"], r["loss"]) for r in records(full, "train")
+    ]
+    train(tiny_config(synthetic_data, half, *OPTS, "optimizer=focus", "decay_steps=6"), resume=True)
+    torch.testing.assert_close(
+        [r["loss"] for r in records(half, "train")],
+        [r["loss"] for r in records(full, "train")],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     full, cut = tmp_path / "ddp" / "onebit_full", tmp_path / "ddp" / "onebit_cut"
     losses = [[(r["step"], r["loss"]) for r in records(d, "train")] for d in (full, cut)]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
-import os
 import platform
 import shlex
 import statistics
@@ -25,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..atomic import write_json_atomic
 
 GPT2_SMALL = dict(vocab=50257, block=1024, n_layer=12, n_embd=768)
 QUICK = dict(vocab=8192, block=256, n_layer=2, n_embd=256)
@@ -246,8 +246,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, report)
     return 0

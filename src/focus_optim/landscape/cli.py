@@ -17,10 +17,11 @@ found, merging stores of the same figure from several directories (e.g. shards r
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from ..atomic import write_json_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -192,8 +193,7 @@ def plot(args: argparse.Namespace) -> int:
                 )
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "plots"
     written = plot_all(stores, out, tuple(args.formats))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "summary.json", summary)
     for p in written:
         print(f"wrote {p}")
     return 0
@@ -217,7 +217,7 @@ def regret(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         body = {"slope": res.slope, "T": res.T.tolist(), "avg_regret": res.avg_regret.tolist(), **res.config}
-        (out / "regret.json").write_text(json.dumps(body, indent=1))
+        write_json_atomic(out / "regret.json", body)
         for p in figure_regret(res, out):
             print(f"wrote {p}")
     return 0

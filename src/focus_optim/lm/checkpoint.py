@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
+
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from .runlog import read_log
 
 
@@ -128,10 +129,7 @@ def compare(
         )
     result = {"reference": ref.label, "target": target, "runs": rows}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".compare.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "compare.json")
+    write_json_atomic(out / "compare.json", result, indent=2)
     print(format_table(result))
     if plot:
         try:

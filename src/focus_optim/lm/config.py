@@ -73,6 +73,7 @@ class TrainConfig:
     sdpa_backend: str = "auto"  # attention kernel on CUDA: auto (torch's choice) | flash | cudnn | ...
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     parallel: str = "ddp"  # several ranks: ddp (replicated model) | fsdp (FSDP2, every block sharded)
+    zero: bool = False  # under DDP: optimizer state sharded over the ranks (ZeRO-1, torch's own)
     # evaluation, logging, checkpoints
     eval_interval: int = 250  # steps between val evaluations (0: only at the start and the end)
     eval_sequences: int = 256  # fixed val windows (evenly spaced; fewer if the split is short)
@@ -119,6 +120,10 @@ class TrainConfig:
             ),
             (self.nonfinite in NONFINITE_POLICIES, f"nonfinite {self.nonfinite!r} (allowed: stop, skip)"),
             (self.parallel in PARALLEL_MODES, f"parallel {self.parallel!r} (allowed: ddp, fsdp)"),
+            (
+                not (self.zero and self.parallel == "fsdp"),
+                "zero = true with parallel = 'fsdp' (allowed: zero with ddp; FSDP shards the state already)",
+            ),
             (self.batch_size >= 1, f"batch_size {self.batch_size} (allowed: >= 1)"),
             (self.grad_accum >= 1, f"grad_accum {self.grad_accum} (allowed: >= 1)"),
             (self.max_steps >= 0, f"max_steps {self.max_steps} (allowed: >= 0)"),

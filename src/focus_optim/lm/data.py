@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from .progress import progress
 from .tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, describe, find_bpe_file, gpt2_encoding, sha256_file
 
@@ -303,7 +304,7 @@ def prepare(
         (out / "meta.json").unlink(missing_ok=True)  # an unfinished dataset from here on
         for split in ("train", "val"):
             os.replace(tmp[split], out / f"{split}.bin")
-        _write_json_atomic(out / "meta.json", meta)
+        write_json_atomic(out / "meta.json", meta, indent=2)
     finally:
         for p in tmp.values():
             p.unlink(missing_ok=True)
@@ -368,12 +369,6 @@ def _meta(
         "seconds": round(seconds, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def load_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

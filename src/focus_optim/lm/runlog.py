@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
+
 LOG_NAME = "log.jsonl"
 
 
@@ -58,9 +60,7 @@ class RunLogger:
         if not self.enabled or not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if _keep(line, step)]
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self._tb is not None:

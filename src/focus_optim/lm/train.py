@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -40,7 +39,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..optim import _dtensor, make_optimizer, protocol
+from ..atomic import write_json_atomic
+from ..optim import _dtensor, make_optimizer, protocol, zero_redundancy
 from ..optim.registry import get_spec
 from . import checkpoint, distributed
 from .config import TrainConfig
@@ -100,6 +100,9 @@ class Trainer:
             lr=cfg.lr,
             **self._optimizer_args(),
         )
+        self.zero = self.dist.ddp and cfg.zero
+        if self.zero:  # each rank keeps and updates the state of ~1/W of the parameters
+            self.optimizer = zero_redundancy(self.optimizer)
         decay_steps = cfg.decay_steps or cfg.max_steps
         self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, decay_steps, cfg.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.dtype == "float16")
@@ -146,10 +149,11 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------------
     def _optimizer_args(self) -> dict[str, Any]:
         """The config's optimizer arguments; under DDP, Muon and ROOT also share their per-matrix
-        Newton-Schulz work over the replicas (``distributed=True``; FSDP shares it by itself)."""
+        Newton-Schulz work over the replicas (``distributed=True``; FSDP shares it by itself, and
+        so does ZeRO, where each rank updates its own matrices)."""
         args = dict(self.cfg.optimizer_args)
         takes = get_spec(self.cfg.optimizer).hyperparameters()
-        if self.dist.ddp and not self.fsdp and "distributed" in takes:
+        if self.dist.ddp and not self.fsdp and not self.cfg.zero and "distributed" in takes:
             args.setdefault("distributed", True)
         return args
 
@@ -371,6 +375,7 @@ class Trainer:
         return {
             "world_size": self.dist.world_size,
             "parallel": ("fsdp" if self.fsdp else "ddp") if self.dist.ddp else "none",
+            "zero": self.zero,
             "device": str(self.device),
             "params": self.raw_model.num_params(non_embedding=False),
             "flops_per_token": self.flops_per_token,
@@ -421,6 +426,10 @@ class Trainer:
     def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Model and optimizer state dicts, whole (under FSDP gathered by every rank, held by rank 0;
         the optimizer's then keyed by parameter names)."""
+        if self.zero:  # every rank sends its shard of the optimizer state to rank 0
+            self.optimizer.consolidate_state_dict(to=0)
+            optim_state = self.optimizer.state_dict() if self.dist.is_main else {}
+            return self.raw_model.state_dict(), optim_state
         if not self.fsdp:
             return self.raw_model.state_dict(), self.optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
@@ -514,10 +523,7 @@ class Trainer:
             "tokens_per_step": self.tokens_per_step,
             "data": {k: self.meta.get(k) for k in ("train_tokens", "val_tokens", "split", "tokenizer")},
         }
-        path = self.out_dir / "config.json"
-        tmp = path.with_name(f".config.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(self.out_dir / "config.json", info, indent=2)
 
     def _print(self, msg: str) -> None:
         if self.dist.is_main:

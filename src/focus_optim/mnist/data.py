@@ -26,7 +26,6 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_atomic
 
 ENV_VAR = "FOCUS_OPTIM_MNIST"
 SHARED_DIR = Path("..") / "shared" / "data" / "mnist"
@@ -206,13 +207,7 @@ def fetch_file(
         if md5 != spec.md5:
             failures.append(f"{url}: md5 {md5} != {spec.md5}")
             continue
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{spec.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        return target
+        return write_atomic(target, lambda f, data=raw: f.write(data))
     raise FileNotFoundError(
         f"{target}: missing and could not be downloaded ({'; '.join(failures)}). Put the MNIST files in a "
         f"directory and pass --data-dir or set {ENV_VAR}."

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import plots as shared
+from ..atomic import write_json_atomic, write_text_atomic
 from .analysis import best_lr, final_losses, find_label, improvement, summarize
 
 
@@ -74,8 +74,8 @@ def plot_results(ds: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
         plt.close(fig)
 
     summary = summarize(ds)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.txt").write_text(format_summary(summary))
+    write_json_atomic(out / "summary.json", summary)
+    write_text_atomic(out / "summary.txt", format_summary(summary))
     written += [out / "summary.json", out / "summary.txt"]
     return written
 

@@ -19,6 +19,7 @@ from .registry import (
 from .root import ROOT
 from .signum import Signum
 from .sophia import SophiaG, sampled_label_loss
+from .zero import zero_redundancy
 
 __all__ = [
     "FOCUS",
@@ -40,4 +41,5 @@ __all__ = [
     "param_groups",
     "register",
     "sampled_label_loss",
+    "zero_redundancy",
 ]

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -65,6 +64,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..atomic import write_atomic
 from . import _comm, _dtensor
 from ._common import BaseOptimizer, V, add_scaled_, is_zero, per_member
 from .adamw import adamw
@@ -622,16 +622,7 @@ def save_rank_state(optimizer: torch.optim.Optimizer, template: str | os.PathLik
     atomically (temp file + ``os.replace``). Returns the path written."""
     rank = getattr(optimizer, "rank", None)
     path = rank_state_path(template, rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(optimizer.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_atomic(path, lambda f: torch.save(optimizer.state_dict(), f))
 
 
 def load_rank_state(optimizer: torch.optim.Optimizer, template: str | os.PathLike[str]) -> Path:

@@ -27,20 +27,27 @@ from typing import Any
 import torch
 
 
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that does the work: this rank's one inside a ``ZeroRedundancyOptimizer``
+    (:func:`~focus_optim.optim.zero.zero_redundancy`)."""
+    inner = getattr(optimizer, "optim", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+
+
 def step_kwargs(optimizer: torch.optim.Optimizer, *, tokens: int) -> dict[str, Any]:
-    fn = getattr(optimizer, "step_kwargs", None)
+    fn = getattr(_inner(optimizer), "step_kwargs", None)
     return fn(tokens=tokens) if fn is not None else {}
 
 
 def hessian_due(optimizer: torch.optim.Optimizer, iteration: int) -> bool:
-    fn = getattr(optimizer, "hessian_due", None)
+    fn = getattr(_inner(optimizer), "hessian_due", None)
     return bool(fn(iteration)) if fn is not None else False
 
 
 def update_hessian(optimizer: torch.optim.Optimizer) -> None:
-    optimizer.update_hessian()  # type: ignore[attr-defined]
+    _inner(optimizer).update_hessian()  # type: ignore[attr-defined]
 
 
 def needs_grad_sync(optimizer: torch.optim.Optimizer) -> bool:
-    fn = getattr(optimizer, "needs_grad_sync", None)
+    fn = getattr(_inner(optimizer), "needs_grad_sync", None)
     return bool(fn()) if fn is not None else True

@@ -1,0 +1,31 @@
+"""The toy parts of the GPU playbook (``benchmarks/gpu_followups.sh``) run end to end on the CPU at
+toy sizes, so that a session with a GPU does not spend its minutes on a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+
+def test_gpu_suite_script_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(BENCHMARKS / "toy_gpu_suite.py"), "--device", "cpu", "--preset", "quick",
+           "--figures", "1c", "4", "--no-warm", "--no-plots", "--compile", "off",
+           "--store", str(tmp_path / "s")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"toy_gpu_suite.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    info = json.loads((out / "toy_gpu_suite.json").read_text())
+    assert [f["figure"] for f in info["figures"]] == ["1c", "4"]
+    assert all(f["seconds"] > 0 and f["traj_steps_per_s"] > 0 for f in info["figures"])
+    # the suite's own checks: a trajectory packed with others equals the same trajectory alone
+    assert info["checks"] and all(c["packed_equals_alone"] for c in info["checks"].values())
