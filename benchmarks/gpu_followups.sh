@@ -19,6 +19,12 @@
 #                                              # MNIST_TRAIN_PRECISION=fp32|tf32)
 #   benchmarks/gpu_followups.sh lm             # GPT-2 124M tokens/s: the measured best vs max-autotune
 #
+# With 30 device-minutes per session (each machine start costs a few), run in this order and stop
+# when the budget is spent: mnist-scan (~4 min; closes issue 4 if <= 120 s), toy (~7 min; issue 3),
+# lm (~9 min; issue 5), tests (~3 min), step (~1 min); then toy-variants / toy-unroll only if
+# toy missed its 60 s, and mnist-modes only if mnist-scan missed. Every part's script also runs
+# on a CPU at toy sizes in the test suite (tests/*/test_*_scripts.py), so none should crash.
+#
 # Issue 3 needs: the whole paper suite <= 60 s (was 216 s, 154 s of it Figure 6r) and the suite's
 # GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers).
 # Issue 5 needs: >= 550K tokens/s (was 503K); the lm part carries .data/corpus and .data/tokenizers.
