@@ -150,7 +150,14 @@ def run_bench(
     bw = copy_bandwidth(device)
     roofline = 7 * elt * n_params / bw
     rows = []
-    for label, factory in candidates(include_all):
+    rows_available = candidates(include_all)
+    unmatched = [o for o in only or [] if not any(o.lower() in label.lower() for label, _ in rows_available)]
+    if unmatched:
+        labels = "; ".join(label for label, _ in rows_available)
+        raise ValueError(
+            f"--optimizers {' '.join(unmatched)}: no row matches (rows: {labels}; 'all' adds the registry)"
+        )
+    for label, factory in rows_available:
         if only and not any(o.lower() in label.lower() for o in only):
             continue
         model = ShapeModel(shapes, device, dtype)
