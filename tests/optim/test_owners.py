@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from focus_optim import make_optimizer
-from focus_optim.optim._owners import balanced_owners
+from focus_optim.optim import _owners
+from focus_optim.optim._owners import balanced_owners, buckets
 
 STEPS = 4
 
@@ -38,6 +39,13 @@ def test_balanced_owners_is_list_scheduling(costs, world):
 
 def test_equal_costs_go_round_robin():
     assert balanced_owners([1.0] * 7, 3) == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_buckets_are_consecutive_runs_within_the_limit():
+    tensors = [torch.empty(n) for n in (3, 1, 4, 1, 5, 9, 2, 6)]  # 4 bytes per element
+    assert buckets(tensors, 20) == [[0, 1], [2, 3], [4], [5], [6], [7]]
+    assert buckets(tensors, 0) == [[i] for i in range(8)]  # one at a time, the largest too
+    assert buckets(tensors, 1 << 20) == [list(range(8))]
 
 
 def _model() -> nn.Module:
@@ -81,6 +89,7 @@ CASES: dict[str, tuple[str, dict[str, Any], bool]] = {  # name, hparams, FSDP-sh
     "muon-fsdp-auto": ("muon", {"weight_decay": 0.1}, True),
     "root-fsdp-auto": ("root", {}, True),
     "muon-fsdp-off": ("muon", {"distributed": False}, True),
+    "muon-fsdp-buckets": ("muon", {}, True),  # one matrix per bucket (BUCKET_BYTES = 1 below)
 }
 
 
@@ -98,6 +107,7 @@ def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
                     fully_shard(layer)
             fully_shard(model)
         opt = make_optimizer(name, model, lr=1e-2, **hparams)
+        _owners.BUCKET_BYTES = 1 if case.endswith("-buckets") else 256 << 20
         matrices = sum(len(g["params"]) for g in opt.param_groups if g["matrix"])
         calls[0] = 0
         _train(model, opt)  # the same batches on every rank: replicas stay replicas

@@ -9,6 +9,8 @@ continues with the same numbers as one process would compute.
 * Owners are balanced by the Newton-Schulz cost (``rows * cols * min(rows, cols)`` per member):
   largest first, each to the least-loaded rank. The assignment depends only on the shapes, so
   every rank derives the same one without communication.
+* Matrices go in buckets of at most :data:`BUCKET_BYTES` (gathered, computed and broadcast
+  before the next), so a sharded model is never whole in memory at once.
 * Unlike the official class, each rank keeps its own momentum (replicated under DDP, sharded
   under FSDP): state dicts, checkpoints and resume work as on one process.
 
@@ -74,6 +76,11 @@ def _process_group(tensors: list[Tensor], distributed: bool | None) -> Any:
     return dist.group.WORLD
 
 
+#: Whole matrices held at once while sharing work: a bucket of consecutive matrices up to this
+#: many bytes (at least one matrix) is gathered, computed and broadcast before the next.
+BUCKET_BYTES = 256 << 20
+
+
 def map_whole(
     fn: Callable[[Tensor], Tensor],
     tensors: list[Tensor],
@@ -81,35 +88,66 @@ def map_whole(
     distributed: bool | None,
     cost: Callable[[Tensor], float] = newton_schulz_cost,
     out_dtype: torch.dtype | None = None,
+    bucket_bytes: int | None = None,
 ) -> list[Tensor]:
     """``fn`` of each whole tensor, laid out like the tensor (its shard for a ``DTensor``).
 
     ``fn`` maps a whole tensor to one of the same shape and dtype ``out_dtype`` (default: the
     input's). With a process group (see the module docstring) each result is computed by its owner
-    rank only and broadcast; the results are the same as computing them everywhere.
+    rank only and broadcast; the results are the same as computing them everywhere. At most one
+    bucket of whole matrices (``bucket_bytes``, default :data:`BUCKET_BYTES`; one matrix without a
+    group) exists at a time.
     """
-    wholes = [_dtensor.full(t) for t in tensors]
     group = _process_group(tensors, distributed)
+    owners = _owners_of(tensors, group, cost)
+    out: list[Tensor] = []
+    limit = (BUCKET_BYTES if bucket_bytes is None else bucket_bytes) if owners else 0
+    for bucket in buckets(tensors, limit):
+        wholes = [_dtensor.full(tensors[i]) for i in bucket]
+        if owners:
+            outs = _owned(fn, wholes, [owners[i] for i in bucket], group, out_dtype)
+        else:
+            outs = [fn(w) for w in wholes]
+        out += [_dtensor.like(o, tensors[i]) for o, i in zip(outs, bucket)]  # a DTensor keeps a copy
+    return out
+
+
+def _owners_of(tensors: list[Tensor], group: Any, cost: Callable[[Tensor], float]) -> list[int] | None:
+    """Each tensor's owner rank in ``group`` (balanced over the whole list), or None: no sharing."""
     if group is None:
-        outs = [fn(w) for w in wholes]
-    else:
-        outs = _owned(fn, wholes, group, cost, out_dtype)
-    return [_dtensor.like(o, t) for o, t in zip(outs, tensors)]
+        return None
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    return balanced_owners([cost(t) for t in tensors], world) if world > 1 else None
+
+
+def buckets(tensors: list[Tensor], limit: int) -> list[list[int]]:
+    """Indices of ``tensors`` in consecutive runs whose whole sizes add up to at most ``limit``
+    bytes (each run holds at least one)."""
+    runs: list[list[int]] = []
+    size = 0
+    for i, t in enumerate(tensors):
+        nbytes = t.numel() * t.element_size()
+        if not runs or size + nbytes > limit:
+            runs.append([])
+            size = 0
+        runs[-1].append(i)
+        size += nbytes
+    return runs
 
 
 def _owned(
     fn: Callable[[Tensor], Tensor],
     wholes: list[Tensor],
+    owners: list[int],
     group: Any,
-    cost: Callable[[Tensor], float],
     out_dtype: torch.dtype | None,
 ) -> list[Tensor]:
+    """``fn`` of each whole tensor, computed on its owner rank and broadcast to the others."""
     import torch.distributed as dist
 
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    if world == 1:
-        return [fn(w) for w in wholes]
-    owners = balanced_owners([cost(w) for w in wholes], world)
+    rank = dist.get_rank(group)
     outs: list[Tensor] = []
     for w, owner in zip(wholes, owners):
         if owner == rank:
@@ -128,4 +166,11 @@ def _owned(
     return outs
 
 
-__all__ = ["balanced_owners", "check_distributed", "map_whole", "newton_schulz_cost"]
+__all__ = [
+    "BUCKET_BYTES",
+    "balanced_owners",
+    "buckets",
+    "check_distributed",
+    "map_whole",
+    "newton_schulz_cost",
+]
