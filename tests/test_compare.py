@@ -210,6 +210,7 @@ def test_curves_are_stored_and_plotted(tmp_path) -> None:
     [
         (["adamz"], {}, "Unknown optimizer 'adamz'; available: .*adamw"),
         ({"focus": {"gama": 0.2}}, {}, "Unknown hyperparameter.*gama; valid: .*gamma"),
+        ({"f": {"optimizer": "focus", "betas": (0.9, 2.0)}}, {}, r"optimizer 'f': Invalid betas\[1\]: 2.0"),
         ({"x": {"optimizer": "focus", "lr": 1.0}}, {}, "through lrs="),
         (["adamw"], {"lrs": [0.0]}, "Invalid lrs"),
         (["adamw"], {"lrs": [1e-3, 1e-3]}, "distinct"),

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .optim.registry import check_hyperparameters, get_spec, make_optimizer
+from .optim.registry import check_hyperparameters, check_values, get_spec, make_optimizer
 from .selection import best_lr as _best_lr
 from .sweep import Cell, Shard, SweepReport, SweepSpec, load_results, run_sweep, shard_from_env
 
@@ -341,7 +341,12 @@ def _normalise(optimizers: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> d
                 f"optimizer {label!r}: give learning rates through lrs=, not in its hyperparameters"
             )
         name = str(hp.get("optimizer", label))
-        check_hyperparameters(name, {k: v for k, v in hp.items() if k != "optimizer"})
+        given = {k: v for k, v in hp.items() if k != "optimizer"}
+        check_hyperparameters(name, given)
+        try:
+            check_values(name, given)
+        except ValueError as exc:
+            raise ValueError(f"optimizer {label!r}: {exc}") from None
         if label in out:
             raise ValueError(f"Duplicate optimizer label {label!r}")
         out[str(label)] = hp

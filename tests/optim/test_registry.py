@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from focus_optim import FOCUS, AdamW, Signum, available_optimizers, make_optimizer
 from focus_optim.cli import main
+from focus_optim.optim.registry import check_values, get_spec, parse_optimizer_spec
 
 
 class TinyLM(nn.Module):
@@ -82,3 +85,40 @@ def test_list_optimizers_cli(capsys):
     assert main(["list-optimizers"]) == 0
     out = capsys.readouterr().out
     assert "focus" in out and "source:" in out and "gamma=0.1" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("focus:betas=(0.9,2.0)", r"Invalid optimizer 'focus:betas=\(0.9,2.0\)': Invalid betas\[1\]: 2.0"),
+        ("muon:momentum=1.5", r"Invalid momentum: 1.5 \(allowed: 0 <= beta < 1\)"),
+        ("conda:update_proj_gap=0", r"Invalid update_proj_gap: 0 \(allowed: an integer >= 1\)"),
+    ],
+)
+def test_command_line_specs_check_values_before_any_work(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_optimizer_spec(text)
+    name, _, rest = text.partition(":")
+    key = rest.partition("=")[0]
+    assert key in parse_optimizer_spec(f"{name}:{key}={_VALID[key]}")[1]
+
+
+_VALID = {"betas": "(0.9,0.99)", "momentum": "0.9", "update_proj_gap": "10"}
+
+
+WRONG_VALUES = [-1, "a", (1,), (0.9, 0.9, 0.9), [0.9, "x"], None, math.nan, {}, 1.5, True, torch.ones(2)]
+
+
+@pytest.mark.parametrize("name", available_optimizers())
+def test_every_hyperparameter_refuses_wrong_values_with_a_value_error_naming_it(name):
+    """Whatever is passed, a constructor either accepts it or raises ValueError naming the argument:
+    never a TypeError from ``tuple(1)`` or a RuntimeError from ``if tensor:``."""
+    for key in get_spec(name).hyperparameters():
+        refused = 0
+        for value in WRONG_VALUES:
+            try:
+                check_values(name, {key: value})
+            except ValueError as exc:
+                assert key in str(exc), (key, value, str(exc))
+                refused += 1
+        assert refused > 0, f"{name}.{key} accepted every value of {WRONG_VALUES}"

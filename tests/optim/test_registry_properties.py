@@ -68,7 +68,7 @@ def test_spec_string_round_trips(name: tuple[str, str], data: st.DataObject, spa
         hparams[key] = value
         items.append((key, fmt(value, bare)))
     text = spec_text(written, items, spaces)
-    spec, parsed = R.parse_optimizer_spec(text)
+    spec, parsed = R.parse_optimizer_spec(text, validate=False)  # the syntax; values are any
     assert spec is R.REGISTRY[canonical]
     assert parsed == hparams
     assert list(parsed) == chosen

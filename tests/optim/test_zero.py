@@ -81,10 +81,18 @@ def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
         resumed_opt = zero_redundancy(make_optimizer(name, resumed, lr=1e-2, **hparams))
         resumed_opt.load_state_dict(objects[0])
         _train(resumed, resumed_opt, range(CUT, STEPS))
+        # the unsharded reference, in this process: the same threads, so the same matmul rounding
+        one = _model()
+        one_opt = make_optimizer(name, one, lr=1e-2, **hparams)
+        _train(one, one_opt, range(CUT))
+        one_state = _state_tensors(copy.deepcopy(one_opt.state_dict()))
+        _train(one, one_opt, range(CUT, STEPS))
         results[case] = {
             "params": _params(model),
             "resumed": _params(resumed),
+            "one": _params(one),
             "state_at_cut": _state_tensors(saved) if rank == 0 else {},
+            "one_state_at_cut": one_state,
             "holds": holds,
         }
     return results
@@ -94,18 +102,15 @@ def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
 def test_sharded_state_trains_as_unsharded(tmp_path):
     ranks = launch(_run, 2, tmp_path)
     n_params = len(list(_model().parameters()))
-    for case, (name, hparams) in CASES.items():
-        one = _model()
-        opt = make_optimizer(name, one, lr=1e-2, **hparams)
-        _train(one, opt, range(CUT))
-        state_at_cut = _state_tensors(copy.deepcopy(opt.state_dict()))
-        _train(one, opt, range(CUT, STEPS))
+    for case in CASES:
         for rank, results in enumerate(ranks):
             r = results[case]
-            for a, b in zip(r["params"], one.parameters()):
-                assert torch.equal(a, b.detach()), f"{case} (rank {rank}): differs from one process"
-            for a, b in zip(r["resumed"], one.parameters()):
-                assert torch.equal(a, b.detach()), f"{case} (rank {rank}): resumed run differs"
+            for a, b, before in zip(r["params"], r["one"], _model().parameters()):
+                assert not torch.equal(b, before.detach()), f"{case}: a parameter did not move"
+                assert torch.equal(a, b), f"{case} (rank {rank}): differs from one process"
+            for a, b in zip(r["resumed"], r["one"]):
+                assert torch.equal(a, b), f"{case} (rank {rank}): resumed run differs"
+        state_at_cut = ranks[0][case]["one_state_at_cut"]
         got = ranks[0][case]["state_at_cut"]
         assert got.keys() == state_at_cut.keys()
         for key, value in state_at_cut.items():

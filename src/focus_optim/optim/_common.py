@@ -69,6 +69,12 @@ class BaseOptimizer(Optimizer):
                     f"Invalid {where}{name}: a tensor hyperparameter must be 0-d or 1-D (one value per "
                     f"ensemble member along dim 0), got shape {tuple(value.shape)}"
                 )
+        flags = (("foreach", True), ("fused", True), ("maximize", False), ("fp32_state", False))
+        for name, optional in flags:  # (name, may be None)
+            value = group.get(name)
+            if name in group and not (isinstance(value, bool) or (optional and value is None)):
+                allowed = "None, True or False" if optional else "True or False"
+                raise ValueError(f"Invalid {where}{name}: {value!r} (allowed: {allowed})")
         if group.get("fused") and group.get("foreach"):
             raise ValueError("Invalid fused/foreach: `fused` and `foreach` cannot both be True")
 

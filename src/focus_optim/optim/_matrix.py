@@ -22,12 +22,8 @@ from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from ._common import BaseOptimizer, V
+from ._validate import check_bool
 from .adamw import adamw
-
-
-def check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"Invalid {name}: {value!r} (allowed: True or False)")
 
 
 class MatrixOptimizer(BaseOptimizer):

@@ -58,6 +58,17 @@ def check_beta(name: str, value: Number) -> None:
     _check(name, value, "0 <= beta < 1", lambda v: 0.0 <= v < 1.0)
 
 
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (allowed: True or False)")
+
+
+def as_tuple(value: object) -> object:
+    """A list or tuple as a tuple (how param groups keep ``betas``); anything else unchanged, so
+    that its validator names it rather than ``tuple()`` failing with a TypeError."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 def check_betas(name: str, betas: Sequence[Number], count: int = 2) -> None:
     if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != count:
         raise ValueError(

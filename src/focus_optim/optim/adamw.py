@@ -72,6 +72,7 @@ class AdamW(BaseOptimizer):
         "weight_decay": V.check_nonneg,
         "eps_mode": lambda n, v: V.check_choice(n, v, EPS_MODES),
         "decay_mode": lambda n, v: V.check_choice(n, v, DECAY_MODES),
+        "bias_correction": V.check_bool,
     }
     _state_keys = ("exp_avg", "exp_avg_sq")
     _supports_fused = True
@@ -95,7 +96,7 @@ class AdamW(BaseOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             eps_mode=eps_mode,

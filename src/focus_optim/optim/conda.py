@@ -103,7 +103,7 @@ class Conda(MatrixOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             update_proj_gap=update_proj_gap,

@@ -71,6 +71,7 @@ class EXAdam(BaseOptimizer):
         "betas": V.check_betas,
         "eps": V.check_positive,
         "weight_decay": V.check_nonneg,
+        "growing_step": V.check_bool,
     }
     _state_keys = ("exp_avg", "exp_avg_sq")
     _foreach_ensemble = True
@@ -90,7 +91,7 @@ class EXAdam(BaseOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             growing_step=growing_step,

@@ -112,7 +112,7 @@ class FOCUS(BaseOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             gamma=gamma,
             weight_decay=weight_decay,
             decay_mode=decay_mode,

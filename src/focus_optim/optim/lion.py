@@ -77,7 +77,7 @@ class Lion(BaseOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,

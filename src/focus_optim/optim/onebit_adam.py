@@ -121,6 +121,7 @@ class OneBitAdam(BaseOptimizer):
         "betas": V.check_betas,
         "eps": V.check_positive,
         "weight_decay": V.check_nonneg,
+        "bias_correction": V.check_bool,
     }
     _state_keys = ("exp_avg", "exp_avg_sq")
 
@@ -144,6 +145,12 @@ class OneBitAdam(BaseOptimizer):
         foreach: bool | None = None,
         fp32_state: bool = False,
     ) -> None:
+        flags = {"amsgrad": amsgrad, "init_dry_run": init_dry_run, "average_grads": average_grads}
+        for name, flag in flags.items():
+            V.check_bool(name, flag)
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            allowed = "None or a torch.distributed ProcessGroup"
+            raise ValueError(f"Invalid process_group: {process_group!r} (allowed: {allowed})")
         if amsgrad:
             raise ValueError("Invalid amsgrad: True (allowed: False; 1-bit Adam has no AMSGrad variant)")
         V.check_int("freeze_step", freeze_step, 0)
@@ -152,7 +159,7 @@ class OneBitAdam(BaseOptimizer):
             V.check_int("simulate_workers", simulate_workers, 1)
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             bias_correction=bias_correction,

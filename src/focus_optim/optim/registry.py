@@ -103,14 +103,19 @@ def check_hyperparameters(name: str, hparams: Mapping[str, Any]) -> OptimizerSpe
 
 
 def parse_optimizer_spec(
-    text: str, *, reserved: Sequence[str] = ("lr",), why: str = "is set elsewhere", kind: str = "reserved"
+    text: str,
+    *,
+    reserved: Sequence[str] = ("lr",),
+    why: str = "is set elsewhere",
+    kind: str = "reserved",
+    validate: bool = True,
 ) -> tuple[OptimizerSpec, dict[str, Any]]:
     """``NAME[:KEY=VALUE,...]`` -> (spec, hyperparameters), as the labs' command lines take them.
 
     ``NAME`` is a registry name or alias; each ``VALUE`` is a Python literal (``0.4``,
     ``(0.9, 0.99)``) or a bare word (``decay_mode=reference``). Unknown names or keys, and keys in
     ``reserved`` (``kind`` names them, ``why`` says what sets them), raise a ValueError that lists
-    the valid keys.
+    the valid keys. ``validate``: also check the values (:func:`check_values`).
     """
     name, _, rest = text.strip().partition(":")
     spec = get_spec(name)
@@ -129,7 +134,22 @@ def parse_optimizer_spec(
             f"Invalid optimizer {text!r}: unknown or {kind} hyperparameter(s) {', '.join(bad)} "
             f"({' and '.join(reserved)} {why}; valid for {spec.name}: {allowed})"
         )
+    if validate:
+        try:
+            check_values(spec.name, hparams)
+        except ValueError as exc:
+            raise ValueError(f"Invalid optimizer {text!r}: {exc}") from None
     return spec, hparams
+
+
+def check_values(name: str, hparams: Mapping[str, Any]) -> None:
+    """Check the *values* of ``hparams`` now, by building optimizer ``name`` on a small matrix: a
+    bad value (``betas=(0.9, 2.0)``) is a ValueError naming the argument before any work starts,
+    rather than when a sweep first builds the optimizer."""
+    probe = torch.zeros(2, 2, requires_grad=True)
+    make_optimizer(
+        name, [{"params": [probe], "matrix": True}] if get_spec(name).matrix_only else [probe], **hparams
+    )
 
 
 def _literal(text: str) -> Any:

@@ -173,7 +173,7 @@ class ROOT(MatrixOptimizer):
             momentum=momentum,
             nesterov=nesterov,
             root_steps=root_steps,
-            adamw_betas=tuple(adamw_betas),
+            adamw_betas=V.as_tuple(adamw_betas),
             adamw_eps=adamw_eps,
             threshold=threshold,
             threshold_quantile=threshold_quantile,

@@ -114,7 +114,7 @@ class SophiaG(BaseOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=V.as_tuple(betas),
             rho=rho,
             weight_decay=weight_decay,
             hessian_interval=hessian_interval,
