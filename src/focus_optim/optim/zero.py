@@ -10,8 +10,8 @@ Newton-Schulz work is divided the same way, because each rank orthogonalises onl
 matrices.
 
 * ``state_dict()`` needs ``consolidate_state_dict(to=rank)`` on every rank first. The result has
-  the layout of the unsharded optimizer's, and ``load_state_dict`` takes it back on any number of
-  ranks.
+  the layout of the unsharded optimizer's: ``load_state_dict`` of the ZeRO optimizer takes it back
+  (each rank keeps its part), and so does the unsharded optimizer's.
 * The training-loop hooks of :mod:`~focus_optim.optim.protocol` (Sophia-G's Hessian refresh,
   step keyword arguments) reach the wrapped optimizer.
 * 1-bit Adam (which communicates by itself) and ``DTensor`` parameters (FSDP2 shards the state
