@@ -44,9 +44,10 @@ def test_resume_recomputes_nothing_and_equals_uninterrupted(tmp_path):
     first = Counting()
     rep = run_sweep(spec, first, tmp_path / "a", max_cells=2, progress=False)  # a "killed" run
     assert rep.computed == 2 and len(first.cells) == 2
+    assert rep.remaining == 4 and "4 cells left: run the same command again" in rep.remaining_note()
     second = Counting()
     rep = run_sweep(spec, second, tmp_path / "a", progress=False)
-    assert rep.skipped == 2 and rep.computed == 4
+    assert rep.skipped == 2 and rep.computed == 4 and rep.remaining == 0 and rep.remaining_note() == ""
     assert not set(first.cells) & set(second.cells)
     third = Counting()
     run_sweep(spec, third, tmp_path / "a", progress=False)

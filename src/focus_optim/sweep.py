@@ -166,6 +166,15 @@ class SweepReport:
     skipped: int
     seconds: float
 
+    @property
+    def remaining(self) -> int:
+        """Cells of this shard not stored yet (after ``max_cells``): the same command goes on."""
+        return self.shard_cells - self.computed - self.skipped
+
+    def remaining_note(self) -> str:
+        """``"; N cells left: run the same command again"``, or ``""`` when this shard is done."""
+        return f"; {self.remaining} cells left: run the same command again" if self.remaining else ""
+
 
 ComputeFn = Callable[[list[Cell], str], list[Mapping[str, np.ndarray]]]
 

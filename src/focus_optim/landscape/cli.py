@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{fig.title}: {report.computed} cells computed, {report.skipped} already stored "
             f"({report.shard_cells}/{report.total_cells} cells{where}) in {time.perf_counter() - t0:.1f} s "
-            f"-> {report.store}",
+            f"-> {report.store}{report.remaining_note()}",
             flush=True,
         )
     print(f"toy run: done in {time.perf_counter() - t_all:.1f} s", flush=True)

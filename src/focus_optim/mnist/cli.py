@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"mnist: {report.computed} cells computed, {report.skipped} already there, "
         f"{report.total_cells} in the scan; "
-        f"{time.perf_counter() - t0:.1f} s -> {args.out}"
+        f"{time.perf_counter() - t0:.1f} s -> {args.out}{report.remaining_note()}"
     )
     if args.plot:
         from ..sweep import load_results
