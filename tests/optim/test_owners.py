@@ -41,6 +41,21 @@ def test_equal_costs_go_round_robin():
     assert balanced_owners([1.0] * 7, 3) == [0, 1, 2, 0, 1, 2, 0]
 
 
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=0, max_size=30),
+    limit=st.integers(min_value=0, max_value=1024),
+)
+def test_buckets_cover_every_index_once_in_order_within_the_limit(sizes, limit):
+    tensors = [torch.empty(n) for n in sizes]
+    runs = buckets(tensors, limit)
+    assert [i for run in runs for i in run] == list(range(len(sizes)))
+    for run in runs:
+        nbytes = 4 * sum(sizes[i] for i in run)
+        assert run and (nbytes <= limit or len(run) == 1)
+    for a, b in itertools.pairwise(runs):  # greedy: the next tensor did not fit
+        assert 4 * (sum(sizes[i] for i in a) + sizes[b[0]]) > limit
+
+
 def test_buckets_are_consecutive_runs_within_the_limit():
     tensors = [torch.empty(n) for n in (3, 1, 4, 1, 5, 9, 2, 6)]  # 4 bytes per element
     assert buckets(tensors, 20) == [[0, 1], [2, 3], [4], [5], [6], [7]]
