@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument(
         "--compile", default=None, help="torch.compile mode for every cell (default, reduce-overhead, ...)"
     )
+    ap.add_argument("--fused", action="store_true", help="eager cells with the fused optimizer step")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -78,6 +79,7 @@ def main() -> int:
         "cores": os.cpu_count(),
         "workers": args.workers,
         "compile": args.compile,
+        "fused": args.fused,
         "preset": args.preset,
         "eval_precision": cfg.eval_precision,
         "train_precision": cfg.train_precision,
@@ -102,6 +104,7 @@ def main() -> int:
         verify=not args.no_verify,
         progress=True,
         compile=args.compile,
+        fused=args.fused,
     )
     info["scan_seconds"] = time.perf_counter() - t0
     info["cells_computed"], info["cells_skipped"] = report.computed, report.skipped

@@ -25,8 +25,10 @@ Run from the repository root on the GPU machine (expected 3-5 minutes, most of i
 
     PYTHONPATH=src python benchmarks/toy_gpu_suite.py
 
-``--figures 2a`` runs a subset; ``--compile off`` times the eager path (slow for 6r). CPU smoke test of
-the script itself: ``--device cpu --preset quick --figures 2a 1c --no-checks``.
+``--figures 2a`` runs a subset; ``--compile off`` times the eager path (slow for 6r); ``--kernels``
+runs each step as the hand-written Triton valley kernel plus the optimizers' fused Triton step,
+with nothing compiled. CPU smoke test of the script itself: ``--device cpu --preset quick
+--figures 2a 1c --no-checks`` (add ``--kernels`` under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -94,15 +96,19 @@ def run_one(key: str, store: Path, device: str, run: F.RunOptions, preset: str) 
     return row
 
 
-def checks(device: str, fixed_order: bool | None) -> dict[str, Any]:
+def checks(
+    device: str, fixed_order: bool | None, kernels: bool = False, rows: int = 512, steps: int = 200
+) -> dict[str, Any]:
     """Packed == alone on the GPU (bit for bit); GPU vs CPU eager within 3 standard errors."""
     out: dict[str, Any] = {}
-    blocks = [S.Rows.make(seed, a, 1.0, np.full(512, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
+    blocks = [S.Rows.make(seed, a, 1.0, np.full(rows, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
     for land in (V.rotated(), V.random_axis(100)):
-        gpu = S.Options(device=device, compile=True, pack_cells=True, fixed_order=fixed_order)
-        packed = S.simulate("adamw", blocks, land, 200, gpu)
-        alone = [S.simulate("adamw", [b], land, 200, gpu)[0] for b in blocks]
-        cpu = S.simulate("adamw", blocks, land, 200, S.Options(compile=False))
+        gpu = S.Options(
+            device=device, compile=not kernels, pack_cells=True, fixed_order=fixed_order, kernels=kernels
+        )
+        packed = S.simulate("adamw", blocks, land, steps, gpu)
+        alone = [S.simulate("adamw", [b], land, steps, gpu)[0] for b in blocks]
+        cpu = S.simulate("adamw", blocks, land, steps, S.Options(compile=False))
         same = all(torch.equal(p, a) for p, a in zip(packed, alone))
         zs = []
         for p, c in zip(packed, cpu):
@@ -115,7 +121,7 @@ def checks(device: str, fixed_order: bool | None) -> dict[str, Any]:
     return out
 
 
-def fresh_process(device: str, preset: str, root: Path) -> dict[str, float]:
+def fresh_process(device: str, preset: str, root: Path, kernels: bool = False) -> dict[str, float]:
     """Seconds of ``focus-optim toy run --figure 2a`` in a new process: cold caches, then warm."""
     caches = root / "compile-caches"
     shutil.rmtree(caches, ignore_errors=True)
@@ -128,6 +134,7 @@ def fresh_process(device: str, preset: str, root: Path) -> dict[str, float]:
         shutil.rmtree(run_dir, ignore_errors=True)
         cmd = [sys.executable, "-m", "focus_optim.cli", "toy", "run", "--figure", "2a", "--preset", preset,
                "--device", device, "--out", str(run_dir), "--no-progress"]  # fmt: skip
+        cmd += ["--kernels"] if kernels else []
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         out[label] = time.perf_counter() - t0
@@ -142,8 +149,16 @@ def main() -> int:
     ap.add_argument("--store", default="/tmp/toy-gpu-suite")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--compile", default="on", choices=["on", "off"])
+    ap.add_argument(
+        "--kernels",
+        action="store_true",
+        help="each step as two hand-written Triton launches (valley kernel, fused optimizer step), "
+        "nothing compiled (overrides --compile)",
+    )
     ap.add_argument("--no-warm", action="store_true", help="skip the warm re-run of 2a")
     ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument("--check-rows", type=int, default=512, help="trajectories per cell in the checks")
+    ap.add_argument("--check-steps", type=int, default=200, help="steps of the checks' trajectories")
     ap.add_argument(
         "--free-order",
         action="store_true",
@@ -184,16 +199,18 @@ def main() -> int:
         "triton": triton_version,
         "python": sys.version.split()[0],
         "preset": args.preset,
-        "compile": args.compile,
+        "compile": "off (kernels)" if args.kernels else args.compile,
+        "kernels": args.kernels,
         "fixed_order": not args.free_order,
         "steps_per_call": args.steps_per_call,
     }
     print(json.dumps(info))
     run = F.RunOptions(
         device=args.device,
-        compile=args.compile == "on",
+        compile=args.compile == "on" and not args.kernels,
         fixed_order=False if args.free_order else None,
         steps_per_call=args.steps_per_call,
+        kernels=args.kernels,
     )
     rows = []
     t_suite = time.perf_counter()
@@ -215,9 +232,11 @@ def main() -> int:
         print("phase structure:", json.dumps(info["phase_checks"]))
         print(f"plots: {len(written)} files in {info['plot_seconds']:.1f} s -> {out / 'plots'}")
     if not args.no_checks:
-        info["checks"] = checks(args.device, False if args.free_order else None)
+        info["checks"] = checks(
+            args.device, False if args.free_order else None, args.kernels, args.check_rows, args.check_steps
+        )
     if args.fresh_process:
-        info["fresh_process_2a"] = fresh_process(args.device, args.preset, store)
+        info["fresh_process_2a"] = fresh_process(args.device, args.preset, store, args.kernels)
     write_json_atomic(out / "toy_gpu_suite.json", info)
     print("\nfigure        seconds  traj-steps/s")
     for r in rows:

@@ -8,7 +8,8 @@ ratios are what to read):
 * ``eager``: the batched simulator, rows of batched tensors, no compilation;
 * ``compiled``: the batched simulator with the step fused by ``torch.compile`` (compile time is
   reported separately and excluded from the rate), for several chunk sizes on CPU;
-* on CUDA (when present): ``compiled`` with cells packed, the GPU layout of the sweeps.
+* on CUDA (when present): ``compiled`` with cells packed, the GPU layout of the sweeps, and
+  ``kernels``: the hand-written Triton valley kernel plus the optimizers' fused Triton step.
 
 Each row reports trajectory-steps/s averaged over the three optimizers. The paper's Figure 2a
 needs 28.8M trajectories x 1000 steps = 2.88e10 trajectory-steps; the table extrapolates.
@@ -176,6 +177,10 @@ def main() -> int:
             rate, warm = time_batched(n, args.steps, opts, land)
             name = f"{'compiled' if comp else 'eager'} cuda rows={n}" + (f" k={k}" if k != 1 else "")
             add(name, rate, compile_s=round(warm, 1), rows=n, steps_per_call=k)
+        if S.kernels_available(torch.device(args.device)):
+            opts = S.Options(device=args.device, kernels=True, pack_cells=True)
+            rate, warm = time_batched(n_gpu, args.steps, opts, land)
+            add(f"kernels cuda rows={n_gpu}", rate, compile_s=round(warm, 1), rows=n_gpu)
     scalar = results[0]["traj_steps_per_s"]
     for dev in ("cpu", "cuda") if args.dim == 2 else ():  # the paper's loop is 2-D
         rates = [r["traj_steps_per_s"] for r in results if f" {dev} " in r["variant"]]

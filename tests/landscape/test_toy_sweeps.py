@@ -207,6 +207,12 @@ def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["toy", "run", "--figure", "2a", "--out", str(out), "--optimizers", "adamw"]) == 2  # refuses
     assert main(["toy", "plot", str(tmp_path / "nothing-here")]) == 2
     assert main(["toy", "run", "--figure", "2a", "--out", str(tmp_path / "k"), "--steps-per-call", "0"]) == 2
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kernels = ["toy", "run", "--figure", "2a", "--out", str(tmp_path / "k"), "--device", "cpu", "--kernels"]
+    assert main(kernels) == 2  # the Triton step needs CUDA (or the interpreter): refused before any work
+    capsys.readouterr()
+    assert main([*kernels, "--compile", "on"]) == 2
+    assert "--kernels" in capsys.readouterr().err
     assert not (tmp_path / "k").exists()
 
 

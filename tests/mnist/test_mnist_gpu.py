@@ -55,3 +55,14 @@ def test_cuda_compiled_cell_matches_eager(tiny_data, mode: str) -> None:
         eager = train_cell(parse_optimizer(label), 32, [1e-4, 1e-3], data, s, seed=5)
         compiled = train_cell(parse_optimizer(label), 32, [1e-4, 1e-3], data, s, seed=5, compile=mode)
         np.testing.assert_allclose(compiled, eager, rtol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("label", ["adamw", "signum", "focus:gamma=0.2"])
+def test_cuda_fused_cell_matches_eager(tiny_data, label: str) -> None:
+    """The fused optimizer step (one Triton launch per group for the whole ensemble) against the
+    eager foreach step, to rounding over a few steps."""
+    data = DeviceData.from_mnist(tiny_data, "cuda")
+    s = TrainSettings(steps=6, eval_every=3)
+    eager = train_cell(parse_optimizer(label), 32, [1e-4, 1e-3], data, s, seed=5)
+    fused = train_cell(parse_optimizer(label), 32, [1e-4, 1e-3], data, s, seed=5, fused=True)
+    np.testing.assert_allclose(fused, eager, rtol=1e-4, equal_nan=True)

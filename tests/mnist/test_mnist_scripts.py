@@ -43,8 +43,9 @@ def test_paper_scan_script_on_cpu(tmp_path):
 
 def test_cell_modes_script_on_cpu(idx_dir_session, tmp_path):
     out = tmp_path / "out"
-    _run("mnist_cell_modes.py", out, "--device", "cpu", "--steps", "2", "--modes", "eager",
+    _run("mnist_cell_modes.py", out, "--device", "cpu", "--steps", "2", "--modes", "eager", "fused",
          "--batch-sizes", "2", "--data-dir", str(idx_dir_session), "--no-verify")  # fmt: skip
     info = json.loads((out / "mnist_cell_modes.json").read_text())
-    eager = info["seconds"]["eager"]
-    assert info["steps"] == 2 and eager["2"] > 0 and eager["scan_serial_estimate_s"] > 0
+    for mode in ("eager", "fused"):
+        row = info["seconds"][mode]
+        assert info["steps"] == 2 and row["2"] > 0 and row["scan_serial_estimate_s"] > 0

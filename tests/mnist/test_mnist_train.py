@@ -79,6 +79,16 @@ def test_build_optimizer_uses_lab_defaults() -> None:
     assert sorted({float(g["weight_decay"]) for g in opt.param_groups}) == [0.0, 1e-2]
 
 
+def test_build_optimizer_fused_where_the_optimizer_has_an_ensemble_fused_path() -> None:
+    ens, lrs = EnsembleMLP(2), torch.tensor([1e-3, 1e-2])
+    for label, fused in [("focus:gamma=0.2", True), ("signum", True), ("adamw", True), ("lion", None)]:
+        opt = build_optimizer(ens, parse_optimizer(label), lrs, TrainSettings(), fused=True)
+        assert {g.get("fused") for g in opt.param_groups} == {fused}, label
+    # the user's own path choice wins
+    opt = build_optimizer(ens, parse_optimizer("focus:foreach=True"), lrs, TrainSettings(), fused=True)
+    assert {g["fused"] for g in opt.param_groups} == {None}
+
+
 # --- train_cell ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def device_data(tiny_data) -> DeviceData:
@@ -117,6 +127,17 @@ def test_eval_every_step_and_precision_settings(device_data: DeviceData) -> None
         TrainSettings(eval_precision="fp8")
     with pytest.raises(ValueError, match="eval_every"):
         TrainSettings(eval_every=0)
+
+
+@pytest.mark.parametrize("label", ["adamw", "signum", "focus:gamma=0.2"])
+def test_fused_cell_equals_eager_on_cpu(device_data: DeviceData, label: str) -> None:
+    """Off CUDA the fused path of an ensemble is the per-tensor update: the same numbers bit for bit
+    (the Triton kernels' own equality with it is tested in tests/optim/test_paths.py)."""
+    s = TrainSettings(steps=4, eval_every=2)
+    lrs = [1e-4, 1e-3]
+    eager = train_cell(parse_optimizer(label), 16, lrs, device_data, s, seed=5)
+    fused = train_cell(parse_optimizer(label), 16, lrs, device_data, s, seed=5, fused=True)
+    np.testing.assert_array_equal(fused, eager)
 
 
 @pytest.mark.skipif(not compile_available(torch.device("cpu")), reason="torch.compile needs a C++ compiler")

@@ -159,6 +159,92 @@ def test_signum_is_focus_with_gamma_zero_and_beta2_zero():
             torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
 
 
+FUSED_ENSEMBLE_CASES = [c for c in CASES if c[0] is not AdamW or len(c[1]) == 2]
+
+
+def run_ensemble(cls, kwargs, flags, *, layout="rows", late=False, dtype=F64, device="cpu", steps=8):
+    """Three members with their own lr and weight decay. ``layout="columns"``: one ``[E, 7]``
+    parameter stored column-major (the toy lab's layout), its gradients in the same layout."""
+    E = 3
+    gen = torch.Generator().manual_seed(4)
+    lrs = torch.tensor([0.002, 0.02, 0.2], dtype=dtype, device=device)
+    wds = torch.tensor([0.0, 0.05, 0.3], dtype=dtype, device=device)
+    kw = {k: v for k, v in kwargs.items() if k != "weight_decay"}
+
+    def draw(shape, columns):
+        x = torch.randn(shape[::-1] if columns else shape, generator=gen, dtype=F64).to(device, dtype)
+        return x.t() if columns else x
+
+    columns = layout == "columns"
+    shapes = [(E, 7)] if columns else [(E, 4, 5), (E, 5), (E, 2, 3)]
+    params = [torch.nn.Parameter(draw(sh, columns)) for sh in shapes]
+    opt = cls(params, lr=lrs, weight_decay=wds, **kw, **flags)
+    for t in range(steps):
+        for i, p in enumerate(params):
+            p.grad = None if (late and i == 2 and t < 3) else draw(p.shape, columns)
+        opt.step()
+    return [p.detach().to("cpu", F64) for p in params]
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), FUSED_ENSEMBLE_CASES)
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_ensemble_fused_equals_per_tensor_on_cpu(cls, kwargs, layout):
+    """Off the Triton kernels (CPU), fused=True with per-member hyperparameters runs the per-tensor
+    update: the same numbers bit for bit."""
+    single = run_ensemble(cls, kwargs, dict(foreach=False), layout=layout, late=True)
+    fused = run_ensemble(cls, kwargs, dict(fused=True), layout=layout, late=True)
+    for a, b in zip(single, fused):
+        assert torch.equal(a, b)
+
+
+TRITON_ENSEMBLE_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_paths import run_ensemble, FUSED_ENSEMBLE_CASES
+    from focus_optim.optim._kernels import triton_adamw, triton_sign
+
+    launches = []
+    for mod, name in ((triton_sign, "sign_family_"), (triton_adamw, "adamw_ensemble_")):
+        def counted(*a, _f=getattr(mod, name), **k):
+            launches.append(1)
+            return _f(*a, **k)
+        setattr(mod, name, counted)
+    for cls, kwargs in FUSED_ENSEMBLE_CASES:
+        for layout in ("rows", "columns"):
+            for dtype in (torch.float32, torch.float64):
+                before = len(launches)
+                single = run_ensemble(cls, kwargs, dict(foreach=False), layout=layout, dtype=dtype)
+                fused = run_ensemble(cls, kwargs, dict(fused=True), layout=layout, dtype=dtype)
+                assert len(launches) - before == 8, (cls.__name__, layout, "kernel not used")
+                err = max((a - b).abs().max().item() for a, b in zip(single, fused))
+                assert err < 2e-5, (cls.__name__, kwargs, layout, dtype, err)
+    print("ok")
+    """
+)
+
+
+def test_ensemble_triton_kernels_in_interpreter_mode():
+    """Per-member lr/weight decay on the CUDA kernels (one launch per step, row- and column-major
+    members), run by Triton's CPU interpreter: the per-tensor path's numbers to fp32 rounding."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    script = TRITON_ENSEMBLE_SCRIPT.format(tests=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("cls", "kwargs"), FUSED_ENSEMBLE_CASES)
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_ensemble_fused_cuda_matches_single(cls, kwargs, layout):
+    single = run_ensemble(cls, kwargs, dict(foreach=False), layout=layout, dtype=torch.float32)
+    fused = run_ensemble(cls, kwargs, dict(fused=True), layout=layout, dtype=torch.float32, device="cuda")
+    for a, b in zip(single, fused):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+
+
 TRITON_SCRIPT = textwrap.dedent(
     """
     import os, torch, sys

@@ -58,6 +58,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="torch.compile the step (auto: on GPUs, and on CPU for big sweeps)",
     )
     r.add_argument(
+        "--kernels",
+        action="store_true",
+        help="CUDA: each step as two hand-written Triton launches (valley, fused optimizer step); "
+        "nothing compiled",
+    )
+    r.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -106,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads
     if threads is None and torch.device(device).type == "cpu":
         threads = 1  # per-step kernels are short: more threads per process only add barrier stalls
+    if args.kernels:
+        from .simulate import kernels_available
+
+        if args.compile == "on":
+            raise ValueError("Invalid --kernels with --compile on: the Triton step compiles nothing")
+        if not kernels_available(torch.device(device)):
+            raise ValueError(
+                f"Invalid --kernels on {device}: the Triton step runs on CUDA (or under TRITON_INTERPRET=1)"
+            )
     if args.steps_per_call < 1:
         raise ValueError(f"Invalid --steps-per-call: {args.steps_per_call} (allowed: an integer >= 1)")
     opts = F.RunOptions(
@@ -114,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         threads=threads,
         steps_per_call=args.steps_per_call,
+        kernels=args.kernels,
     )
     out = Path(args.out)
     t_all = time.perf_counter()

@@ -100,6 +100,7 @@ class RunOptions:
     pack_cells: bool | None = None
     fixed_order: bool | None = None
     steps_per_call: int = 1
+    kernels: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,9 @@ def expand(keys: Sequence[str]) -> list[Figure]:
 # --- compute functions for run_sweep ------------------------------------------------------------
 def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) -> S.Options:
     comp = run.compile
+    kernels = run.kernels
+    if kernels:
+        comp = False
     if comp is None:
         import torch
 
@@ -288,6 +292,7 @@ def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) ->
         pack_cells=run.pack_cells,
         fixed_order=run.fixed_order,
         steps_per_call=run.steps_per_call,
+        kernels=kernels,
     )
 
 

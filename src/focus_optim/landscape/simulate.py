@@ -27,6 +27,12 @@ cells of a call are packed into big chunks, each cell starting at a multiple of 
 reduction over coordinates is a fixed-order sum, so each row meets the same arithmetic wherever it
 sits. A workspace (parameters, optimizer, compiled step) is reused across chunks of one shape.
 Eagerly (no compiler, or small runs), the noise of many steps is drawn in one go.
+
+With ``kernels=True`` (CUDA, or any device under ``TRITON_INTERPRET=1``) nothing is compiled: a
+step is one hand-written Triton kernel for the valley (:mod:`.triton_valley`: loss, metrics,
+gradient and noise) followed by ``optimizer.step()`` on the optimizer's fused path, itself one
+Triton launch (with per-row ``lr``/``weight_decay``). Each row's numbers do not depend on its
+neighbours there either.
 """
 
 from __future__ import annotations
@@ -145,6 +151,9 @@ class Options:
             rounding wherever it sits in a chunk (default: when cells are packed); otherwise a
             reduction whose order the compiler may choose (fusable with the update, as softmax is).
         threads: CPU threads while simulating (``None``: leave torch's setting).
+        kernels: run each step as two hand-written Triton launches (the valley kernel, then the
+            optimizer's fused step) instead of compiling it; no compile time. CUDA, or
+            ``TRITON_INTERPRET=1`` (default: off).
     """
 
     device: str = "cpu"
@@ -155,11 +164,19 @@ class Options:
     compile_min_work: float = 5e8
     threads: int | None = None
     fixed_order: bool | None = None
+    kernels: bool = False
 
     def resolved(self, dim: int, work: float) -> Options:
         dev = torch.device(self.device)
         chunk = self.chunk_rows or (CPU_CHUNK_ROWS if dev.type == "cpu" else max(ROW_ALIGN, (1 << 27) // dim))
         comp = self.compile
+        if self.kernels:
+            if not kernels_available(dev):
+                raise ValueError(
+                    f"Invalid kernels=True on {dev}: the Triton kernels run on CUDA "
+                    "(or under TRITON_INTERPRET=1)"
+                )
+            comp = False
         if comp is None:
             comp = compile_available(dev) and (dev.type != "cpu" or work >= self.compile_min_work)
         pack = self.pack_cells if self.pack_cells is not None else dev.type != "cpu"
@@ -173,6 +190,7 @@ class Options:
             self.compile_min_work,
             self.threads,
             fixed,
+            self.kernels,
         )
 
 
@@ -187,6 +205,13 @@ def compile_available(device: torch.device) -> bool:
             return False
         return True
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def kernels_available(device: torch.device) -> bool:
+    """Whether :mod:`.triton_valley` and the fused optimizer kernels run on ``device``."""
+    from ..optim._kernels import use_triton
+
+    return use_triton(device)
 
 
 @dataclass
@@ -225,8 +250,11 @@ class Workspace:
             decay_norms_and_biases=True,
             lr=self.lr,
             weight_decay=self.wd,
+            **({"fused": True} if opts.kernels else {}),
             **dict(opt_setup.hparams),
         )
+        # The valley kernel's output, in the parameters' layout (the optimizer reads it as .grad).
+        self.grad = torch.zeros(n, n_rows, device=dev).t() if opts.kernels else None
         group = self.opt.param_groups[0]
         if group["lr"] is not self.lr or group["weight_decay"] is not self.wd:
             raise RuntimeError("make_optimizer did not keep the per-row lr/weight_decay tensors")
@@ -278,6 +306,38 @@ class Workspace:
                 self._step(z[i])
         self.t.fill_(t0 + steps)
 
+    @torch.no_grad()
+    def _run_kernels(self, steps: int, record: bool = False) -> Recording | None:
+        """Two launches a step: the valley kernel (metrics, noisy gradient), the fused optimizer step.
+        ``record``: the valley kernel also stores each step's loss and u; theta is copied."""
+        from .triton_valley import valley_step_
+
+        t0, c = int(self.t), float(self.valley.c)
+        rec = None
+        if record:
+            n, dev = self.n_rows, self.x.device
+            rec = Recording(
+                torch.empty(steps + 1, n, device=dev),
+                torch.empty(steps + 1, n, device=dev),
+                torch.empty(steps + 1, n, self.valley.dim, device=dev),
+            )
+        for i, t in enumerate(range(t0, t0 + steps)):
+            outs = {"loss_out": rec.loss[i], "u_out": rec.u[i]} if rec is not None else {}
+            valley_step_(self.x, self.grad, self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
+                         c=c, step=t, **outs)  # fmt: skip
+            if rec is not None:
+                rec.theta[i].copy_(self.x)
+            self.x.grad = self.grad
+            self.opt.step()
+        self.x.grad = None
+        self.t.fill_(t0 + steps)
+        if rec is not None:
+            rec.loss[steps], _, rec.u[steps] = V.loss_and_grad(
+                self.x, self.a, self.e, self.valley.c, self.ordered
+            )
+            rec.theta[steps].copy_(self.x)
+        return rec
+
     def load(self, rows: Rows, valley: V.Valley) -> None:
         """Reset to step 0 with these rows (padding rows, if fewer, are inert: lr = sigma = 0)."""
         n = len(rows)
@@ -302,11 +362,15 @@ class Workspace:
     def run(self, steps: int, record: bool = False) -> tuple[Tensor, Recording | None]:
         """Take ``steps`` steps; return metrics ``[n_rows, 3]`` (and the history if ``record``)."""
         rec = None
-        if record:
+        if record and self.opts.kernels:
+            rec = self._run_kernels(steps, record=True)
+        elif record:
             hist: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
             self._run_eager(steps, on_step=lambda: self._snapshot(*hist))
             self._snapshot(*hist)
             rec = Recording(*(torch.stack(h) for h in hist))
+        elif self.opts.kernels:
+            self._run_kernels(steps)
         elif self.opts.compile:
             k = self.opts.steps_per_call
             for _ in range(steps // k):
@@ -345,6 +409,7 @@ def workspace(opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Op
         opts.steps_per_call,
         bool(opts.pack_cells),
         bool(opts.fixed_order),
+        opts.kernels,
     )
     if key not in _WORKSPACES:
         if len(_WORKSPACES) >= MAX_WORKSPACES:
@@ -379,7 +444,8 @@ def simulate(
         valley: the landscape.
         steps: optimizer steps per trajectory.
         options: device, compilation and chunking (see :class:`Options`).
-        record: also return each block's per-step history (eager, for small runs).
+        record: also return each block's per-step history (eager, or on the Triton step with
+            ``kernels``; for small runs).
     """
     opt_setup = setup(opt_setup) if isinstance(opt_setup, str) else opt_setup
     if isinstance(blocks, Rows):
@@ -462,6 +528,7 @@ __all__ = [
     "Rows",
     "Workspace",
     "compile_available",
+    "kernels_available",
     "setup",
     "simulate",
 ]

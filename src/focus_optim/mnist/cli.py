@@ -50,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "graphs); same numbers up to rounding",
     )
     r.add_argument(
+        "--fused",
+        action="store_true",
+        help="eager optimizer steps on the fused path (FOCUS, Signum, AdamW: one Triton launch per "
+        "group on CUDA); same numbers up to rounding",
+    )
+    r.add_argument(
         "--data-dir",
         default=None,
         help="MNIST directory (default: $FOCUS_OPTIM_MNIST, "
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         threads=args.threads,
         compile=args.compile,
+        fused=args.fused,
     )
     if args.workers < 0:
         raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")

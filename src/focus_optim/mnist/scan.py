@@ -133,9 +133,10 @@ def make_compute(
     *,
     verify: bool = True,
     compile: str | None = None,
+    fused: bool = False,
 ):
     """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use
-    and kept on the device for the life of the process; ``compile``: see :func:`run_scan`)."""
+    and kept on the device for the life of the process; ``compile``, ``fused``: see :func:`run_scan`)."""
     settings = cfg.settings()
     members_lr = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]  # member = i_lr * R + r
 
@@ -156,6 +157,7 @@ def make_compute(
                 settings,
                 seed=cell.seed,
                 compile=compile,
+                fused=fused,
             )
             out.append({"history": hist.reshape(len(cfg.lrs), cfg.replicates, cfg.steps, len(METRICS))})
         return out
@@ -183,6 +185,7 @@ def run_scan(
     threads: int | None = None,
     workers: int = 1,
     compile: str | None = None,
+    fused: bool = False,
 ) -> SweepReport:
     """Run (or resume) this process's share of the scan into the results directory ``out``.
 
@@ -194,6 +197,8 @@ def run_scan(
     ``compile``: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"`` for CUDA graphs,
     ...) for each cell's training and test steps (:func:`~.train.train_cell`); ``None`` runs
     eagerly. It changes how cells run, not what they compute, so it is not part of the config.
+    ``fused``: eager optimizer steps on the fused path where the optimizer has one for ensembles
+    (FOCUS, Signum, AdamW; one Triton launch per group on CUDA); likewise not part of the config.
     """
     device = device or default_device()
     if workers > 1 and threads is None:
@@ -201,7 +206,7 @@ def run_scan(
     cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
     return run_sweep(
         sweep_spec(cfg),
-        Deferred(make_compute, cfg, data_dir, verify=verify, compile=compile),
+        Deferred(make_compute, cfg, data_dir, verify=verify, compile=compile, fused=fused),
         out,
         shard=shard,
         device=device,

@@ -142,13 +142,19 @@ class DataOrder:
 
 
 def build_optimizer(
-    model: EnsembleMLP, config: OptimizerConfig, lrs: Tensor, settings: TrainSettings
+    model: EnsembleMLP, config: OptimizerConfig, lrs: Tensor, settings: TrainSettings, *, fused: bool = False
 ) -> torch.optim.Optimizer:
     """The registry's optimizer for the ensemble (matrix-only ones: hidden 128x128 matrices only,
-    unless ``settings.matrix_input_layer``; the head is an output layer for the registry)."""
+    unless ``settings.matrix_input_layer``; the head is an output layer for the registry).
+
+    ``fused``: the optimizer's fused path where it takes per-member hyperparameters (FOCUS,
+    Signum, AdamW: one Triton launch per group on CUDA); other optimizers keep their default path.
+    """
     exclude = None
     if config.matrix_only and not settings.matrix_input_layer:
         exclude = [EnsembleMLP.INPUT_LAYER]
+    user_path = "fused" in config.hparams or "foreach" in config.hparams
+    extra = {"fused": True} if fused and not user_path and supports_fused_ensemble(config.name) else {}
     return make_optimizer(
         config.name,
         model,
@@ -157,7 +163,15 @@ def build_optimizer(
         lr=lrs,
         weight_decay=settings.weight_decay,
         **config.hparams,
+        **extra,
     )
+
+
+def supports_fused_ensemble(name: str) -> bool:
+    """Whether the registry's ``name`` has a fused path for per-member hyperparameters."""
+    from ..optim.registry import get_spec
+
+    return bool(getattr(get_spec(name).load(), "_fused_ensemble", False))
 
 
 def train_cell(
@@ -169,6 +183,7 @@ def train_cell(
     *,
     seed: int,
     compile: str | None = None,
+    fused: bool = False,
 ) -> np.ndarray:
     """Train ``len(lrs)`` members (member ``e`` with ``lrs[e]``) and return their history,
     ``(E, steps, 3)`` float32 with metrics :data:`METRICS`; test metrics are NaN at steps not
@@ -178,7 +193,10 @@ def train_cell(
     training forward (and so its backward), the optimizer step and the test pass: a few fused
     kernels per step instead of hundreds of small ones (on a GPU, where small cells are
     launch-bound). How it runs, not what: the numbers agree with the eager run to rounding, which
-    sign-like first steps and batch norm over tiny batches amplify over the steps."""
+    sign-like first steps and batch norm over tiny batches amplify over the steps.
+
+    ``fused``: eager steps on the optimizer's fused path (see :func:`build_optimizer`): one launch
+    for the whole ensemble's update instead of one per operation and tensor group."""
     device = data.train_x.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed & ((1 << 63) - 1))
@@ -189,7 +207,7 @@ def train_cell(
         losses_fn, evaluate_fn = _compiled(member_losses, compile), _compiled(evaluate_members, compile)
     else:
         model = EnsembleMLP(E, device=device, generator=gen)
-        opt = build_optimizer(model, config, lr_t, settings)
+        opt = build_optimizer(model, config, lr_t, settings, fused=fused)
         losses_fn, evaluate_fn, step_fn = member_losses, evaluate_members, opt.step
     n_train = len(data.train_y)
     order = DataOrder(E, n_train, batch_size, drop_last=settings.drop_last, generator=gen)

@@ -49,6 +49,8 @@ class BaseOptimizer(Optimizer):
     _supports_fused: bool = False
     #: whether the foreach path takes 1-D (per-member) hyperparameters (see :func:`member_views`)
     _foreach_ensemble: bool = False
+    #: whether the fused path takes 1-D (per-member) hyperparameters
+    _fused_ensemble: bool = False
     #: whether the update is element-wise, so that a DTensor (FSDP2) parameter is updated on its
     #: local shard (see :mod:`~focus_optim.optim._dtensor`)
     _elementwise: bool = True
@@ -115,8 +117,11 @@ class BaseOptimizer(Optimizer):
         ensemble = self._has_ensemble_hparams(group)
         fused, foreach = group.get("fused"), group.get("foreach")
         if fused:
-            if ensemble:
-                raise ValueError("fused=True does not support 1-D (per-member) tensor hyperparameters")
+            if ensemble and not self._fused_ensemble:
+                raise ValueError(
+                    f"fused=True: {type(self).__name__} does not support 1-D (per-member) tensor "
+                    "hyperparameters on its fused path"
+                )
             if not self._supports_fused:
                 raise ValueError(f"{type(self).__name__} has no fused implementation")
             return "foreach" if torch.compiler.is_compiling() else "fused"
@@ -268,6 +273,16 @@ def scalar(x: Scalar) -> Scalar:
     if isinstance(x, Tensor) and x.ndim == 0:
         return _get_value(x)
     return x
+
+
+def is_member(x: Any) -> bool:
+    """Whether a hyperparameter is a 1-D per-member (ensemble) tensor."""
+    return isinstance(x, Tensor) and x.ndim == 1
+
+
+def fused_hparam(x: Scalar) -> float | Tensor:
+    """A hyperparameter as a fused kernel takes it: a float, or a 1-D per-member tensor as it is."""
+    return x if is_member(x) else float(scalar(x))
 
 
 def per_member(x: Scalar, p: Tensor) -> Scalar:

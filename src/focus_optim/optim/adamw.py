@@ -36,6 +36,7 @@ from ._common import (
     add_scaled_,
     foreach_add_scaled_,
     foreach_groups,
+    is_member,
     is_zero,
     member_hparam,
     member_views,
@@ -77,6 +78,7 @@ class AdamW(BaseOptimizer):
     _state_keys = ("exp_avg", "exp_avg_sq")
     _supports_fused = True
     _foreach_ensemble = True
+    _fused_ensemble = True
 
     def __init__(
         self,
@@ -289,6 +291,10 @@ def _fused_adamw(
     decay_mode: str,
     maximize: bool,
 ) -> None:
+    if is_member(lr) or is_member(weight_decay):
+        _fused_adamw_ensemble(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
+                              beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)  # fmt: skip
+        return
     lr, weight_decay = scalar(lr), scalar(weight_decay)
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, state_steps]
@@ -300,6 +306,37 @@ def _fused_adamw(
             lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
             amsgrad=False, maximize=maximize, grad_scale=None, found_inf=None,
         )  # fmt: skip
+
+
+def _fused_adamw_ensemble(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    maximize: bool,
+) -> None:
+    """Per-member hyperparameters: one Triton launch per group on CUDA (PyTorch's fused kernel takes
+    one lr), the per-tensor path elsewhere or for tensors the kernel cannot walk."""
+    from ._kernels import triton_walkable, use_triton
+
+    torch._foreach_add_(state_steps, 1)
+    if use_triton(params[0].device) and triton_walkable([params, grads, exp_avgs, exp_avg_sqs]):
+        from ._kernels.triton_adamw import adamw_ensemble_
+
+        adamw_ensemble_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2,
+                        eps=eps, weight_decay=weight_decay, maximize=maximize)  # fmt: skip
+        return
+    torch._foreach_sub_(state_steps, 1)  # the per-tensor path counts the step itself
+    _single_tensor_adamw(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2,
+                         eps=eps, weight_decay=weight_decay, eps_mode="after_bias_correction",
+                         bias_correction=True, decay_mode="decoupled", maximize=maximize)  # fmt: skip
 
 
 def _is_one(x: Any) -> bool:

@@ -48,11 +48,11 @@ from ._common import (
     add_scaled_,
     foreach_add_scaled_,
     foreach_groups,
+    fused_hparam,
     is_zero,
     member_hparam,
     member_views,
     per_member,
-    scalar,
     step_value,
     working_views,
     write_back,
@@ -95,6 +95,7 @@ class FOCUS(BaseOptimizer):
     _state_keys = ("exp_avg", "param_avg")
     _supports_fused = True
     _foreach_ensemble = True
+    _fused_ensemble = True
 
     def __init__(
         self,
@@ -315,11 +316,11 @@ def _fused_focus(
         param_avgs,
         state_steps,
         update_fn=focus_update_,
-        lr=float(scalar(lr)),
+        lr=fused_hparam(lr),
         beta1=beta1,
         beta2=beta2,
         gamma=gamma,
-        weight_decay=float(scalar(weight_decay)),
+        weight_decay=fused_hparam(weight_decay),
         decay_mode=decay_mode,
         maximize=maximize,
     )

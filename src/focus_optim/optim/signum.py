@@ -24,11 +24,11 @@ from ._common import (
     add_scaled_,
     foreach_add_scaled_,
     foreach_groups,
+    fused_hparam,
     is_zero,
     member_hparam,
     member_views,
     per_member,
-    scalar,
     working_views,
     write_back,
 )
@@ -51,6 +51,7 @@ class Signum(BaseOptimizer):
     _state_keys = ("exp_avg",)
     _supports_fused = True
     _foreach_ensemble = True
+    _fused_ensemble = True
 
     def __init__(
         self,
@@ -109,8 +110,8 @@ def signum(
 
         fused_sign_family_(
             params, grads, exp_avgs, None, state_steps, update_fn=signum_update_,
-            lr=float(scalar(lr)), beta1=beta1, beta2=0.0, gamma=0.0,
-            weight_decay=float(scalar(weight_decay)), decay_mode="algorithm1", maximize=maximize,
+            lr=fused_hparam(lr), beta1=beta1, beta2=0.0, gamma=0.0,
+            weight_decay=fused_hparam(weight_decay), decay_mode="algorithm1", maximize=maximize,
         )  # fmt: skip
         return
     impl = _single_tensor_signum if path == "single" else _multi_tensor_signum

@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_value
 
-from .._common import as_real
+from .._common import as_real, is_member
 
 
-def _use_triton(device: torch.device) -> bool:
+def use_triton(device: torch.device) -> bool:
+    """Whether the Triton kernels run here: on CUDA, or anywhere under ``TRITON_INTERPRET=1``."""
     if device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         try:
             import triton  # noqa: F401
@@ -63,11 +64,11 @@ def fused_sign_family_(
     state_steps: list[Tensor],
     *,
     update_fn: Callable[..., None],
-    lr: float,
+    lr: float | Tensor,
     beta1: float,
     beta2: float,
     gamma: float,
-    weight_decay: float,
+    weight_decay: float | Tensor,
     decay_mode: str,
     maximize: bool,
 ) -> None:
@@ -75,19 +76,25 @@ def fused_sign_family_(
 
     ``update_fn`` is the optimizer's element-wise update of one tensor (e.g. ``focus_update_``);
     it is what gets compiled where Triton is not used, so every path computes the same function.
+    ``lr``/``weight_decay`` are numbers, or 1-D tensors with one value per ensemble member (dim 0
+    of every parameter).
     """
     focus = param_avgs is not None
     # One dispatch for all the CPU step counters; a tensor `1` avoids re-wrapping the scalar per tensor.
     torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
     steps = torch.stack(state_steps).tolist() if len(state_steps) > 1 else [_get_value(state_steps[0])]
     rows = [params, grads, exp_avgs] + ([param_avgs] if focus else [])
-    triton_ok = _use_triton(params[0].device)
+    triton_ok = use_triton(params[0].device)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay_mode=decay_mode,
               maximize=maximize)  # fmt: skip
     if triton_ok and _uniform(rows, steps):  # the common case: one launch, no per-tensor Python work
         from .triton_sign import sign_family_
 
         sign_family_(*rows[:3], param_avgs, bc2=1.0 - beta2 ** steps[0] if focus else 1.0, **kw)
+        return
+    if is_member(lr) or is_member(weight_decay):  # ensembles off the kernel: tensor by tensor
+        _per_tensor(list(range(len(params))), params, grads, exp_avgs, param_avgs, steps,
+                    update_fn=update_fn, compiled=False, **kw)  # fmt: skip
         return
     buckets: dict[tuple[Any, ...] | None, list[int]] = defaultdict(list)
     for i in range(len(params)):
@@ -107,15 +114,34 @@ def fused_sign_family_(
         sign_family_(p, g, m, a, bc2=1.0 - beta2 ** key[-1] if focus else 1.0, **kw)
 
 
+def is_dense(t: Tensor) -> bool:
+    """Whether ``t`` covers exactly ``numel`` consecutive elements of storage from ``data_ptr()``
+    (contiguous, or a permutation of a contiguous layout such as a transpose)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _uniform(rows: list[list[Tensor]], steps: list[float]) -> bool:
-    """Same step count, real dtypes uniform per row, everything contiguous."""
-    if steps.count(steps[0]) != len(steps):
-        return False
+    """Same step count and :func:`triton_walkable`."""
+    return steps.count(steps[0]) == len(steps) and triton_walkable(rows)
+
+
+def triton_walkable(rows: list[list[Tensor]]) -> bool:
+    """Whether one multi-tensor launch can walk these rows (param, grad, states): real dtypes
+    uniform per row, and each tensor dense with the same strides in every row (contiguous, or a
+    permuted layout such as a transpose, which the kernel walks in storage order)."""
     for row in rows:
-        if (
-            row[0].is_complex()
-            or len({t.dtype for t in row}) != 1
-            or not all([t.is_contiguous() for t in row])
+        if row[0].is_complex() or len({t.dtype for t in row}) != 1:
+            return False
+    for tensors in zip(*rows):
+        if not all(t.is_contiguous() for t in tensors) and not (
+            is_dense(tensors[0]) and len({t.stride() for t in tensors}) == 1
         ):
             return False
     return True

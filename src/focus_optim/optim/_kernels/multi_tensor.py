@@ -59,3 +59,31 @@ def pointer_table(rows: list[list[Tensor]], device: torch.device) -> Tensor:
         return host.to(device, non_blocking=True)
 
     return _pointers.get_or_make((ptrs, str(device)), make)
+
+
+_strides: _LRU = _LRU()
+_constants: _LRU = _LRU()
+
+
+def member_tables(
+    params: list[Tensor], lr: float | Tensor, weight_decay: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor, int] | None:
+    """For 1-D (per-member) ``lr``/``weight_decay``: (lr [E], weight decay [E], stride(0) of each
+    tensor, E), all on the params' device in fp32 / int64; ``None`` when both are numbers."""
+    vectors = [x for x in (lr, weight_decay) if isinstance(x, Tensor) and x.ndim == 1]
+    if not vectors:
+        return None
+    device, members = params[0].device, vectors[0].shape[0]
+
+    def as_vector(x: float | Tensor) -> Tensor:
+        if isinstance(x, Tensor):
+            return x.to(device=device, dtype=torch.float32).expand(members).contiguous()
+        # cached: a number here is a group's fixed hyperparameter, the same at every step
+        key = (float(x), members, str(device))
+        return _constants.get_or_make(key, lambda: torch.full((members,), float(x), device=device))
+
+    strides0 = tuple(p.stride(0) for p in params)
+    table = _strides.get_or_make(
+        (strides0, str(device)), lambda: torch.tensor(strides0, dtype=torch.int64).to(device)
+    )
+    return as_vector(lr), as_vector(weight_decay), table, members

@@ -3,6 +3,10 @@
 One launch per (param group, dtype combination, step count) walks every tensor of the list and,
 per element, reads p, g, m (and the parameter EMA a) once and writes p, m (and a) once:
 28 bytes per fp32 FOCUS parameter, 20 for Signum. Arithmetic is in fp32 whatever the storage.
+
+Ensembles: with 1-D (per-member) ``lr``/``weight_decay`` the kernel reads the member's values
+for each element, the member being its index along dim 0: ``(offset // stride(0)) % size(0)``
+for an element at ``offset`` in the tensor's (dense, possibly permuted) storage.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .multi_tensor import block_table, pointer_table
+from .multi_tensor import block_table, member_tables, pointer_table
 
 BLOCK = 1024  # tuned on an H100 (benchmarks/tune_fused_focus.py): 1024 x 4 warps was fastest
 NUM_WARPS = 4
@@ -50,6 +54,11 @@ def _sign_family_kernel(
     eta_wd_hat,
     bc2,
     wd,
+    lr_ptr,
+    wd_ptr,
+    strides0,
+    members,
+    MEMBER: tl.constexpr,
     MODE: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     HAS_AVG: tl.constexpr,
@@ -66,6 +75,11 @@ def _sign_family_kernel(
     m_ptr = tl.load(ptrs + 2 * n_tensors + t).to(s_witness.dtype)
     offs = start + tl.arange(0, BLOCK)
     mask = offs < n
+    if MEMBER:
+        member = (offs // tl.load(strides0 + t)) % members
+        lr = tl.load(lr_ptr + member, mask=mask, other=0.0)
+        wd = tl.load(wd_ptr + member, mask=mask, other=0.0)
+        eta_wd_hat = -tl.div_rn(lr * wd, bc2)
 
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
@@ -103,25 +117,33 @@ def sign_family_(
     exp_avgs: list[Tensor],
     param_avgs: list[Tensor] | None,
     *,
-    lr: float,
+    lr: float | Tensor,
     beta1: float,
     beta2: float,
     gamma: float,
-    weight_decay: float,
+    weight_decay: float | Tensor,
     bc2: float,
     decay_mode: str,
     maximize: bool,
 ) -> None:
-    """One launch over tensors that share device, dtypes and step count (all contiguous, real).
+    """One launch over tensors that share device, dtypes and step count (real, each dense with the
+    same strides in every role). ``lr``/``weight_decay``: numbers, or 1-D per-member tensors.
 
-    Only ``data_ptr()`` and ``numel()`` of each tensor are read on the host: no views are made.
+    Only ``data_ptr()``, ``numel()`` and ``stride(0)`` of each tensor are read on the host: no views
+    are made.
     """
     device = params[0].device
     rows = [params, grads, exp_avgs] + ([param_avgs] if param_avgs is not None else [])
     numels, which, start = block_table(tuple(p.numel() for p in params), BLOCK, device)
     ptrs = pointer_table(rows, device)
-    decay = weight_decay != 0.0
-    eta_wd_hat = -(lr * weight_decay) / bc2
+    member = member_tables(params, lr, weight_decay)
+    if member is not None:
+        lr_t, wd_t, strides0, members = member
+        lr, weight_decay, decay, eta_wd_hat = 0.0, 0.0, True, 0.0
+    else:
+        lr_t = wd_t = strides0 = params[0]  # unused placeholders (MEMBER=False)
+        members, decay = 1, weight_decay != 0.0
+        eta_wd_hat = -(lr * weight_decay) / bc2
     w1, w2 = 1.0 - beta1, 1.0 - beta2
     _sign_family_kernel[(which.numel(),)](
         ptrs,
@@ -140,6 +162,11 @@ def sign_family_(
         eta_wd_hat,
         bc2,
         weight_decay,
+        lr_t,
+        wd_t,
+        strides0,
+        members,
+        MEMBER=member is not None,
         MODE=MODES[decay_mode],
         MAXIMIZE=maximize,
         HAS_AVG=param_avgs is not None,

@@ -1,0 +1,137 @@
+"""Fused Triton kernel for AdamW with per-member (ensemble) ``lr``/``weight_decay``.
+
+PyTorch's fused AdamW takes one learning rate per launch; ensembles (one lr and weight decay per
+member along dim 0, as the labs use them) run here instead, with torch.optim's conventions:
+
+.. math::
+    \\theta \\leftarrow \\theta(1-\\eta\\lambda);\\quad m \\leftarrow \\operatorname{lerp}(m, g, 1-\\beta_1);
+    \\quad v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2;\\quad
+    \\theta \\leftarrow \\theta - \\frac{\\eta}{1-\\beta_1^t}\\,
+    \\frac{m}{\\sqrt{v}/\\sqrt{1-\\beta_2^t} + \\epsilon}
+
+One launch walks every tensor of a group and reads p, g, m, v once and writes p, m, v once (28
+bytes per fp32 element). The step counts stay on the device (the fused path's convention), so a
+step never waits for the GPU: each block reads its tensor's count and forms the bias corrections
+as ``exp2(t * log2(beta))``. Arithmetic is in fp32 whatever the storage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .multi_tensor import block_table, member_tables, pointer_table
+from .triton_sign import BLOCK, NUM_WARPS, _lerp
+
+
+@triton.jit
+def _adamw_kernel(
+    ptrs,
+    numels,
+    block_tensor,
+    block_start,
+    n_tensors,
+    p_witness,
+    g_witness,
+    s_witness,
+    t_witness,
+    lr_ptr,
+    wd_ptr,
+    strides0,
+    members,
+    w1,
+    b2,
+    w2,
+    log2_b1,
+    log2_b2,
+    eps,
+    MAXIMIZE: tl.constexpr,
+    W1_HIGH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    start = tl.load(block_start + pid)
+    n = tl.load(numels + t)
+    p_ptr = tl.load(ptrs + t).to(p_witness.dtype)
+    g_ptr = tl.load(ptrs + n_tensors + t).to(g_witness.dtype)
+    m_ptr = tl.load(ptrs + 2 * n_tensors + t).to(s_witness.dtype)
+    v_ptr = tl.load(ptrs + 3 * n_tensors + t).to(s_witness.dtype)
+    step = tl.load(tl.load(ptrs + 4 * n_tensors + t).to(t_witness.dtype)).to(tl.float32)
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < n
+    member = (offs // tl.load(strides0 + t)) % members
+    lr = tl.load(lr_ptr + member, mask=mask, other=0.0)
+    wd = tl.load(wd_ptr + member, mask=mask, other=0.0)
+    bc1 = 1.0 - tl.exp2(step * log2_b1)
+    bc2_sqrt = tl.sqrt_rn(1.0 - tl.exp2(step * log2_b2))
+
+    p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    p = p * (1.0 - lr * wd)
+    m = _lerp(m, g, w1, W1_HIGH)
+    v = v * b2 + w2 * (g * g)
+    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+    p = p - tl.div_rn(m, denom) * tl.div_rn(lr, bc1)
+    tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(s_witness.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+
+
+def adamw_ensemble_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    maximize: bool,
+) -> None:
+    """One launch over tensors that share device and dtypes (real, each dense with the same strides
+    in every role), with 1-D per-member ``lr`` and/or ``weight_decay``. The step counts (device
+    tensors) must already hold this step's value."""
+    device = params[0].device
+    member = member_tables(params, lr, weight_decay)
+    if member is None:
+        raise ValueError("adamw_ensemble_ needs a 1-D (per-member) lr or weight_decay")
+    lr_t, wd_t, strides0, members = member
+    numels, which, start = block_table(tuple(p.numel() for p in params), BLOCK, device)
+    ptrs = pointer_table([params, grads, exp_avgs, exp_avg_sqs, state_steps], device)
+    w1 = 1.0 - beta1
+    _adamw_kernel[(which.numel(),)](
+        ptrs,
+        numels,
+        which,
+        start,
+        len(params),
+        params[0],
+        grads[0],
+        exp_avgs[0],
+        state_steps[0],
+        lr_t,
+        wd_t,
+        strides0,
+        members,
+        w1,
+        beta2,
+        1.0 - beta2,
+        math.log2(beta1) if beta1 > 0 else -math.inf,
+        math.log2(beta2) if beta2 > 0 else -math.inf,
+        eps,
+        MAXIMIZE=maximize,
+        W1_HIGH=w1 >= 0.5,
+        BLOCK=BLOCK,
+        num_warps=NUM_WARPS,
+    )

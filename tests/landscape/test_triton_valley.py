@@ -1,0 +1,177 @@
+"""The Triton step of the toy lab (``kernels=True``): the valley kernel against the tensor code, and
+whole simulations against the eager path and the paper's scalar loop.
+
+Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, which must be
+set before Triton is imported, hence the subprocess); the CUDA tests run them compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import toy_reference as R
+
+from focus_optim.landscape import simulate as S
+from focus_optim.landscape import valley as V
+
+HERE = Path(__file__).resolve().parent
+
+CELLS = [(10.0, 0.5, 0.01), (100.0, 2.0, 0.003)]  # (sharpness, noise, lr)
+REPLICATES = 50
+STEPS = 300
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, math, sys
+    import numpy as np
+    import torch
+    sys.path.insert(0, {here!r})
+    import toy_reference as R
+    from focus_optim.landscape import rng, simulate as S, valley as V
+    from focus_optim.landscape.triton_valley import valley_step_
+
+    torch.set_num_threads(1)
+    out = {{"valley": {{}}, "first_steps": {{}}, "packed_equals_alone": {{}}, "cells": {{}}}}
+
+    # 1. One valley step against the tensor code (noise from rng.step_normals), R not a multiple of a block.
+    for dim in (2, 3, 100):
+        land = V.rotated() if dim == 2 else V.random_axis(dim)
+        R_, step = 300, 7
+        gen = torch.Generator().manual_seed(dim)
+        keys = rng.row_keys(5, R_)
+        x = (0.3 * torch.randn(dim, R_, generator=gen)).t()
+        a, sigma = 10 * torch.rand(R_, generator=gen), 3 * torch.rand(R_, generator=gen)
+        e = land.axis_tensor()
+        g = torch.full((dim, R_), math.nan).t()
+        min_loss, max_u = torch.full((R_,), 0.5), torch.full((R_,), -0.5)
+        valley_step_(x, g, a, sigma, keys, e, min_loss, max_u, c=land.c, step=step)
+        loss, grad, u = V.loss_and_grad(x, a, e, land.c)
+        ref = V.noisy(grad, sigma, rng.step_normals(keys, step, dim))
+        out["valley"][dim] = {{
+            "grad_rel": ((g - ref).abs() / (ref.abs() + 1e-3)).max().item(),
+            "min_loss": (min_loss - torch.minimum(loss, torch.tensor(0.5))).abs().max().item(),
+            "max_u": (max_u - torch.maximum(u, torch.tensor(-0.5))).abs().max().item(),
+        }}
+
+    # 2. Five steps of each optimizer: kernels vs eager, to rounding (before chaos amplifies it).
+    for dim in (2, 7):
+        land = V.rotated() if dim == 2 else V.random_axis(dim)
+        rows = S.Rows.make(0, torch.tensor([1.0, 10.0, 100.0])[:, None, None],
+                           torch.tensor([0.0, 1.0, 2.0])[None, :, None], 0.05, torch.full((1, 1, 20), 0.1))
+        for opt in S.PAPER_SETUPS:
+            a = S.simulate(opt, rows, land, 5, S.Options(compile=False))[0]
+            b = S.simulate(opt, rows, land, 5, S.Options(kernels=True))[0]
+            out["first_steps"][f"{{opt}}-{{dim}}"] = ((a - b).abs() / (a.abs() + 1e-3)).max().item()
+
+    # 3. Cells packed into one launch equal the same cells run alone, bit for bit.
+    blocks = [S.Rows.make(seed, a, 1.0, np.full(40, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
+    for land in (V.rotated(), V.random_axis(7)):
+        kern = S.Options(kernels=True, pack_cells=True)
+        for opt in S.PAPER_SETUPS:
+            packed = S.simulate(opt, blocks, land, 30, kern)
+            alone = [S.simulate(opt, [b], land, 30, kern)[0] for b in blocks]
+            same = all(torch.equal(p, q) for p, q in zip(packed, alone))
+            out["packed_equals_alone"][f"{{opt}}-{{land.dim}}"] = same
+
+    # 4. Recorded runs (Figures 1c, 4): loss, u and theta at every step, kernels vs eager.
+    out["recorded"] = {{}}
+    for land in (V.rotated(), V.random_axis(7)):
+        rows = S.Rows.make(3, 10.0, torch.tensor([0.0, 1.0])[:, None], 0.01, torch.full((1, 5), 0.1))
+        for opt in S.PAPER_SETUPS:
+            (ma,), (ra,) = S.simulate(opt, rows, land, 6, S.Options(compile=False), record=True)
+            (mb,), (rb,) = S.simulate(opt, rows, land, 6, S.Options(kernels=True), record=True)
+            rel = lambda x, y: ((x - y).abs() / (x.abs() + 1e-3)).max().item()
+            out["recorded"][f"{{opt}}-{{land.dim}}"] = {{
+                "shapes": [list(ra.theta.shape), list(rb.theta.shape), list(rb.loss.shape), list(rb.u.shape)],
+                "rel": max(rel(ra.loss, rb.loss), rel(ra.u, rb.u), rel(ra.theta, rb.theta), rel(ma, mb)),
+            }}
+
+    # 5. Metrics of whole runs, for the statistical comparison with the paper's loop (in pytest).
+    for opt in S.PAPER_SETUPS:
+        cells = enumerate({cells})
+        blocks = [S.Rows.make(200 + i, a, s, np.full({reps}, lr), 0.1) for i, (a, s, lr) in cells]
+        res = S.simulate(opt, blocks, V.rotated(), {steps}, S.Options(kernels=True))
+        out["cells"][opt] = [m.double().tolist() for m in res]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    pytest.importorskip("triton")
+    script = SCRIPT.format(here=str(HERE), cells=CELLS, reps=REPLICATES, steps=STEPS)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_valley_kernel_equals_the_tensor_code(interpreted) -> None:
+    """Loss, gradient and noise of one step (same hashes; Box-Muller through Triton's math)."""
+    for dim, err in interpreted["valley"].items():
+        assert err["grad_rel"] < 1e-4, (dim, err)
+        assert err["min_loss"] < 1e-4 * 10 and err["max_u"] < 1e-6, (dim, err)
+
+
+def test_kernel_steps_track_the_eager_steps(interpreted) -> None:
+    for key, rel in interpreted["first_steps"].items():
+        tol = 5e-3 if key.startswith("adamw") else 1e-4  # Adam's bias corrections: exp2 in the kernel
+        assert rel < tol, (key, rel)
+
+
+def test_kernel_recorded_runs_track_the_eager_ones(interpreted) -> None:
+    for key, rec in interpreted["recorded"].items():
+        dim = int(key.split("-")[1])
+        assert rec["shapes"] == [[7, 10, dim], [7, 10, dim], [7, 10], [7, 10]], key
+        assert rec["rel"] < (5e-3 if key.startswith("adamw") else 1e-4), (key, rec)
+
+
+def test_kernel_cells_packed_equal_cells_alone(interpreted) -> None:
+    assert interpreted["packed_equals_alone"] and all(interpreted["packed_equals_alone"].values())
+
+
+@pytest.mark.parametrize("opt", list(S.PAPER_SETUPS))
+def test_kernel_runs_match_the_scalar_paper_loop(interpreted, opt: str) -> None:
+    """Mean of each metric over 50 replicates within 3 standard errors of the paper's loop."""
+    for i, (a, sigma, lr) in enumerate(CELLS):
+        ref = R.run(opt, a, sigma, lr, 0.1, STEPS, REPLICATES, seed=50 + i)
+        sim = np.asarray(interpreted["cells"][opt][i])
+        for k, metric in enumerate(S.METRICS):
+            se = np.sqrt(sim[:, k].var(ddof=1) / REPLICATES + ref[:, k].var(ddof=1) / REPLICATES)
+            diff = sim[:, k].mean() - ref[:, k].mean()
+            assert abs(diff) <= 3 * se, f"{opt} a={a} sigma={sigma} {metric}: {diff:+.4f} vs se {se:.4f}"
+
+
+def test_kernels_need_cuda_or_the_interpreter(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="kernels=True"):
+        S.simulate("focus", S.Rows.make(0, 1.0, 0.0, [0.1], 0.0), V.rotated(), 3, S.Options(kernels=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", list(S.PAPER_SETUPS))
+def test_cuda_kernels_packed_equal_alone_and_match_cpu(opt: str) -> None:
+    blocks = [S.Rows.make(seed, a, 1.0, np.full(512, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
+    for land in (V.rotated(), V.random_axis(100)):
+        kern = S.Options(device="cuda", kernels=True)
+        packed = S.simulate(opt, blocks, land, 200, kern)
+        alone = [S.simulate(opt, [b], land, 200, kern)[0] for b in blocks]
+        cpu = S.simulate(opt, blocks, land, 200, S.Options(compile=False))
+        for p, a, c in zip(packed, alone, cpu):
+            assert torch.equal(p, a)
+            p, c = p[:, 0].double(), c[:, 0].double()
+            assert (p.mean() - c.mean()).abs() <= 3 * (p.var() / p.numel() + c.var() / c.numel()).sqrt()
