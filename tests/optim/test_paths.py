@@ -224,15 +224,21 @@ TRITON_ENSEMBLE_SCRIPT = textwrap.dedent(
 )
 
 
+def run_interpreted(script: str) -> None:
+    """Run ``script`` (with ``{tests}`` set to this folder) under Triton's CPU interpreter, which has
+    to be switched on before Triton is imported; it prints ``ok`` when its checks pass."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = script.format(tests=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
 def test_ensemble_triton_kernels_in_interpreter_mode():
     """Per-member lr/weight decay on the CUDA kernels (one launch per step, row- and column-major
     members), run by Triton's CPU interpreter: the per-tensor path's numbers to fp32 rounding."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = TRITON_ENSEMBLE_SCRIPT.format(tests=os.path.dirname(__file__))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    run_interpreted(TRITON_ENSEMBLE_SCRIPT)
 
 
 @pytest.mark.gpu
@@ -262,12 +268,7 @@ TRITON_SCRIPT = textwrap.dedent(
 
 def test_triton_kernel_in_interpreter_mode():
     """The CUDA kernel's logic, run by Triton's CPU interpreter (skipped without triton)."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = TRITON_SCRIPT.format(tests=os.path.dirname(__file__))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    run_interpreted(TRITON_SCRIPT)
 
 
 @pytest.mark.gpu

@@ -24,6 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .multi_tensor import block_table, member_tables, pointer_table
+from .triton_blocks import member_values, role_pointer, tensor_block
 from .triton_sign import BLOCK, NUM_WARPS, _lerp
 
 
@@ -52,20 +53,13 @@ def _adamw_kernel(
     W1_HIGH: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
-    n = tl.load(numels + t)
-    p_ptr = tl.load(ptrs + t).to(p_witness.dtype)
-    g_ptr = tl.load(ptrs + n_tensors + t).to(g_witness.dtype)
-    m_ptr = tl.load(ptrs + 2 * n_tensors + t).to(s_witness.dtype)
-    v_ptr = tl.load(ptrs + 3 * n_tensors + t).to(s_witness.dtype)
-    step = tl.load(tl.load(ptrs + 4 * n_tensors + t).to(t_witness.dtype)).to(tl.float32)
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
-    member = (offs // tl.load(strides0 + t)) % members
-    lr = tl.load(lr_ptr + member, mask=mask, other=0.0)
-    wd = tl.load(wd_ptr + member, mask=mask, other=0.0)
+    t, offs, mask = tensor_block(numels, block_tensor, block_start, BLOCK)
+    p_ptr = role_pointer(ptrs, n_tensors, 0, t, p_witness)
+    g_ptr = role_pointer(ptrs, n_tensors, 1, t, g_witness)
+    m_ptr = role_pointer(ptrs, n_tensors, 2, t, s_witness)
+    v_ptr = role_pointer(ptrs, n_tensors, 3, t, s_witness)
+    step = tl.load(role_pointer(ptrs, n_tensors, 4, t, t_witness)).to(tl.float32)
+    lr, wd = member_values(lr_ptr, wd_ptr, strides0, members, t, offs, mask)
     bc1 = 1.0 - tl.exp2(step * log2_b1)
     bc2_sqrt = tl.sqrt_rn(1.0 - tl.exp2(step * log2_b2))
 

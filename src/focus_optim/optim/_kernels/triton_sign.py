@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .multi_tensor import block_table, member_tables, pointer_table
+from .triton_blocks import member_values, role_pointer, tensor_block
 
 BLOCK = 1024  # tuned on an H100 (benchmarks/tune_fused_focus.py): 1024 x 4 warps was fastest
 NUM_WARPS = 4
@@ -66,19 +67,12 @@ def _sign_family_kernel(
     W1_HIGH: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
-    n = tl.load(numels + t)
-    p_ptr = tl.load(ptrs + t).to(p_witness.dtype)
-    g_ptr = tl.load(ptrs + n_tensors + t).to(g_witness.dtype)
-    m_ptr = tl.load(ptrs + 2 * n_tensors + t).to(s_witness.dtype)
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    t, offs, mask = tensor_block(numels, block_tensor, block_start, BLOCK)
+    p_ptr = role_pointer(ptrs, n_tensors, 0, t, p_witness)
+    g_ptr = role_pointer(ptrs, n_tensors, 1, t, g_witness)
+    m_ptr = role_pointer(ptrs, n_tensors, 2, t, s_witness)
     if MEMBER:
-        member = (offs // tl.load(strides0 + t)) % members
-        lr = tl.load(lr_ptr + member, mask=mask, other=0.0)
-        wd = tl.load(wd_ptr + member, mask=mask, other=0.0)
+        lr, wd = member_values(lr_ptr, wd_ptr, strides0, members, t, offs, mask)
         eta_wd_hat = -tl.div_rn(lr * wd, bc2)
 
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
@@ -89,7 +83,7 @@ def _sign_family_kernel(
     m = _lerp(m, g, w1, W1_HIGH)
     u = _sign(m)
     if HAS_AVG:
-        a_ptr = tl.load(ptrs + 3 * n_tensors + t).to(s_witness.dtype)
+        a_ptr = role_pointer(ptrs, n_tensors, 3, t, s_witness)
         a = tl.load(a_ptr + offs, mask=mask).to(tl.float32)
         a = a * b2 + w2 * p  # as the per-tensor path: exactly w2 * p at the first step, FMA or not
         if DECAY and MODE == 0:
