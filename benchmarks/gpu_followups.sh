@@ -54,6 +54,7 @@ case "$part" in
       --fresh-process
     mkdir -p "$out/toy-kernels-throughput"
     OUT="$out/toy-kernels-throughput" python benchmarks/toy_throughput.py --device cuda --skip-cpu
+    OUT="$out/toy-kernels-throughput" python benchmarks/toy_throughput.py --device cuda --host-overhead
     ;;
   toy)
     OUT="$out/toy" python benchmarks/toy_gpu_suite.py --store "$out/toy-store" --fresh-process

@@ -23,6 +23,10 @@ needs 28.8M trajectories x 1000 steps = 2.88e10 trajectory-steps; the table extr
 ``--dim N`` times Figure 6 right's N-D valley (rates stay per trajectory; multiply by N for
 coordinate-steps); ``--steps-per-call`` compares compiled calls of one and of several steps.
 
+``--host-overhead`` times only the host work per step of the Triton step (``kernels=True``): on
+CUDA the whole cost of a 64-row step, launches included; on a CPU under ``TRITON_INTERPRET=1`` the
+Python around the (stubbed) launches.
+
 With ``$OUT`` set, ``$OUT/toy_throughput.json`` holds every number.
 """
 
@@ -109,6 +113,44 @@ def time_batched(n: int, steps: int, opts: S.Options, land: V.Valley | None = No
     return 3 * n * steps / (time.perf_counter() - t0), warm
 
 
+def host_overhead(device: str, steps: int = 2000) -> dict[str, float]:
+    """Microseconds of host work per step of the Triton step (``kernels=True``) on a 64-row chunk.
+
+    On CUDA the GPU work of 64 rows is negligible, so this is the whole host cost of a step,
+    launches included; a step is GPU-bound when its chunk's GPU time exceeds it. Under
+    ``TRITON_INTERPRET=1`` on a CPU the three kernels are replaced by no-ops, which leaves the
+    Python work around them (the launches themselves excluded)."""
+    from focus_optim.landscape import triton_valley
+    from focus_optim.optim._kernels import triton_adamw, triton_sign
+
+    stubbed = []
+    if torch.device(device).type != "cuda":
+
+        class _NoLaunch:
+            def __getitem__(self, grid: Any) -> Any:
+                return lambda *args, **kwargs: None
+
+        for mod, name in ((triton_valley, "_valley_step_kernel"), (triton_sign, "_sign_family_kernel"),
+                          (triton_adamw, "_adamw_kernel")):  # fmt: skip
+            stubbed.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, _NoLaunch())
+    try:
+        out = {}
+        block, opts = rows(64), S.Options(device=device, kernels=True)
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        for opt in S.PAPER_SETUPS:
+            S.simulate(opt, block, V.rotated(), 10, opts)
+            sync()
+            t0 = time.perf_counter()
+            S.simulate(opt, block, V.rotated(), steps, opts)
+            sync()
+            out[opt] = (time.perf_counter() - t0) / steps * 1e6
+        return out
+    finally:
+        for mod, name, fn in stubbed:
+            setattr(mod, name, fn)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -127,7 +169,23 @@ def main() -> int:
         "--steps-per-call", type=int, nargs="+", default=[1], help="compiled steps per call to compare"
     )
     ap.add_argument("--skip-cpu", action="store_true", help="only the scalar baseline and the GPU rows")
+    ap.add_argument(
+        "--host-overhead",
+        action="store_true",
+        help="only the host work per step of the Triton step (CUDA; or stubbed launches under "
+        "TRITON_INTERPRET=1 on a CPU)",
+    )
     args = ap.parse_args()
+    if args.host_overhead:
+        us = host_overhead(args.device)
+        for opt, v in us.items():
+            print(f"{opt:<8s} {v:8.1f} us of host work per Triton step ({args.device})")
+        if out := os.environ.get("OUT"):
+            with open(os.path.join(out, "toy_host_overhead.json"), "w") as fh:
+                json.dump(
+                    {"device": args.device, "torch": torch.__version__, "us_per_step": us}, fh, indent=1
+                )
+        return 0
 
     results: list[dict[str, Any]] = []
     land = V.rotated() if args.dim == 2 else V.random_axis(args.dim)

@@ -45,3 +45,22 @@ def test_gpu_suite_script_on_cpu(tmp_path):
     assert all(f["seconds"] > 0 and f["traj_steps_per_s"] > 0 for f in info["figures"])
     # the suite's own checks: a trajectory packed with others equals the same trajectory alone
     assert info["checks"] and all(c["packed_equals_alone"] for c in info["checks"].values())
+
+
+def test_throughput_script_on_cpu(tmp_path):
+    """``toy_throughput.py`` (the GPU rows of ``toy-kernels`` and ``toy-variants``) at toy sizes, and
+    its ``--host-overhead`` mode with the Triton launches stubbed out in the interpreter."""
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(BENCHMARKS / "toy_throughput.py"), "--steps", "5", "--chunks", "64",
+           "--threads", "1", "--scalar-trajectories", "1", "--no-compile"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "toy_throughput.json").read_text())["results"]
+    assert [r["variant"].split()[0] for r in rows] == ["scalar", "eager"]
+    assert all(r["traj_steps_per_s"] > 0 for r in rows)
+    pytest.importorskip("triton")
+    proc = subprocess.run([*cmd[:2], "--host-overhead"], env={**env, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    us = json.loads((tmp_path / "toy_host_overhead.json").read_text())["us_per_step"]
+    assert set(us) == {"adamw", "signum", "focus"} and all(v > 0 for v in us.values())

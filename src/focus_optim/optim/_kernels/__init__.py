@@ -36,6 +36,7 @@ def use_triton(device: torch.device) -> bool:
     return False
 
 
+_ONE = torch.tensor(1.0)
 STATIC_SHAPES = 6  # distinct tensor sizes per update function compiled with static shapes
 _static_sizes: dict[Callable[..., None], set[int]] = {}
 
@@ -81,7 +82,7 @@ def fused_sign_family_(
     """
     focus = param_avgs is not None
     # One dispatch for all the CPU step counters; a tensor `1` avoids re-wrapping the scalar per tensor.
-    torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
+    torch._foreach_add_(state_steps, _ONE, alpha=1.0)
     steps = torch.stack(state_steps).tolist() if len(state_steps) > 1 else [_get_value(state_steps[0])]
     rows = [params, grads, exp_avgs] + ([param_avgs] if focus else [])
     triton_ok = use_triton(params[0].device)

@@ -77,6 +77,8 @@ def member_tables(
 
     def as_vector(x: float | Tensor) -> Tensor:
         if isinstance(x, Tensor):
+            if x.ndim == 1 and x.device == device and x.dtype == torch.float32 and x.is_contiguous():
+                return x  # the usual case, checked first: this runs at every step
             return x.to(device=device, dtype=torch.float32).expand(members).contiguous()
         # cached: a number here is a group's fixed hyperparameter, the same at every step
         key = (float(x), members, str(device))
