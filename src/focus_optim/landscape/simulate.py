@@ -362,15 +362,13 @@ class Workspace:
     def run(self, steps: int, record: bool = False) -> tuple[Tensor, Recording | None]:
         """Take ``steps`` steps; return metrics ``[n_rows, 3]`` (and the history if ``record``)."""
         rec = None
-        if record and self.opts.kernels:
-            rec = self._run_kernels(steps, record=True)
+        if self.opts.kernels:
+            rec = self._run_kernels(steps, record)
         elif record:
             hist: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
             self._run_eager(steps, on_step=lambda: self._snapshot(*hist))
             self._snapshot(*hist)
             rec = Recording(*(torch.stack(h) for h in hist))
-        elif self.opts.kernels:
-            self._run_kernels(steps)
         elif self.opts.compile:
             k = self.opts.steps_per_call
             for _ in range(steps // k):

@@ -16,9 +16,10 @@ Options, each a documented convention of some official code (``specs/optimizers.
 * ``decay_mode="post_update"``: :math:`\theta \leftarrow \theta - \eta\lambda\theta` *after* the
   Adam step, on the updated weights (Conda).
 
-The single-tensor path accepts 1-D per-ensemble-member ``lr``/``weight_decay`` (the labs use it
-to run many learning rates at once); ``fused=True`` calls PyTorch's fused AdamW kernel and needs
-the default conventions.
+Every path accepts 1-D per-ensemble-member ``lr``/``weight_decay`` (the labs use them to run many
+learning rates at once). ``fused=True`` needs the default conventions: it calls PyTorch's fused
+AdamW kernel, or, for per-member hyperparameters, the Triton kernel of
+:mod:`~focus_optim.optim._kernels.triton_adamw` on CUDA (the per-tensor path elsewhere).
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ class AdamW(BaseOptimizer):
             or group.get("fp32_state", False)
         ):
             raise ValueError(
-                f"Invalid {where}fused: fused=True runs torch's AdamW kernel and needs the default "
-                "eps_mode, bias_correction, decay_mode and fp32_state=False"
+                f"Invalid {where}fused: fused=True runs torch's AdamW kernel (or, for per-member "
+                "hyperparameters, its Triton restatement) and needs the default eps_mode, "
+                "bias_correction, decay_mode and fp32_state=False"
             )
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
@@ -326,14 +328,13 @@ def _fused_adamw_ensemble(
     one lr), the per-tensor path elsewhere or for tensors the kernel cannot walk."""
     from ._kernels import triton_walkable, use_triton
 
-    torch._foreach_add_(state_steps, 1)
     if use_triton(params[0].device) and triton_walkable([params, grads, exp_avgs, exp_avg_sqs]):
         from ._kernels.triton_adamw import adamw_ensemble_
 
+        torch._foreach_add_(state_steps, 1)
         adamw_ensemble_(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2,
                         eps=eps, weight_decay=weight_decay, maximize=maximize)  # fmt: skip
         return
-    torch._foreach_sub_(state_steps, 1)  # the per-tensor path counts the step itself
     _single_tensor_adamw(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2,
                          eps=eps, weight_decay=weight_decay, eps_mode="after_bias_correction",
                          bias_correction=True, decay_mode="decoupled", maximize=maximize)  # fmt: skip
