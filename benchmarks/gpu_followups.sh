@@ -20,9 +20,10 @@
 #                                              # per compiled call: state stays on chip between them
 #   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell: eager, eager with the fused
 #                                              # (Triton, ensemble) optimizer step, compiled modes
-#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan (MNIST_COMPILE, MNIST_WORKERS,
-#                                              # MNIST_TRAIN_PRECISION=fp32|tf32; MNIST_FUSED=1 with
-#                                              # MNIST_COMPILE= for eager cells on the fused step)
+#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan; default: eager cells with the
+#                                              # fused optimizer step, 8 workers, fp32 training
+#                                              # (MNIST_FUSED=, MNIST_COMPILE=default|reduce-overhead,
+#                                              # MNIST_WORKERS, MNIST_TRAIN_PRECISION=tf32 to vary)
 #   benchmarks/gpu_followups.sh lm             # GPT-2 124M tokens/s: the measured best vs max-autotune
 #
 # With 30 device-minutes per session (each machine start costs a few), run in this order and stop
@@ -34,7 +35,10 @@
 # on a CPU at toy sizes in the test suite (tests/*/test_*_scripts.py), so none should crash.
 #
 # Issue 3 needs: the whole paper suite <= 60 s (was 216 s, 154 s of it Figure 6r) and the suite's
-# GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers).
+# GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers whose
+# FOCUS step took 437 launches; the fused step takes 1-2). mnist-scan runs eager + fused by default:
+# a compiled cell spent 30.9 s compiling its first cell on the CPU (BENCHMARKS.md), and each worker
+# compiles each optimizer again, which a 120 s scan cannot afford cold.
 # Issue 5 needs: >= 550K tokens/s (was 503K); the lm part carries .data/corpus and .data/tokenizers.
 set -euo pipefail
 part=${1:?usage: gpu_followups.sh tests|step|toy-kernels|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm}
@@ -73,9 +77,10 @@ case "$part" in
     OUT="$out" python benchmarks/mnist_cell_modes.py --overhead
     ;;
   mnist-scan)
-    OUT="$out" python benchmarks/mnist_gpu.py --out "$out/mnist-paper" --compile "${MNIST_COMPILE-default}" \
-      --workers "${MNIST_WORKERS:-4}" --train-precision "${MNIST_TRAIN_PRECISION:-fp32}" --no-check \
-      ${MNIST_FUSED:+--fused}
+    fused=${MNIST_FUSED-1}  # fused unless MNIST_FUSED is set empty
+    OUT="$out" python benchmarks/mnist_gpu.py --out "$out/mnist-paper" --compile "${MNIST_COMPILE-}" \
+      --workers "${MNIST_WORKERS:-8}" --train-precision "${MNIST_TRAIN_PRECISION:-fp32}" --no-check \
+      ${fused:+--fused}
     ;;
   lm)
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500

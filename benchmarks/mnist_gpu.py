@@ -59,6 +59,7 @@ def main() -> int:
     )
     ap.add_argument("--fused", action="store_true", help="eager cells with the fused optimizer step")
     args = ap.parse_args()
+    args.compile = args.compile or None  # "" (the playbook's MNIST_COMPILE=) means eager
 
     t_start = time.perf_counter()
     out = Path(args.out)
