@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
     from focus_optim.landscape.triton_valley import valley_step_
 
     torch.set_num_threads(1)
+    from test_triton_valley import gradient_errors
     out = {{"valley": {{}}, "first_steps": {{}}, "packed_equals_alone": {{}}, "cells": {{}}}}
 
     # 1. One valley step against the tensor code (noise from rng.step_normals), R not a multiple of a block.
@@ -56,7 +57,7 @@ SCRIPT = textwrap.dedent(
         loss, grad, u = V.loss_and_grad(x, a, e, land.c)
         ref = V.noisy(grad, sigma, rng.step_normals(keys, step, dim))
         out["valley"][dim] = {{
-            "grad_rel": ((g - ref).abs() / (ref.abs() + 1e-3)).max().item(),
+            **gradient_errors(g, ref, x, a, sigma, keys, e, land.c, step),
             "min_loss": (min_loss - torch.minimum(loss, torch.tensor(0.5))).abs().max().item(),
             "max_u": (max_u - torch.maximum(u, torch.tensor(-0.5))).abs().max().item(),
         }}
@@ -105,6 +106,21 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def gradient_errors(g, ref, x, a, sigma, keys, e, c, step) -> dict[str, float]:
+    """Per-row error (max over the row / the row's largest component) of the kernel's noisy gradient
+    ``g`` and of the float32 tensor code's ``ref``, both against the tensor code in float64. A row
+    whose gradient nearly cancels is ill-conditioned in float32 whatever the order of the sums, so
+    the kernel is held to the tensor code's own accuracy rather than to a fixed tolerance."""
+    from focus_optim.landscape import rng
+
+    _, grad64, _ = V.loss_and_grad(x.double(), a.double(), e.double(), c)
+    ref64 = V.noisy(grad64, sigma.double(), rng.step_normals(keys, step, x.shape[1]).double())
+    scale = ref64.abs().amax(1)
+    kernel = ((g.double() - ref64).abs().amax(1) / scale).max().item()
+    tensor = ((ref.double() - ref64).abs().amax(1) / scale).max().item()
+    return {"grad_err": kernel, "tensor_err": tensor}
+
+
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
     pytest.importorskip("triton")
@@ -123,7 +139,7 @@ pytestmark = pytest.mark.slow
 def test_valley_kernel_equals_the_tensor_code(interpreted) -> None:
     """Loss, gradient and noise of one step (same hashes; Box-Muller through Triton's math)."""
     for dim, err in interpreted["valley"].items():
-        assert err["grad_rel"] < 1e-4, (dim, err)
+        assert err["grad_err"] <= 2 * err["tensor_err"] + 1e-6, (dim, err)
         assert err["min_loss"] < 1e-4 * 10 and err["max_u"] < 1e-6, (dim, err)
 
 
@@ -175,3 +191,33 @@ def test_cuda_kernels_packed_equal_alone_and_match_cpu(opt: str) -> None:
             assert torch.equal(p, a)
             p, c = p[:, 0].double(), c[:, 0].double()
             assert (p.mean() - c.mean()).abs() <= 3 * (p.var() / p.numel() + c.var() / c.numel()).sqrt()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dim", [2, 3, 100])
+def test_cuda_valley_kernel_equals_the_tensor_code(dim: int) -> None:
+    """The compiled kernel (not the interpreter): one step's noisy gradient and metrics."""
+    from focus_optim.landscape import rng
+    from focus_optim.landscape.triton_valley import valley_step_
+
+    land = V.rotated() if dim == 2 else V.random_axis(dim)
+    n, step = 1000, 7
+    gen = torch.Generator(device="cuda").manual_seed(dim)
+    keys = rng.row_keys(5, n, device="cuda")
+    x = (0.3 * torch.randn(dim, n, generator=gen, device="cuda")).t()
+    a = 10 * torch.rand(n, generator=gen, device="cuda")
+    sigma = 3 * torch.rand(n, generator=gen, device="cuda")
+    e = land.axis_tensor("cuda")
+    g = torch.full((dim, n), float("nan"), device="cuda").t()
+    min_loss, max_u = torch.full((n,), 0.5, device="cuda"), torch.full((n,), -0.5, device="cuda")
+    valley_step_(x, g, a, sigma, keys, e, min_loss, max_u, c=land.c, step=step)
+    loss, grad, u = V.loss_and_grad(x, a, e, land.c)
+    ref = V.noisy(grad, sigma, rng.step_normals(keys, step, dim))
+    err = gradient_errors(g, ref, x, a, sigma, keys, e, land.c, step)
+    assert err["grad_err"] <= 2 * err["tensor_err"] + 1e-6, err
+    torch.testing.assert_close(
+        min_loss, torch.minimum(loss, torch.tensor(0.5, device="cuda")), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        max_u, torch.maximum(u, torch.tensor(-0.5, device="cuda")), rtol=1e-5, atol=1e-6
+    )
