@@ -269,10 +269,7 @@ def expand(keys: Sequence[str]) -> list[Figure]:
 
 # --- compute functions for run_sweep ------------------------------------------------------------
 def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) -> S.Options:
-    comp = run.compile
-    kernels = run.kernels
-    if kernels:
-        comp = False
+    comp = run.compile  # (with run.kernels, S.Options compiles nothing whatever this says)
     if comp is None:
         import torch
 
@@ -292,7 +289,7 @@ def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) ->
         pack_cells=run.pack_cells,
         fixed_order=run.fixed_order,
         steps_per_call=run.steps_per_call,
-        kernels=kernels,
+        kernels=run.kernels,
     )
 
 
