@@ -78,7 +78,8 @@ class FOCUS(BaseOptimizer):
         maximize: maximize the objective instead of minimizing it (``.grad`` is not modified).
         foreach: use the ``torch._foreach_*`` multi-tensor path (default: on CUDA).
         fused: use the fused path: one Triton kernel per group on CUDA (each state tensor read
-            and written once per step); a compiled graph on CPU.
+            and written once per step; 1-D per-member ``lr``/``weight_decay`` included); a compiled
+            graph on CPU (the per-tensor update for per-member hyperparameters).
         fp32_state: keep ``exp_avg``/``param_avg`` in float32 for bf16/fp16 parameters.
 
     Defaults follow the reference code's class (lr 1e-2, betas (0.9, 0.999), gamma 0.1, no
