@@ -78,9 +78,10 @@ case "$part" in
     ;;
   mnist-scan)
     fused=${MNIST_FUSED-1}  # fused unless MNIST_FUSED is set empty
+    graphs=${MNIST_GRAPHS-1}  # CUDA-graph cells unless MNIST_GRAPHS is set empty
     OUT="$out" python benchmarks/mnist_gpu.py --out "$out/mnist-paper" --compile "${MNIST_COMPILE-}" \
-      --workers "${MNIST_WORKERS:-8}" --train-precision "${MNIST_TRAIN_PRECISION:-fp32}" --no-check \
-      ${fused:+--fused}
+      --workers "${MNIST_WORKERS:-2}" --train-precision "${MNIST_TRAIN_PRECISION:-fp32}" --no-check \
+      ${fused:+--fused} ${graphs:+--cuda-graphs}
     ;;
   lm)
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500

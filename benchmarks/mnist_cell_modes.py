@@ -49,8 +49,9 @@ def main() -> int:
     ap.add_argument(
         "--modes",
         nargs="+",
-        default=["eager", "fused", "default", "reduce-overhead"],
-        help="eager, fused (eager with the fused optimizer step), or torch.compile modes",
+        default=["eager", "fused", "graphs", "default"],
+        help="eager, fused (eager with the fused optimizer step), graphs (fused, with forward/backward "
+        "and test pass as CUDA graphs), or torch.compile modes",
     )
     ap.add_argument("--steps", type=int, default=None, help="override the paper's 400 (smoke tests)")
     ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
@@ -73,7 +74,7 @@ def main() -> int:
 
     rows: dict[str, dict[str, float]] = {}
     for mode in args.modes:
-        compile_mode, fused = _mode(mode)
+        how = _mode(mode)
         t0 = time.perf_counter()
         # warm-up: compilation, which the first cell of each worker process pays
         train_cell(
@@ -83,15 +84,14 @@ def main() -> int:
             data,
             dataclasses.replace(settings, steps=3),
             seed=0,
-            compile=compile_mode,
-            fused=fused,
+            **how,
         )
         sync()
         rows[mode] = {"warmup_s": time.perf_counter() - t0}
         for bs in args.batch_sizes:
             sync()
             t = time.perf_counter()
-            train_cell(opt, bs, lrs, data, settings, seed=1, compile=compile_mode, fused=fused)
+            train_cell(opt, bs, lrs, data, settings, seed=1, **how)
             sync()
             rows[mode][str(bs)] = time.perf_counter() - t
         # the 12 paper batch sizes x 4 optimizers, each cell's time interpolated in log2(batch size)
@@ -120,19 +120,16 @@ def main() -> int:
     return 0
 
 
-def _tiny_cell(
-    opt, data: DeviceData, settings, compile_mode: str | None, steps: int, fused: bool = False
-) -> None:
-    train_cell(
-        opt, 2, [1e-3, 1e-2], data, dataclasses.replace(settings, steps=steps), seed=1, compile=compile_mode,
-        fused=fused,
-    )  # fmt: skip
+def _tiny_cell(opt, data: DeviceData, settings, how: dict, steps: int) -> None:
+    train_cell(opt, 2, [1e-3, 1e-2], data, dataclasses.replace(settings, steps=steps), seed=1, **how)
 
 
-def _mode(mode: str) -> tuple[str | None, bool]:
-    """(torch.compile mode or None, fused): ``eager``, ``fused`` (eager, fused optimizer step), or a
-    compile mode."""
-    return (None, mode == "fused") if mode in ("eager", "fused") else (mode, False)
+def _mode(mode: str) -> dict:
+    """``train_cell`` keywords: ``eager``, ``fused`` (eager, fused optimizer step), ``graphs``
+    (fused, forward/backward and test pass replayed as CUDA graphs), or a compile mode."""
+    if mode in ("eager", "fused", "graphs"):
+        return {"fused": mode != "eager", "cuda_graphs": mode == "graphs"}
+    return {"compile": mode}
 
 
 #: ATen ops that only make views or metadata: no kernel on a GPU
@@ -189,8 +186,7 @@ def overhead(args: argparse.Namespace) -> int:
     for label in args.overhead_optimizers:
         opt, row = parse_optimizer(label), {}
         for mode in args.modes:
-            compile_mode, fused = _mode(mode)
-            run = functools.partial(_tiny_cell, opt, data, settings, compile_mode, fused=fused)
+            run = functools.partial(_tiny_cell, opt, data, settings, _mode(mode))
             run(3)
             seconds = []
             for steps in (50, 300):  # the difference excludes per-cell costs (set-up, re-tracing)

@@ -55,9 +55,14 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="override (smoke tests only)")
     ap.add_argument("--no-check", action="store_true", help="skip the precision check and the authors' loop")
     ap.add_argument(
-        "--compile", default=None, help="torch.compile mode for every cell (default, reduce-overhead, ...)"
+        "--compile", default=None, help="torch.compile mode per cell (default, max-autotune-no-cudagraphs)"
     )
     ap.add_argument("--fused", action="store_true", help="eager cells with the fused optimizer step")
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="eager cells replaying forward/backward and test pass as CUDA graphs",
+    )
     args = ap.parse_args()
     args.compile = args.compile or None  # "" (the playbook's MNIST_COMPILE=) means eager
 
@@ -81,6 +86,7 @@ def main() -> int:
         "workers": args.workers,
         "compile": args.compile,
         "fused": args.fused,
+        "cuda_graphs": args.cuda_graphs,
         "preset": args.preset,
         "eval_precision": cfg.eval_precision,
         "train_precision": cfg.train_precision,
@@ -92,7 +98,7 @@ def main() -> int:
     print(
         f"mnist_gpu: {info['device']}, torch {info['torch']}, {info['cells']} cells x {cfg.members} models "
         f"x {cfg.steps} steps, eval {cfg.eval_precision}, train {cfg.train_precision}, "
-        f"{args.workers} workers, compile {args.compile}"
+        f"{args.workers} workers, compile {args.compile}, fused {args.fused}, cuda graphs {args.cuda_graphs}"
     )
 
     t0 = time.perf_counter()
@@ -106,6 +112,7 @@ def main() -> int:
         progress=True,
         compile=args.compile,
         fused=args.fused,
+        cuda_graphs=args.cuda_graphs,
     )
     info["scan_seconds"] = time.perf_counter() - t0
     info["cells_computed"], info["cells_skipped"] = report.computed, report.skipped

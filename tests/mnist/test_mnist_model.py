@@ -79,6 +79,12 @@ def test_eval_forward_and_folded_test_pass_match_independent_models() -> None:
     torch.testing.assert_close(chunked[1], acc)
     bf16, _ = ens.evaluate(x.T.contiguous().bfloat16(), labels, precision="bf16")
     torch.testing.assert_close(bf16, loss, rtol=2e-2, atol=2e-2)
+    # every GEMM of the test pass has dimensions that are multiples of 8 (tensor-core kernels);
+    # the padding is exact zeros, so the ones row still carries the bias
+    shapes = [tuple(a.shape[1:]) for a in ens.eval_weights()]
+    assert shapes == [(136, 792)] + [(136, 136)] * 4 + [(10, 136)]
+    aug = EnsembleMLP.augment_inputs(x.T.contiguous())
+    assert aug.shape == (792, 500) and (aug[784] == 1).all() and (aug[785:] == 0).all()
 
 
 def test_round_trip_and_member_independence() -> None:

@@ -41,7 +41,9 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-@triton.jit
+# first_counter changes every step: left unspecialised, or Triton compiles variants for its values
+# (== 1, multiple of 16, other) on the first steps of every run.
+@triton.jit(do_not_specialize=["first_counter"])
 def _valley_step_kernel(
     x_ptr,
     g_ptr,

@@ -46,14 +46,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         const="default",
         default=None,
         choices=COMPILE_MODES,
-        help="run each cell's steps through torch.compile (optionally a mode: reduce-overhead = CUDA "
-        "graphs); same numbers up to rounding",
+        help="run each cell's steps through torch.compile (optionally a mode; on CUDA the modes with "
+        "CUDA-graph trees are refused: use --cuda-graphs); same numbers up to rounding",
     )
     r.add_argument(
         "--fused",
         action="store_true",
         help="eager optimizer steps on the fused path (FOCUS, Signum, AdamW: one Triton launch per "
         "group on CUDA); same numbers up to rounding",
+    )
+    r.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each cell's forward + backward and test pass as CUDA graphs (CUDA only; the eager "
+        "kernels, so the same numbers; combine with --fused, not with --compile)",
     )
     r.add_argument(
         "--data-dir",
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         compile=args.compile,
         fused=args.fused,
+        cuda_graphs=args.cuda_graphs,
     )
     if args.workers < 0:
         raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")

@@ -19,7 +19,8 @@ slice ``e``. Activations are kept feature-major, ``(E, features, batch)``, so th
   member and feature, statistics over the batch; fused forward and backward),
 * the test pass (:meth:`EnsembleMLP.evaluate`) folds each eval-mode BN and the bias into the
   next layer's weights (a ones row carries the bias through the GEMM) and runs the first layer,
-  which all members apply to the same images, as one GEMM ``(E*129, 785) @ (785, N)``.
+  which all members apply to the same images, as one GEMM ``(E*136, 792) @ (792, N)`` (dimensions
+  padded to multiples of 8 with exact zeros, for the tensor cores).
 """
 
 from __future__ import annotations
@@ -163,12 +164,14 @@ class EnsembleMLP(nn.Module):
     def eval_weights(self, dtype: torch.dtype = torch.float32) -> list[Tensor]:
         """Every eval-mode BN folded into the following linear layer, bias included, ones-row form.
 
-        Layer ``l`` (``in -> out``) becomes ``A_l`` of shape ``(E, out+1, in+1)`` (the head:
-        ``(E, out, in+1)``) with ``A = [[W diag(s), c + W t], [0, 1]]``, where ``s, t`` are the BN's
-        eval-mode scale and shift. For an input with a trailing row of ones, ``A @ [x; 1]`` is
-        ``[W BN(x) + c; 1]``: the bias rides in the GEMM and the ones row survives the ReLU, so each
-        layer of the test pass is one GEMM and one in-place ReLU (3 passes over the activations
-        instead of 5 for GEMM-with-bias + ReLU). Buffers are reused between calls.
+        Layer ``l`` (``in -> out``) becomes ``A_l`` of shape ``(E, pad(out+1), pad(in+1))`` (the
+        head: ``(E, out, pad(in+1))``) with ``A = [[W diag(s), c + W t, 0], [0, 1, 0], [0, 0, 0]]``,
+        where ``s, t`` are the BN's eval-mode scale and shift and :func:`padded` rounds up to a
+        multiple of 8. For an input with a row of ones after its features (then zero rows),
+        ``A @ [x; 1; 0]`` is ``[W BN(x) + c; 1; 0]``: the bias rides in the GEMM and the ones row
+        survives the ReLU, so each layer of the test pass is one GEMM and one in-place ReLU. The
+        zero padding keeps every GEMM dimension a multiple of 8 (odd sizes such as 129 keep
+        cuBLAS off its tensor-core kernels) and adds only exact zeros. Buffers are reused.
         """
         blocks = list(self.all_blocks())
         key = (dtype, self.head.linear.weight.device)
@@ -176,10 +179,12 @@ class EnsembleMLP(nn.Module):
         if key not in cache:
             bufs = []
             for k, b in enumerate(blocks):
-                rows = b.linear.out_features + (k < len(blocks) - 1)
-                a = torch.zeros(self.members, rows, b.linear.in_features + 1, dtype=dtype, device=key[1])
-                if k < len(blocks) - 1:
-                    a[:, -1, -1] = 1.0
+                hidden = k < len(blocks) - 1
+                rows = padded(b.linear.out_features + 1) if hidden else b.linear.out_features
+                cols = padded(b.linear.in_features + 1)
+                a = torch.zeros(self.members, rows, cols, dtype=dtype, device=key[1])
+                if hidden:
+                    a[:, b.linear.out_features, b.linear.in_features] = 1.0
                 bufs.append(a)
             cache[key] = bufs
         bufs = cache[key]
@@ -196,9 +201,11 @@ class EnsembleMLP(nn.Module):
 
     @staticmethod
     def augment_inputs(x_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Feature-major inputs ``(in, N)`` with a row of ones appended: ``(in+1, N)`` in ``dtype``."""
-        out = torch.ones(x_t.shape[0] + 1, x_t.shape[1], dtype=dtype, device=x_t.device)
-        out[:-1] = x_t
+        """Feature-major inputs ``(in, N)`` with a row of ones appended, then zero rows up to
+        :func:`padded` ``(in + 1)``: ``(pad(in+1), N)`` in ``dtype``."""
+        out = torch.zeros(padded(x_t.shape[0] + 1), x_t.shape[1], dtype=dtype, device=x_t.device)
+        out[: x_t.shape[0]] = x_t
+        out[x_t.shape[0]] = 1.0
         return out
 
     @torch.no_grad()
@@ -208,10 +215,10 @@ class EnsembleMLP(nn.Module):
         """Eval-mode cross-entropy (mean) and accuracy of every member on one shared test set.
 
         The first layer, which every member applies to the same images, is one GEMM
-        ``(E*129, 785) @ (785, N)``; the others are batched GEMMs (:meth:`eval_weights`).
+        ``(E*136, 792) @ (792, N)``; the others are batched GEMMs (:meth:`eval_weights`).
 
         Args:
-            x_t: test images, feature-major: ``(784, N)``, or ``(785, N)`` from
+            x_t: test images, feature-major: ``(784, N)``, or ``(792, N)`` from
                 :meth:`augment_inputs` in the compute dtype (no copy per call).
             labels: ``(N,)`` int64.
             precision: ``"fp32"``; ``"tf32"`` (TF32 matmuls on CUDA, fp32 elsewhere);
@@ -276,6 +283,11 @@ class EnsembleMLP(nn.Module):
             lin.weight.copy_(block.linear.weight[e])
             lin.bias.copy_(block.linear.bias[e])
         return m
+
+
+def padded(n: int, multiple: int = 8) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
 
 
 def reference_mlp(widths: Sequence[int] = WIDTHS) -> nn.Sequential:

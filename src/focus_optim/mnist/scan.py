@@ -23,7 +23,7 @@ import numpy as np
 from ..sweep import Cell, Deferred, Shard, SweepReport, SweepSpec, default_device, run_sweep
 from .data import MNIST
 from .optimizers import PAPER_OPTIMIZERS, parse_optimizer
-from .train import METRICS, DeviceData, TrainSettings, train_cell
+from .train import METRICS, DeviceData, TrainSettings, check_compile_mode, train_cell
 
 SWEEP_NAME = "mnist-batch-size"
 
@@ -134,9 +134,11 @@ def make_compute(
     verify: bool = True,
     compile: str | None = None,
     fused: bool = False,
+    cuda_graphs: bool = False,
 ):
     """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use
-    and kept on the device for the life of the process; ``compile``, ``fused``: see :func:`run_scan`)."""
+    and kept on the device for the life of the process; ``compile``, ``fused``, ``cuda_graphs``:
+    see :func:`run_scan`)."""
     settings = cfg.settings()
     members_lr = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]  # member = i_lr * R + r
 
@@ -158,6 +160,7 @@ def make_compute(
                 seed=cell.seed,
                 compile=compile,
                 fused=fused,
+                cuda_graphs=cuda_graphs,
             )
             out.append({"history": hist.reshape(len(cfg.lrs), cfg.replicates, cfg.steps, len(METRICS))})
         return out
@@ -186,6 +189,7 @@ def run_scan(
     workers: int = 1,
     compile: str | None = None,
     fused: bool = False,
+    cuda_graphs: bool = False,
 ) -> SweepReport:
     """Run (or resume) this process's share of the scan into the results directory ``out``.
 
@@ -194,19 +198,27 @@ def run_scan(
     between cells. On a CPU each worker gets ``cores // workers`` threads by default (several
     single-threaded processes beat one multi-threaded process on these small tensors).
 
-    ``compile``: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"`` for CUDA graphs,
+    ``compile``: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"`` on CPU only,
     ...) for each cell's training and test steps (:func:`~.train.train_cell`); ``None`` runs
     eagerly. It changes how cells run, not what they compute, so it is not part of the config.
     ``fused``: eager optimizer steps on the fused path where the optimizer has one for ensembles
     (FOCUS, Signum, AdamW; one Triton launch per group on CUDA); likewise not part of the config.
+    ``cuda_graphs``: each cell's training forward + backward and test pass replayed as CUDA graphs
+    (:class:`~.train.CellGraphs`; the eager cell's kernels, so its numbers); CUDA only.
     """
     device = device or default_device()
+    check_compile_mode(compile, device)
+    if cuda_graphs and (compile or not device.startswith("cuda")):
+        why = f"compile={compile!r}" if compile else f"device {device!r}"
+        raise ValueError(f"cuda_graphs needs eager cells on a CUDA device, not {why}")
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
     cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
     return run_sweep(
         sweep_spec(cfg),
-        Deferred(make_compute, cfg, data_dir, verify=verify, compile=compile, fused=fused),
+        Deferred(
+            make_compute, cfg, data_dir, verify=verify, compile=compile, fused=fused, cuda_graphs=cuda_graphs
+        ),
         out,
         shard=shard,
         device=device,

@@ -23,9 +23,11 @@ model's own softmax).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +186,7 @@ def train_cell(
     seed: int,
     compile: str | None = None,
     fused: bool = False,
+    cuda_graphs: bool = False,
 ) -> np.ndarray:
     """Train ``len(lrs)`` members (member ``e`` with ``lrs[e]``) and return their history,
     ``(E, steps, 3)`` float32 with metrics :data:`METRICS`; test metrics are NaN at steps not
@@ -196,8 +199,17 @@ def train_cell(
     sign-like first steps and batch norm over tiny batches amplify over the steps.
 
     ``fused``: eager steps on the optimizer's fused path (see :func:`build_optimizer`): one launch
-    for the whole ensemble's update instead of one per operation and tensor group."""
+    for the whole ensemble's update instead of one per operation and tensor group.
+
+    ``cuda_graphs``: the training forward + backward and the test pass are captured as CUDA graphs
+    (:class:`CellGraphs`) and replayed, so a step costs a few launches instead of ~150; the
+    optimizer step stays eager (its step count lives on the host). The same kernels run, so the
+    numbers are those of the eager cell. CUDA only; not with ``compile``."""
     device = data.train_x.device
+    check_compile_mode(compile, device)
+    if cuda_graphs and (compile or (device.type != "cuda" and GRAPH_FACTORY is None)):
+        where = f"compile={compile!r}" if compile else f"device {device.type!r}"
+        raise ValueError(f"cuda_graphs needs an eager cell on a CUDA device, not {where}")
     gen = torch.Generator(device=device)
     gen.manual_seed(seed & ((1 << 63) - 1))
     E = len(lrs)
@@ -218,15 +230,27 @@ def train_cell(
     test_x = data.test_images(settings.eval_precision)
     chunk = settings.eval_chunk or None
 
+    graphs = CellGraphs(model, GRAPH_FACTORY) if cuda_graphs else None
+
+    def forward_backward(x: Tensor, y: Tensor) -> Tensor:
+        with _matmul_precision(settings.train_precision, device):
+            losses = losses_fn(model, x, y)
+            losses.sum().backward()  # member e's gradient is that of its own mean loss
+        return losses
+
+    def test_pass() -> tuple[Tensor, Tensor]:
+        return evaluate_fn(model, test_x, data.test_y, settings.eval_precision, chunk)
+
     for t in range(settings.steps):
         idx = order.batch(t)
         x = data.train_x[idx].transpose(1, 2).contiguous()  # (E, 784, b)
         y = data.train_y[idx]  # (E, b)
         model.train()
-        with _matmul_precision(settings.train_precision, device):
-            losses = losses_fn(model, x, y)
+        if graphs is not None:
+            losses = graphs.forward_backward(forward_backward, x, y)
+        else:
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # member e's gradient is that of its own mean loss
+            losses = forward_backward(x, y)
         step_fn(**protocol.step_kwargs(opt, tokens=y.shape[1]))
         history[:, t, 0] = losses.detach()
         if protocol.hessian_due(opt, t):
@@ -241,12 +265,127 @@ def train_cell(
             with _matmul_precision(settings.train_precision, device):
                 x_h = data.train_x[hidx].transpose(1, 2).contiguous()
                 _refresh_hessian(model, opt, x_h, hessian_order.generator)
+            if graphs is not None:
+                graphs.grads_changed()
         if eval_mask[t]:
             model.eval()
-            loss, acc = evaluate_fn(model, test_x, data.test_y, settings.eval_precision, chunk)
+            loss, acc = graphs.test_pass(test_pass) if graphs is not None else test_pass()
             history[:, t, 1] = loss
             history[:, t, 2] = acc
     return history.cpu().numpy()
+
+
+#: Makes :class:`CellGraphs`' graphs, ``(stream, model) -> graph``; ``None``: :class:`CudaGraph`.
+#: Tests substitute a stand-in that re-runs the captured code, which also runs off CUDA.
+GRAPH_FACTORY: Callable[[Any, torch.nn.Module], Any] | None = None
+
+
+class CellGraphs:
+    """A cell's training forward + backward (one graph per batch shape) and its test pass as CUDA
+    graphs: a shape's first ``WARMUP`` calls run eagerly (cuBLAS and cuDNN choose their kernels,
+    lazy buffers are made), the next is captured, and that and later ones replay it.
+
+    Replays write the gradients into the capture's own tensors, which are put back as the
+    parameters' ``.grad`` before the optimizer reads them (an eager step in between, e.g. a batch
+    of another shape or a Sophia Hessian refresh, leaves fresh ones there). Eager and captured
+    work runs on one side stream, as capture requires; the default stream waits for it after each
+    call. ``graph_factory(stream, model)`` makes the graphs (default :class:`CudaGraph`).
+    """
+
+    WARMUP = 2
+
+    def __init__(
+        self, model: torch.nn.Module, graph_factory: Callable[[Any, torch.nn.Module], Any] | None = None
+    ) -> None:
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._new_graph = graph_factory or CudaGraph
+        self._stream = torch.cuda.Stream() if graph_factory is None else None
+        self._graphs: dict[object, Any] = {}
+        self._grads: dict[object, list[Tensor | None]] = {}
+        self._calls: dict[object, int] = defaultdict(int)
+        self._grads_of: object = None  # whose gradients the parameters' .grad hold now
+
+    def forward_backward(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """``fn(x, y)``: the losses, with the gradients in ``.grad``."""
+        key = tuple(x.shape)
+        with self._on_stream():
+            if key not in self._graphs:
+                for p in self.params:  # no accumulation: every call starts from no gradient
+                    p.grad = None
+                self._grads_of = None
+                if self._calls[key] < self.WARMUP:
+                    self._calls[key] += 1
+                    return fn(x, y)
+                self._graphs[key] = self._new_graph(self._stream, self.model)
+                self._graphs[key].capture(fn, x, y)
+                self._grads[key] = [p.grad for p in self.params]
+            losses = self._graphs[key].replay(x, y)
+        if self._grads_of != key:
+            for p, g in zip(self.params, self._grads[key]):
+                p.grad = g
+            self._grads_of = key
+        return losses
+
+    def test_pass(self, fn: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """``fn()``: the test loss and accuracy (read them before the next call)."""
+        with self._on_stream():
+            if "test" not in self._graphs:
+                if self._calls["test"] < self.WARMUP:
+                    self._calls["test"] += 1
+                    return fn()
+                self._graphs["test"] = self._new_graph(self._stream, self.model)
+                self._graphs["test"].capture(fn)
+            return self._graphs["test"].replay()
+
+    def grads_changed(self) -> None:
+        """Eager code has replaced the parameters' ``.grad``: the next replay puts its own back."""
+        self._grads_of = None
+
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        if self._stream is None:
+            yield
+            return
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self._stream)
+
+
+class CudaGraph:
+    """``fn(*inputs)`` captured once; ``replay(*inputs)`` copies new inputs into the captured ones,
+    replays, and returns the captured outputs (overwritten in place by every replay)."""
+
+    def __init__(self, stream: torch.cuda.Stream, model: torch.nn.Module | None = None) -> None:
+        self.graph, self.stream = torch.cuda.CUDAGraph(), stream
+
+    def capture(self, fn: Callable[..., Any], *inputs: Tensor) -> None:
+        self.inputs = [t.clone() for t in inputs]
+        with torch.cuda.graph(self.graph, stream=self.stream):
+            self.outputs = fn(*self.inputs)
+
+    def replay(self, *inputs: Tensor) -> Any:
+        for static, t in zip(self.inputs, inputs):
+            static.copy_(t)
+        self.graph.replay()
+        return self.outputs
+
+
+#: torch.compile modes that capture CUDA graphs (Inductor's CUDA-graph trees).
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_compile_mode(compile: str | None, device: torch.device | str) -> None:
+    """Refuse compile modes with CUDA-graph trees for CUDA cells: on torch 2.11 / H100
+    (2026-11-23) a ``reduce-overhead`` cell died with SIGSEGV inside them. ``cuda_graphs=True``
+    captures the eager kernels instead (the same numbers as eager)."""
+    if compile in CUDAGRAPH_COMPILE_MODES and torch.device(device).type == "cuda":
+        raise ValueError(
+            f"Invalid compile mode {compile!r} for CUDA cells: its CUDA-graph trees crashed (SIGSEGV) on "
+            "torch 2.11; use cuda_graphs=True (--cuda-graphs), or compile 'default' or "
+            "'max-autotune-no-cudagraphs'"
+        )
 
 
 def member_losses(model: EnsembleMLP, x: Tensor, y: Tensor) -> Tensor:

@@ -1,0 +1,93 @@
+"""Where a toy step's GPU time goes: per-kernel times of the Triton step (``kernels=True``) on one
+chunk, against the memory traffic each kernel must move.
+
+For each optimizer it runs ``--steps`` steps of one chunk of ``--rows`` trajectories in ``--dim``
+dimensions under ``torch.profiler`` (after a warm-up that compiles the kernels) and prints, per
+kernel, the launches, the mean time and the bandwidth implied by the bytes it must read and write
+(float32: the valley kernel reads theta and writes the gradient, 8 B per coordinate; the optimizer
+kernels read param, grad and states and write param and states: FOCUS and AdamW 28 B, Signum 20 B).
+
+::
+
+    PYTHONPATH=src python benchmarks/toy_profile.py --dim 100 --rows 1342177   # one Figure 6 right chunk
+    PYTHONPATH=src python benchmarks/toy_profile.py --dim 2 --rows 4194304
+
+With ``$OUT`` set, ``$OUT/toy_profile_d{dim}.json`` holds the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from focus_optim.atomic import write_json_atomic
+from focus_optim.landscape import simulate as S
+from focus_optim.landscape import valley as V
+
+#: Bytes per coordinate that each kernel must move (float32 tensors of the chunk's size).
+KERNEL_BYTES = {"valley": 8, "focus": 28, "adamw": 28, "signum": 20}
+
+
+def kernel_kind(name: str, opt: str) -> str:
+    return "valley" if "valley" in name else (opt if opt in KERNEL_BYTES else "other")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=(1 << 27) // 100)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--optimizers", nargs="+", default=list(S.PAPER_SETUPS))
+    args = ap.parse_args()
+
+    land = V.rotated() if args.dim == 2 else V.random_axis(args.dim)
+    k = np.arange(args.rows)
+    sigmas, lrs = np.linspace(0, 3, 100)[k % 100], np.logspace(-3, 0, 20)[(k // 100) % 20]
+    block = S.Rows.make(0, 10.0, sigmas, lrs, 0.1)
+    opts = S.Options(device=args.device, kernels=True, pack_cells=True, chunk_rows=args.rows)
+    coords = args.rows * args.dim
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    table: dict[str, dict] = {}
+    for opt in args.optimizers:
+        t0 = time.perf_counter()
+        S.simulate(opt, block, land, 2, opts)
+        sync()
+        warm = time.perf_counter() - t0
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+        with profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            S.simulate(opt, block, land, args.steps, opts)
+            sync()
+            wall = time.perf_counter() - t0
+        rows = {}
+        for ev in prof.key_averages():
+            dev_us = getattr(ev, "device_time_total", 0.0) or getattr(ev, "cuda_time_total", 0.0)
+            if ev.device_type != torch.autograd.DeviceType.CUDA or not dev_us:
+                continue
+            kind = kernel_kind(ev.key, opt)
+            mean_us = dev_us / ev.count
+            gbs = KERNEL_BYTES[kind] * coords / (mean_us * 1e-6) / 1e9 if kind in KERNEL_BYTES else None
+            rows[ev.key[:60]] = {"kind": kind, "count": ev.count, "mean_us": mean_us, "GB/s": gbs}
+        table[opt] = {"warmup_s": warm, "wall_s_per_step": wall / args.steps, "kernels": rows}
+        print(f"{opt}: warm-up {warm:.2f} s; {1e3 * wall / args.steps:.3f} ms/step wall "
+              f"({args.rows} rows x {args.dim} dims)")  # fmt: skip
+        for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["mean_us"] * kv[1]["count"]):
+            bw = f"{r['GB/s']:8.0f} GB/s" if r["GB/s"] else " " * 13
+            print(f"   {name:<60} x{r['count']:<5} {r['mean_us']:10.1f} us  {bw}")
+    if env_out := os.environ.get("OUT"):
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+        info = {"device": device, "torch": torch.__version__, "rows": args.rows, "dim": args.dim,
+                "steps": args.steps, "table": table}  # fmt: skip
+        write_json_atomic(Path(env_out) / f"toy_profile_d{args.dim}.json", info)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
