@@ -7,41 +7,40 @@
 #
 #   benchmarks/gpu_followups.sh tests          # every @pytest.mark.gpu test (landscape, mnist, optim incl.
 #                                              # FSDP2 on CUDA, lm)
-#   benchmarks/gpu_followups.sh step           # the fused FOCUS step again (kernel changed 2026-11-23)
-#   benchmarks/gpu_followups.sh toy-kernels    # the paper toy suite on the hand-written Triton step
-#                                              # (valley kernel + fused optimizer kernels, nothing
-#                                              # compiled), its GPU checks, 2a as a fresh CLI process,
-#                                              # and traj-steps/s beside the scalar loop (~3 min expected)
-#   benchmarks/gpu_followups.sh toy            # the paper toy suite with its GPU checks, then 2a as a
-#                                              # fresh CLI process, cold and warm compile caches (~6-7 min)
-#   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums (+ its packed == alone check);
-#                                              # traj-steps/s vs the scalar loop
-#   benchmarks/gpu_followups.sh toy-unroll     # 2a and 6r (free order) with TOY_STEPS_PER_CALL (4) steps
-#                                              # per compiled call: state stays on chip between them
-#   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell: eager, eager with the fused
-#                                              # (Triton, ensemble) optimizer step, compiled modes
-#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan; default: eager cells with the
-#                                              # fused optimizer step, 8 workers, fp32 training
-#                                              # (MNIST_FUSED=, MNIST_COMPILE=default|reduce-overhead,
+#   benchmarks/gpu_followups.sh toy-diagnose   # where the toy's time goes: stack samples of a cold 2a
+#                                              # (toy_first_use.py) and per-kernel times of a 100-D and a
+#                                              # 2-D chunk against their bytes (toy_profile.py), ~2 min
+#   benchmarks/gpu_followups.sh toy-kernels    # the paper toy suite on the Triton step, its GPU checks,
+#                                              # 2a as a fresh CLI process, traj-steps/s beside the
+#                                              # scalar loop and the host work per step (~5 min)
+#   benchmarks/gpu_followups.sh toy            # the paper toy suite compiled (Inductor), as above (~6-7 min)
+#   benchmarks/gpu_followups.sh toy-variants   # 6r with free-order sums; traj-steps/s vs the scalar loop
+#   benchmarks/gpu_followups.sh toy-unroll     # 2a and 6r with TOY_STEPS_PER_CALL (4) steps per compiled call
+#   benchmarks/gpu_followups.sh mnist-profile  # where a batch-4096 cell's device time goes (CUDA-graph
+#                                              # cell, 40 steps), then seconds per cell per mode
+#   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell: eager, fused, graphs, compiled
+#   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan; default: CUDA-graph cells with the
+#                                              # fused optimizer step, 2 workers, fp32 training
+#                                              # (MNIST_GRAPHS=, MNIST_FUSED=, MNIST_COMPILE=default,
 #                                              # MNIST_WORKERS, MNIST_TRAIN_PRECISION=tf32 to vary)
 #   benchmarks/gpu_followups.sh lm             # GPT-2 124M tokens/s: the measured best vs max-autotune
+#   benchmarks/gpu_followups.sh step           # the fused optimizer steps on GPT-2 shapes (bench-step)
 #
-# With 30 device-minutes per session (each machine start costs a few), run in this order and stop
-# when the budget is spent: tests (~4 min; the new Triton toy step and ensemble kernels are
-# checked there first), toy-kernels (~3 min; issue 3 if the suite is <= 60 s), mnist-scan (~4 min;
-# issue 4 if <= 120 s), lm (~9 min; issue 5), step (~1 min); then toy (compiled) only if
-# toy-kernels missed or failed, toy-variants / toy-unroll only if both missed, and mnist-modes only
-# if mnist-scan missed. Every part's script also runs
-# on a CPU at toy sizes in the test suite (tests/*/test_*_scripts.py), so none should crash.
+# Measured 2026-11-23 (BENCHMARKS.md): toy suite on the Triton step 107.7-110.3 s (2a 31-35 s
+# as the first figure of a process but 3.1-3.3 s warm; 6r 63.6-66.2 s, its valley kernel at 0.79
+# TB/s of its bytes vs the optimizer kernels' 2.8 TB/s); MNIST paper scan 134.8 s (CUDA graphs +
+# fused step + test-pass GEMMs padded to multiples of 8, 2 workers; 173.4 s unpadded, 179.2 s
+# eager + fused with 8 workers). With 30 device-minutes per session (each machine start costs
+# 1-2; a machine idle for 30 s is given back, so chain the calls), run in this order: tests (~2
+# min), toy-diagnose (~2 min), mnist-profile (~2 min), then mnist-scan with what the profile
+# suggests (~2.5 min each; MNIST_WORKERS=1 and 4 to compare), toy-kernels after any toy change
+# (~5 min), lm (~9 min; issue 5), step (~1 min).
 #
-# Issue 3 needs: the whole paper suite <= 60 s (was 216 s, 154 s of it Figure 6r) and the suite's
-# GPU checks. Issue 4 needs: the full paper scan <= 120 s (was 190 s with 8 eager workers whose
-# FOCUS step took 437 launches; the fused step takes 1-2). mnist-scan runs eager + fused by default:
-# a compiled cell spent 30.9 s compiling its first cell on the CPU (BENCHMARKS.md), and each worker
-# compiles each optimizer again, which a 120 s scan cannot afford cold.
-# Issue 5 needs: >= 550K tokens/s (was 503K); the lm part carries .data/corpus and .data/tokenizers.
+# Targets still missed: issue 3, the whole paper toy suite <= 60 s; issue 4, the paper scan
+# <= 120 s; issue 5, >= 550K tokens/s (was 503K). The lm part carries .data/corpus and
+# .data/tokenizers as well as .data/mnist.
 set -euo pipefail
-part=${1:?usage: gpu_followups.sh tests|step|toy-kernels|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm}
+part=${1:?usage: gpu_followups.sh tests|step|toy-diagnose|toy-kernels|toy|toy-variants|toy-unroll|mnist-profile|mnist-modes|mnist-scan|lm}
 out=${OUT:-runs/gpu-followups}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-src}
@@ -52,6 +51,11 @@ case "$part" in
   step)
     python -m focus_optim.cli bench-step --device cuda --dtype float32 --optimizers focus signum AdamW \
       --json "$out/bench_step_cuda_float32.json"
+    ;;
+  toy-diagnose)
+    OUT="$out" python benchmarks/toy_first_use.py
+    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177
+    OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000
     ;;
   toy-kernels)
     OUT="$out/toy-kernels" python benchmarks/toy_gpu_suite.py --kernels --store "$out/toy-store-kernels" \
@@ -72,6 +76,10 @@ case "$part" in
     OUT="$out/toy-unroll" python benchmarks/toy_gpu_suite.py --figures 2a 6r --free-order \
       --steps-per-call "${TOY_STEPS_PER_CALL:-4}" --no-warm --no-plots --store "$out/toy-store-unroll"
     ;;
+  mnist-profile)
+    OUT="$out" python benchmarks/mnist_cell_modes.py --profile 4096 --modes graphs --steps 40
+    OUT="$out" python benchmarks/mnist_cell_modes.py --modes fused graphs --batch-sizes 2 256 4096 --steps 100
+    ;;
   mnist-modes)
     OUT="$out" python benchmarks/mnist_cell_modes.py
     OUT="$out" python benchmarks/mnist_cell_modes.py --overhead
@@ -87,7 +95,7 @@ case "$part" in
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500
     ;;
   *)
-    echo "unknown part: $part (tests|step|toy-kernels|toy|toy-variants|toy-unroll|mnist-modes|mnist-scan|lm)" >&2
+    echo "unknown part: $part (tests|step|toy-diagnose|toy-kernels|toy|toy-variants|toy-unroll|mnist-profile|mnist-modes|mnist-scan|lm)" >&2
     exit 2
     ;;
 esac

@@ -17,6 +17,12 @@ cost (set-up, and for compiled modes re-tracing the optimizer step of a new opti
 
     PYTHONPATH=src python benchmarks/mnist_cell_modes.py --device cpu --overhead
 
+``--profile B`` runs one cell at batch size ``B`` in the first of ``--modes`` under
+``torch.profiler`` instead and prints the kernels that take the most device time (where a big
+cell's time goes)::
+
+    PYTHONPATH=src python benchmarks/mnist_cell_modes.py --profile 4096 --modes fused --steps 40
+
 With ``$OUT`` set, ``$OUT/mnist_cell_modes.json`` holds every number.
 """
 
@@ -56,10 +62,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the paper's 400 (smoke tests)")
     ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
     ap.add_argument("--overhead", action="store_true", help="time per-step dispatch (tiny cells)")
+    ap.add_argument("--profile", type=int, default=None, metavar="B", help="profile one cell at batch size B")
     ap.add_argument("--overhead-optimizers", nargs="+", default=["adamw", "signum", "focus:gamma=0.2"])
     args = ap.parse_args()
     if args.overhead:
         return overhead(args)
+    if args.profile:
+        return profile_cell(args)
 
     cfg = PRESETS["paper"].replace(eval_precision=args.eval_precision)
     if args.steps:
@@ -117,6 +126,41 @@ def main() -> int:
     }
     if env_out := os.environ.get("OUT"):
         write_json_atomic(Path(env_out) / "mnist_cell_modes.json", info)
+    return 0
+
+
+def profile_cell(args: argparse.Namespace, top: int = 15) -> int:
+    """The kernels with the most device time in one cell (batch ``args.profile``, first mode)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = PRESETS["paper"].replace(eval_precision=args.eval_precision)
+    settings = dataclasses.replace(cfg.settings(), steps=args.steps or cfg.steps)
+    lrs = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]
+    data = DeviceData.from_mnist(
+        load_mnist(args.data_dir, download=False, verify=not args.no_verify), args.device
+    )
+    how, cuda = _mode(args.modes[0]), args.device.startswith("cuda")
+    opt = parse_optimizer(args.optimizer)
+    train_cell(opt, args.profile, lrs, data, dataclasses.replace(settings, steps=3), seed=0, **how)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        train_cell(opt, args.profile, lrs, data, settings, seed=1, **how)
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if not cuda or e.device_type == torch.autograd.DeviceType.CUDA]
+    key = (lambda e: e.device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    events.sort(key=key, reverse=True)
+    total = sum(key(e) for e in events) or 1.0
+    print(f"batch {args.profile}, {args.modes[0]}, {settings.steps} steps: {wall:.2f} s wall, "
+          f"{total / 1e6:.2f} s {'device' if cuda else 'CPU'} time")  # fmt: skip
+    rows = []
+    for e in events[:top]:
+        rows.append({"kernel": e.key[:90], "count": e.count, "ms": key(e) / 1e3, "share": key(e) / total})
+        print(f"  {100 * key(e) / total:5.1f}%  {key(e) / 1e3:9.1f} ms  x{e.count:<6} {e.key[:90]}")
+    if env_out := os.environ.get("OUT"):
+        body = {"device": args.device, "batch_size": args.profile, "mode": args.modes[0],
+                "steps": settings.steps, "wall_s": wall, "kernels": rows}  # fmt: skip
+        write_json_atomic(Path(env_out) / f"mnist_profile_b{args.profile}.json", body)
     return 0
 
 

@@ -51,8 +51,10 @@ def main() -> int:
     k = np.arange(args.rows)
     sigmas, lrs = np.linspace(0, 3, 100)[k % 100], np.logspace(-3, 0, 20)[(k // 100) % 20]
     block = S.Rows.make(0, 10.0, sigmas, lrs, 0.1)
-    opts = S.Options(device=args.device, kernels=True, pack_cells=True, chunk_rows=args.rows)
-    coords = args.rows * args.dim
+    # packed rows are padded to a multiple of ROW_ALIGN: a chunk of that size holds them all in one
+    chunk = -(-args.rows // S.ROW_ALIGN) * S.ROW_ALIGN
+    opts = S.Options(device=args.device, kernels=True, pack_cells=True, chunk_rows=chunk)
+    coords = chunk * args.dim
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     table: dict[str, dict] = {}
     for opt in args.optimizers:

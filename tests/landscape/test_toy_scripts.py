@@ -64,3 +64,27 @@ def test_throughput_script_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     us = json.loads((tmp_path / "toy_host_overhead.json").read_text())["us_per_step"]
     assert set(us) == {"adamw", "signum", "focus"} and all(v > 0 for v in us.values())
+
+
+def test_first_use_sampler_finds_where_the_main_thread_works():
+    """``toy_first_use.py``'s stack sampler attributes samples to the code the thread is in."""
+    import importlib.util
+    import threading
+
+    import numpy as np
+
+    from focus_optim.landscape import simulate as S
+    from focus_optim.landscape import valley as V
+
+    spec = importlib.util.spec_from_file_location("toy_first_use", BENCHMARKS / "toy_first_use.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sampler = mod.StackSampler(threading.get_ident(), 0.02)
+    sampler.start()
+    rows = S.Rows.make(0, 10.0, np.linspace(0, 3, 64), np.full(64, 0.01), 0.1)
+    S.simulate("focus", rows, V.rotated(), 400, S.Options(compile=False))
+    sampler.stop()
+    top = dict(mod.summarize(sampler.samples))
+    assert len(sampler.samples) >= 5
+    ours = {k: n for k, n in top.items() if k.startswith("focus_optim: ")}
+    assert ours and sum(ours.values()) >= len(sampler.samples) // 2

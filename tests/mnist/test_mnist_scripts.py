@@ -49,3 +49,14 @@ def test_cell_modes_script_on_cpu(idx_dir_session, tmp_path):
     for mode in ("eager", "fused"):
         row = info["seconds"][mode]
         assert info["steps"] == 2 and row["2"] > 0 and row["scan_serial_estimate_s"] > 0
+
+
+def test_cell_profile_script_on_cpu(idx_dir_session, tmp_path):
+    out = tmp_path / "out"
+    _run("mnist_cell_modes.py", out, "--device", "cpu", "--steps", "2", "--modes", "fused", "--profile", "8",
+         "--data-dir", str(idx_dir_session), "--no-verify")  # fmt: skip
+    info = json.loads((out / "mnist_profile_b8.json").read_text())
+    assert info["batch_size"] == 8 and info["steps"] == 2 and info["wall_s"] > 0
+    kernels = {row["kernel"] for row in info["kernels"]}
+    assert "aten::bmm" in kernels or "aten::baddbmm" in kernels  # the ensemble's layers
+    assert 0 < sum(row["share"] for row in info["kernels"]) <= 1.0 + 1e-9
