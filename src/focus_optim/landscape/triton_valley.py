@@ -14,9 +14,9 @@ itself one Triton kernel, so a step costs two launches and no compilation.
 
 Layout: ``theta`` is ``[R, N]`` column-major (storage ``[N, R]``), as the simulator keeps it, so
 each coordinate of a block of rows is one coalesced load. A program holds ``BLOCK_R`` rows x all
-``N`` coordinates (padded to a power of two) in registers; the sums over coordinates are
-reductions within a row, whose order depends only on ``N``: a row gets the same numbers wherever
-it sits in a batch.
+``N`` coordinates in registers, as two halves of ``BLOCK_P`` (the pair count padded to a power of
+two) that pair each cosine normal with its sine; the sums over coordinates are reductions within
+a row, whose order depends only on ``N``: a row gets the same numbers wherever it sits in a batch.
 """
 
 from __future__ import annotations
@@ -62,29 +62,35 @@ def _valley_step_kernel(
     salt2,
     N: tl.constexpr,
     PAIRS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     BLOCK_R: tl.constexpr,
     RECORD: tl.constexpr,
 ):
+    # Coordinates in two halves: "lo" = 0 .. PAIRS-1 and "hi" = PAIRS .. N-1, so that coordinate p
+    # and coordinate PAIRS + p, whose normals are the cosine and the sine of Box-Muller pair p,
+    # sit in the same lane: each pair's hashes, log, square root, cosine and sine are computed once.
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_N)
+    pair = tl.arange(0, BLOCK_P)
     row_ok = rows < R
-    col_ok = cols < N
-    offs = cols[:, None].to(tl.int64) * R + rows[None, :]  # [BLOCK_N, BLOCK_R]: coordinate-major storage
-    ok = col_ok[:, None] & row_ok[None, :]
+    lo_ok, hi_ok = pair < PAIRS, pair < N - PAIRS
+    offs_lo = pair[:, None].to(tl.int64) * R + rows[None, :]  # [BLOCK_P, BLOCK_R]: coordinate-major
+    offs_hi = offs_lo + PAIRS * R
+    ok_lo = lo_ok[:, None] & row_ok[None, :]
+    ok_hi = hi_ok[:, None] & row_ok[None, :]
 
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0)
-    e = tl.load(e_ptr + cols, mask=col_ok, other=0.0)[:, None]
+    x_lo = tl.load(x_ptr + offs_lo, mask=ok_lo, other=0.0)
+    x_hi = tl.load(x_ptr + offs_hi, mask=ok_hi, other=0.0)
+    e_lo = tl.load(e_ptr + pair, mask=lo_ok, other=0.0)[:, None]
+    e_hi = tl.load(e_ptr + PAIRS + pair, mask=hi_ok, other=0.0)[:, None]
     a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
-    u = tl.sum(x * e, axis=0)
-    v = x - u[None, :] * e
-    w = tl.sum(v * v, axis=0)
+    u = tl.sum(x_lo * e_lo, axis=0) + tl.sum(x_hi * e_hi, axis=0)
+    v_lo = x_lo - u[None, :] * e_lo
+    v_hi = x_hi - u[None, :] * e_hi
+    w = tl.sum(v_lo * v_lo, axis=0) + tl.sum(v_hi * v_hi, axis=0)
     au = a * u
     loss = 0.5 * au * u * w - c * u
-    grad = (au * w - c)[None, :] * e + (au * u)[None, :] * v
+    along, across = (au * w - c)[None, :], (au * u)[None, :]
 
-    # Normal i of the step is the cosine of Box-Muller pair i (i < PAIRS), else the sine of pair i - PAIRS.
-    pair = tl.where(cols < PAIRS, cols, cols - PAIRS)
     counter = (first_counter + pair).to(tl.uint32, bitcast=True)
     key = tl.load(keys_ptr + rows, mask=row_ok, other=0).to(tl.uint32, bitcast=True)
     h1 = _mix32(key[None, :] ^ _mix32(counter ^ salt1.to(tl.uint32, bitcast=True))[:, None])
@@ -92,9 +98,10 @@ def _valley_step_kernel(
     u1 = (h1 >> 8).to(tl.float32) * (1.0 / 16777216.0)
     phi = (h2 >> 8).to(tl.float32) * (1.0 / 16777216.0) * 6.283185307179586
     radius = tl.sqrt(-2.0 * tl.log(1.0 - u1))  # 1 - u1 is exact: u1 has 24 bits
-    z = radius * tl.where((cols < PAIRS)[:, None], tl.cos(phi), tl.sin(phi))
-    sigma = tl.load(sigma_ptr + rows, mask=row_ok, other=0.0)
-    tl.store(g_ptr + offs, grad * (1.0 + sigma[None, :] * z), mask=ok)
+    sigma = tl.load(sigma_ptr + rows, mask=row_ok, other=0.0)[None, :]
+    z_lo, z_hi = radius * tl.cos(phi), radius * tl.sin(phi)
+    tl.store(g_ptr + offs_lo, (along * e_lo + across * v_lo) * (1.0 + sigma * z_lo), mask=ok_lo)
+    tl.store(g_ptr + offs_hi, (along * e_hi + across * v_hi) * (1.0 + sigma * z_hi), mask=ok_hi)
 
     min_loss = tl.load(min_loss_ptr + rows, mask=row_ok, other=0.0)
     max_u = tl.load(max_u_ptr + rows, mask=row_ok, other=0.0)
@@ -134,9 +141,9 @@ def valley_step_(
     for t in (theta, grad_out):
         if t.dtype != theta.dtype or t.stride() != (1, n_rows):
             raise ValueError(f"valley_step_ needs column-major [R, N] tensors, got strides {t.stride()}")
-    block_n = triton.next_power_of_2(dim)
-    block_r = max(16, min(1024, TILE // block_n))
     pairs = (dim + 1) // 2
+    block_p = triton.next_power_of_2(pairs)
+    block_r = max(16, min(1024, TILE // (2 * block_p)))
     _valley_step_kernel[(triton.cdiv(n_rows, block_r),)](
         theta,
         grad_out,
@@ -155,7 +162,7 @@ def valley_step_(
         rng.to_i32(rng.SALT_U2),
         N=dim,
         PAIRS=pairs,
-        BLOCK_N=block_n,
+        BLOCK_P=block_p,
         BLOCK_R=block_r,
         RECORD=record,
         num_warps=4,
