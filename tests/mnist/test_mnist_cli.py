@@ -52,6 +52,20 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert code == 2 and "Invalid shard 3/2" in capsys.readouterr().err
 
 
+def test_cli_refuses_cuda_graphs_off_cuda_before_any_work(
+    tmp_path: Path, idx_dir_session: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "g"
+    code = main(["mnist", "run", "--out", str(out), "--device", "cpu", "--cuda-graphs", *TINY,
+                 "--data-dir", str(idx_dir_session), "--no-verify"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cuda_graphs needs eager cells on a CUDA device, not device 'cpu'" in err
+    assert not out.exists()
+    code = main(["mnist", "run", "--out", str(out), "--device", "cpu", "--cuda-graphs", "--compile", *TINY,
+                 "--data-dir", str(idx_dir_session), "--no-verify"])  # fmt: skip
+    assert code == 2 and "not compile='default'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(real_mnist_dir() is None, reason="../shared/data/mnist not present")
 def test_run_on_real_mnist_one_cell(tmp_path: Path) -> None:
     out = tmp_path / "real"
