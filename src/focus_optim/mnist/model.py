@@ -171,7 +171,7 @@ class EnsembleMLP(nn.Module):
         ``A @ [x; 1; 0]`` is ``[W BN(x) + c; 1; 0]``: the bias rides in the GEMM and the ones row
         survives the ReLU, so each layer of the test pass is one GEMM and one in-place ReLU. The
         zero padding keeps every GEMM dimension a multiple of 8 (odd sizes such as 129 keep
-        cuBLAS off its tensor-core kernels) and adds only exact zeros. Buffers are reused.
+        cuBLAS off its fastest tensor-core kernels) and adds only exact zeros. Buffers are reused.
         """
         blocks = list(self.all_blocks())
         key = (dtype, self.head.linear.weight.device)
