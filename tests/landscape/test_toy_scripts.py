@@ -91,3 +91,18 @@ def test_first_use_sampler_finds_where_the_main_thread_works():
     assert len(sampler.samples) >= 5
     ours = {k: n for k, n in top.items() if k.startswith("focus_optim: ")}
     assert ours and sum(ours.values()) >= len(sampler.samples) // 2
+
+
+def test_toy_profile_script_in_the_interpreter(tmp_path):
+    """``toy_profile.py`` (the ``toy-diagnose`` part) runs the Triton step under the profiler."""
+    pytest.importorskip("triton")
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, str(BENCHMARKS / "toy_profile.py"), "--device", "cpu", "--dim", "3",
+           "--rows", "40", "--steps", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"toy_profile.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    info = json.loads((out / "toy_profile_d3.json").read_text())
+    assert info["dim"] == 3 and info["rows"] == 40
+    assert set(info["table"]) == {"adamw", "signum", "focus"}
+    assert all(row["wall_s_per_step"] > 0 for row in info["table"].values())
