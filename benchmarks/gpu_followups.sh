@@ -54,7 +54,7 @@ case "$part" in
     ;;
   toy-diagnose)
     OUT="$out" python benchmarks/toy_first_use.py
-    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177
+    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --configs 4096x4 4096x8 2048x4 2048x8 8192x8
     OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000
     ;;
   toy-kernels)

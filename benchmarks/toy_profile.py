@@ -12,6 +12,9 @@ kernels read param, grad and states and write param and states: FOCUS and AdamW 
     PYTHONPATH=src python benchmarks/toy_profile.py --dim 100 --rows 1342177   # one Figure 6 right chunk
     PYTHONPATH=src python benchmarks/toy_profile.py --dim 2 --rows 4194304
 
+``--configs TILExWARPS ...`` (e.g. ``4096x4 4096x8 2048x4``) also times the valley kernel alone
+under each tile size (rows x padded coordinates per program) and warp count, on the same chunk.
+
 With ``$OUT`` set, ``$OUT/toy_profile_d{dim}.json`` holds the table.
 """
 
@@ -45,6 +48,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--optimizers", nargs="+", default=list(S.PAPER_SETUPS))
+    ap.add_argument("--configs", nargs="*", default=[], help="valley kernel TILExWARPS variants to time")
     args = ap.parse_args()
 
     land = V.rotated() if args.dim == 2 else V.random_axis(args.dim)
@@ -83,12 +87,37 @@ def main() -> int:
         for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["mean_us"] * kv[1]["count"]):
             bw = f"{r['GB/s']:8.0f} GB/s" if r["GB/s"] else " " * 13
             print(f"   {name:<60} x{r['count']:<5} {r['mean_us']:10.1f} us  {bw}")
+    configs = {c: valley_config_us(c, opts, block, land, args.steps) for c in args.configs}
+    for c, us in configs.items():
+        rate = f", {KERNEL_BYTES['valley'] * coords / (us * 1e-6) / 1e9:.0f} GB/s" if us else ""
+        print(f"valley kernel, tile x warps {c}: {us:.1f} us per launch{rate}")
     if env_out := os.environ.get("OUT"):
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
         info = {"device": device, "torch": torch.__version__, "rows": args.rows, "dim": args.dim,
-                "steps": args.steps, "table": table}  # fmt: skip
+                "steps": args.steps, "table": table, "valley_configs_us": configs}  # fmt: skip
         write_json_atomic(Path(env_out) / f"toy_profile_d{args.dim}.json", info)
     return 0
+
+
+def valley_config_us(config: str, opts: S.Options, block: S.Rows, land: V.Valley, steps: int) -> float:
+    """Mean device microseconds of the valley kernel with ``TILExWARPS`` (0.0 without CUDA)."""
+    from focus_optim.landscape import triton_valley as TV
+
+    tile, warps = (int(x) for x in config.lower().split("x"))
+    saved = TV.TILE, TV.NUM_WARPS
+    TV.TILE, TV.NUM_WARPS = tile, warps
+    try:
+        S.simulate("signum", block, land, 2, opts)  # compile this variant outside the profile
+        acts = [ProfilerActivity.CUDA] if opts.device.startswith("cuda") else [ProfilerActivity.CPU]
+        with profile(activities=acts) as prof:
+            S.simulate("signum", block, land, steps, opts)
+    finally:
+        TV.TILE, TV.NUM_WARPS = saved
+    for ev in prof.key_averages():
+        dev_us = getattr(ev, "device_time_total", 0.0) or getattr(ev, "cuda_time_total", 0.0)
+        if "valley" in ev.key and ev.device_type == torch.autograd.DeviceType.CUDA and dev_us:
+            return dev_us / ev.count
+    return 0.0
 
 
 if __name__ == "__main__":

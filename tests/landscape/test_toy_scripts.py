@@ -99,10 +99,11 @@ def test_toy_profile_script_in_the_interpreter(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "toy_profile.py"), "--device", "cpu", "--dim", "3",
-           "--rows", "40", "--steps", "2"]  # fmt: skip
+           "--rows", "40", "--steps", "2", "--configs", "2048x8"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"toy_profile.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "toy_profile_d3.json").read_text())
     assert info["dim"] == 3 and info["rows"] == 40
     assert set(info["table"]) == {"adamw", "signum", "focus"}
     assert all(row["wall_s_per_step"] > 0 for row in info["table"].values())
+    assert set(info["valley_configs_us"]) == {"2048x8"}  # (no CUDA events on a CPU: 0.0 us)

@@ -27,8 +27,10 @@ from torch import Tensor
 
 from . import rng
 
-#: Elements (rows x padded coordinates) per program.
+#: Elements (rows x padded coordinates) per program, and warps per program (read at every launch:
+#: ``benchmarks/toy_profile.py --configs`` times alternatives).
 TILE = 4096
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -165,8 +167,8 @@ def valley_step_(
         BLOCK_P=block_p,
         BLOCK_R=block_r,
         RECORD=record,
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )
 
 
-__all__ = ["TILE", "valley_step_"]
+__all__ = ["NUM_WARPS", "TILE", "valley_step_"]
