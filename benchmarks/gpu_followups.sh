@@ -10,6 +10,9 @@
 #   benchmarks/gpu_followups.sh toy-diagnose   # where the toy's time goes: stack samples of a cold 2a
 #                                              # (toy_first_use.py) and per-kernel times of a 100-D and a
 #                                              # 2-D chunk against their bytes (toy_profile.py), ~2 min
+#   benchmarks/gpu_followups.sh toy-fused      # the paper toy suite with one Triton launch a step (the
+#                                              # valley kernel applying the optimizer's update), checks,
+#                                              # its 100-D chunk profiled, ~3 min
 #   benchmarks/gpu_followups.sh toy-kernels    # the paper toy suite on the Triton step, its GPU checks,
 #                                              # 2a as a fresh CLI process, traj-steps/s beside the
 #                                              # scalar loop and the host work per step (~5 min)
@@ -31,16 +34,16 @@
 # TB/s of its bytes vs the optimizer kernels' 2.8 TB/s); MNIST paper scan 134.8 s (CUDA graphs +
 # fused step + test-pass GEMMs padded to multiples of 8, 2 workers; 173.4 s unpadded, 179.2 s
 # eager + fused with 8 workers). With 30 device-minutes per session (each machine start costs
-# 1-2; a machine idle for 30 s is given back, so chain the calls), run in this order: tests (~2
-# min), toy-diagnose (~2 min), mnist-profile (~2 min), then mnist-scan with what the profile
-# suggests (~2.5 min each; MNIST_WORKERS=1 and 4 to compare), toy-kernels after any toy change
-# (~5 min), lm (~9 min; issue 5), step (~1 min).
+# 1-2; a machine idle for 30 s is given back, so chain the calls), run in this order: tests (~3
+# min), toy-diagnose (~2 min), toy-fused (~3 min), mnist-profile (~2 min), then mnist-scan with
+# what the profile suggests (~2.5 min each; MNIST_WORKERS=1 and 4 to compare), toy-kernels after
+# any toy change (~5 min), lm (~9 min; issue 5), step (~1 min).
 #
 # Targets still missed: issue 3, the whole paper toy suite <= 60 s; issue 4, the paper scan
 # <= 120 s; issue 5, >= 550K tokens/s (was 503K). The lm part carries .data/corpus and
 # .data/tokenizers as well as .data/mnist.
 set -euo pipefail
-part=${1:?usage: gpu_followups.sh tests|step|toy-diagnose|toy-kernels|toy|toy-variants|toy-unroll|mnist-profile|mnist-modes|mnist-scan|lm}
+part=${1:?usage: gpu_followups.sh tests|step|toy-diagnose|toy-fused|toy-kernels|toy|toy-variants|toy-unroll|mnist-profile|mnist-modes|mnist-scan|lm}
 out=${OUT:-runs/gpu-followups}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-src}
@@ -56,6 +59,11 @@ case "$part" in
     OUT="$out" python benchmarks/toy_first_use.py
     OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --configs 4096x4 4096x8 2048x4 2048x8 8192x8
     OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000
+    ;;
+  toy-fused)
+    OUT="$out/toy-fused" python benchmarks/toy_gpu_suite.py --kernels fused --store "$out/toy-store-fused" \
+      --no-plots
+    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --fuse-update
     ;;
   toy-kernels)
     OUT="$out/toy-kernels" python benchmarks/toy_gpu_suite.py --kernels --store "$out/toy-store-kernels" \
@@ -95,7 +103,7 @@ case "$part" in
     OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500
     ;;
   *)
-    echo "unknown part: $part (tests|step|toy-diagnose|toy-kernels|toy|toy-variants|toy-unroll|mnist-profile|mnist-modes|mnist-scan|lm)" >&2
+    echo "unknown part: $part (tests|step|toy-diagnose|toy-fused|toy-kernels|toy|toy-variants|toy-unroll|mnist-profile|mnist-modes|mnist-scan|lm)" >&2
     exit 2
     ;;
 esac

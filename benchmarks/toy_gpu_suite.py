@@ -97,15 +97,19 @@ def run_one(key: str, store: Path, device: str, run: F.RunOptions, preset: str) 
 
 
 def checks(
-    device: str, fixed_order: bool | None, kernels: bool = False, rows: int = 512, steps: int = 200
+    device: str,
+    fixed_order: bool | None,
+    kernels: bool = False,
+    rows: int = 512,
+    steps: int = 200,
+    fuse_update: bool = False,
 ) -> dict[str, Any]:
     """Packed == alone on the GPU (bit for bit); GPU vs CPU eager within 3 standard errors."""
     out: dict[str, Any] = {}
     blocks = [S.Rows.make(seed, a, 1.0, np.full(rows, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
     for land in (V.rotated(), V.random_axis(100)):
-        gpu = S.Options(
-            device=device, compile=not kernels, pack_cells=True, fixed_order=fixed_order, kernels=kernels
-        )
+        gpu = S.Options(device=device, compile=not kernels, pack_cells=True, fixed_order=fixed_order,
+                        kernels=kernels, fuse_update=fuse_update)  # fmt: skip
         packed = S.simulate("adamw", blocks, land, steps, gpu)
         alone = [S.simulate("adamw", [b], land, steps, gpu)[0] for b in blocks]
         cpu = S.simulate("adamw", blocks, land, steps, S.Options(compile=False))
@@ -121,7 +125,7 @@ def checks(
     return out
 
 
-def fresh_process(device: str, preset: str, root: Path, kernels: bool = False) -> dict[str, float]:
+def fresh_process(device: str, preset: str, root: Path, kernels: str | None = None) -> dict[str, float]:
     """Seconds of ``focus-optim toy run --figure 2a`` in a new process: cold caches, then warm."""
     caches = root / "compile-caches"
     shutil.rmtree(caches, ignore_errors=True)
@@ -134,7 +138,7 @@ def fresh_process(device: str, preset: str, root: Path, kernels: bool = False) -
         shutil.rmtree(run_dir, ignore_errors=True)
         cmd = [sys.executable, "-m", "focus_optim.cli", "toy", "run", "--figure", "2a", "--preset", preset,
                "--device", device, "--out", str(run_dir), "--no-progress"]  # fmt: skip
-        cmd += ["--kernels"] if kernels else []
+        cmd += ["--kernels", kernels] if kernels else []
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         out[label] = time.perf_counter() - t0
@@ -151,9 +155,12 @@ def main() -> int:
     ap.add_argument("--compile", default="on", choices=["on", "off"])
     ap.add_argument(
         "--kernels",
-        action="store_true",
-        help="each step as two hand-written Triton launches (valley kernel, fused optimizer step), "
-        "nothing compiled (overrides --compile)",
+        nargs="?",
+        const="separate",
+        choices=["separate", "fused"],
+        default=None,
+        help="hand-written Triton steps, nothing compiled (overrides --compile): two launches a step "
+        "(valley kernel, fused optimizer step), or 'fused': one (the valley kernel applying the update)",
     )
     ap.add_argument("--no-warm", action="store_true", help="skip the warm re-run of 2a")
     ap.add_argument("--no-checks", action="store_true")
@@ -176,6 +183,7 @@ def main() -> int:
         "--fresh-process", action="store_true", help="time 2a as a new CLI process, cold then warm caches"
     )
     args = ap.parse_args()
+    kernels, fuse = args.kernels is not None, args.kernels == "fused"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
             "toy_gpu_suite: no CUDA device (use --device cpu --preset quick for a smoke test)",
@@ -199,18 +207,20 @@ def main() -> int:
         "triton": triton_version,
         "python": sys.version.split()[0],
         "preset": args.preset,
-        "compile": "off (kernels)" if args.kernels else args.compile,
-        "kernels": args.kernels,
+        "compile": "off (kernels)" if kernels else args.compile,
+        "kernels": kernels,
+        "fuse_update": fuse,
         "fixed_order": not args.free_order,
         "steps_per_call": args.steps_per_call,
     }
     print(json.dumps(info))
     run = F.RunOptions(
         device=args.device,
-        compile=args.compile == "on" and not args.kernels,
+        compile=args.compile == "on" and not kernels,
         fixed_order=False if args.free_order else None,
         steps_per_call=args.steps_per_call,
-        kernels=args.kernels,
+        kernels=kernels,
+        fuse_update=fuse,
     )
     rows = []
     t_suite = time.perf_counter()
@@ -232,9 +242,8 @@ def main() -> int:
         print("phase structure:", json.dumps(info["phase_checks"]))
         print(f"plots: {len(written)} files in {info['plot_seconds']:.1f} s -> {out / 'plots'}")
     if not args.no_checks:
-        info["checks"] = checks(
-            args.device, False if args.free_order else None, args.kernels, args.check_rows, args.check_steps
-        )
+        info["checks"] = checks(args.device, False if args.free_order else None, kernels, args.check_rows,
+                                args.check_steps, fuse)  # fmt: skip
     if args.fresh_process:
         info["fresh_process_2a"] = fresh_process(args.device, args.preset, store, args.kernels)
     write_json_atomic(out / "toy_gpu_suite.json", info)

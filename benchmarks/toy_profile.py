@@ -33,12 +33,25 @@ from focus_optim.atomic import write_json_atomic
 from focus_optim.landscape import simulate as S
 from focus_optim.landscape import valley as V
 
-#: Bytes per coordinate that each kernel must move (float32 tensors of the chunk's size).
+#: Bytes per coordinate that each kernel must move (float32 tensors of the chunk's size); the fused
+#: step (valley kernel applying the update) moves the optimizer's minus the gradient's 8.
 KERNEL_BYTES = {"valley": 8, "focus": 28, "adamw": 28, "signum": 20}
+FUSED_BYTES = {"focus": 24, "adamw": 24, "signum": 16}
 
 
 def kernel_kind(name: str, opt: str) -> str:
-    return "valley" if "valley" in name else (opt if opt in KERNEL_BYTES else "other")
+    """``valley``, the optimizer's own kernel (its name), ``fused-<optimizer>``, or ``other``."""
+    if "valley_update" in name:
+        return f"fused-{opt}"
+    if "valley" in name:
+        return "valley"
+    return opt if ("sign_family" in name or "adamw_kernel" in name) else "other"
+
+
+def kernel_bytes(kind: str) -> int | None:
+    if kind.startswith("fused-"):
+        return FUSED_BYTES.get(kind.removeprefix("fused-"))
+    return KERNEL_BYTES.get(kind)
 
 
 def main() -> int:
@@ -49,6 +62,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--optimizers", nargs="+", default=list(S.PAPER_SETUPS))
     ap.add_argument("--configs", nargs="*", default=[], help="valley kernel TILExWARPS variants to time")
+    ap.add_argument("--fuse-update", action="store_true", help="one launch a step (Options.fuse_update)")
     args = ap.parse_args()
 
     land = V.rotated() if args.dim == 2 else V.random_axis(args.dim)
@@ -57,7 +71,8 @@ def main() -> int:
     block = S.Rows.make(0, 10.0, sigmas, lrs, 0.1)
     # packed rows are padded to a multiple of ROW_ALIGN: a chunk of that size holds them all in one
     chunk = -(-args.rows // S.ROW_ALIGN) * S.ROW_ALIGN
-    opts = S.Options(device=args.device, kernels=True, pack_cells=True, chunk_rows=chunk)
+    opts = S.Options(device=args.device, kernels=True, pack_cells=True, chunk_rows=chunk,
+                     fuse_update=args.fuse_update)  # fmt: skip
     coords = chunk * args.dim
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     table: dict[str, dict] = {}
@@ -79,7 +94,8 @@ def main() -> int:
                 continue
             kind = kernel_kind(ev.key, opt)
             mean_us = dev_us / ev.count
-            gbs = KERNEL_BYTES[kind] * coords / (mean_us * 1e-6) / 1e9 if kind in KERNEL_BYTES else None
+            nbytes = kernel_bytes(kind)
+            gbs = nbytes * coords / (mean_us * 1e-6) / 1e9 if nbytes else None
             rows[ev.key[:60]] = {"kind": kind, "count": ev.count, "mean_us": mean_us, "GB/s": gbs}
         table[opt] = {"warmup_s": warm, "wall_s_per_step": wall / args.steps, "kernels": rows}
         print(f"{opt}: warm-up {warm:.2f} s; {1e3 * wall / args.steps:.3f} ms/step wall "

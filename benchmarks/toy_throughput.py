@@ -236,9 +236,11 @@ def main() -> int:
             name = f"{'compiled' if comp else 'eager'} cuda rows={n}" + (f" k={k}" if k != 1 else "")
             add(name, rate, compile_s=round(warm, 1), rows=n, steps_per_call=k)
         if S.kernels_available(torch.device(args.device)):
-            opts = S.Options(device=args.device, kernels=True, pack_cells=True)
-            rate, warm = time_batched(n_gpu, args.steps, opts, land)
-            add(f"kernels cuda rows={n_gpu}", rate, compile_s=round(warm, 1), rows=n_gpu)
+            for fuse in (False, True):
+                opts = S.Options(device=args.device, kernels=True, pack_cells=True, fuse_update=fuse)
+                rate, warm = time_batched(n_gpu, args.steps, opts, land)
+                name = "kernels-fused" if fuse else "kernels"
+                add(f"{name} cuda rows={n_gpu}", rate, compile_s=round(warm, 1), rows=n_gpu)
     scalar = results[0]["traj_steps_per_s"]
     for dev in ("cpu", "cuda") if args.dim == 2 else ():  # the paper's loop is 2-D
         rates = [r["traj_steps_per_s"] for r in results if f" {dev} " in r["variant"]]

@@ -17,17 +17,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_gpu_suite_script_with_kernels_in_the_interpreter(tmp_path):
-    """The ``toy-kernels`` part: the suite's checks on the Triton step (Triton's CPU interpreter)."""
+    """The ``toy-kernels`` / ``toy-fused`` parts: the suite's checks on the fused Triton step
+    (Triton's CPU interpreter; ``--kernels fused``, whose numbers equal the two-launch step's)."""
     pytest.importorskip("triton")
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "toy_gpu_suite.py"), "--device", "cpu", "--preset", "quick",
-           "--figures", "1c", "--no-warm", "--no-plots", "--kernels", "--check-rows", "24",
+           "--figures", "1c", "--no-warm", "--no-plots", "--kernels", "fused", "--check-rows", "24",
            "--check-steps", "20", "--store", str(tmp_path / "s")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"toy_gpu_suite.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "toy_gpu_suite.json").read_text())
-    assert info["kernels"] is True and [f["figure"] for f in info["figures"]] == ["1c"]
+    assert info["kernels"] is True and info["fuse_update"] is True
+    assert [f["figure"] for f in info["figures"]] == ["1c"]
     assert set(info["checks"]) == {"rotated2", "random100"}
     assert all(c["packed_equals_alone"] for c in info["checks"].values())
 

@@ -128,6 +128,9 @@ def test_run_options_reach_the_simulator() -> None:
     want = dict(compile=True, chunk_rows=512, threads=1, pack_cells=True, fixed_order=False, steps_per_call=5)
     opts = F._sim_options(spec_2a(), F.RunOptions(**want), "cpu", record=False)
     assert {k: getattr(opts, k) for k in want} == want
+    want = dict(kernels=True, fuse_update=True, chunk_rows=256)
+    opts = F._sim_options(spec_2a(), F.RunOptions(**want), "cpu", record=False)
+    assert {k: getattr(opts, k) for k in want} == want
 
 
 def test_analysis_picks_best_lr_by_mean_and_treats_divergence_as_worst() -> None:
@@ -213,6 +216,8 @@ def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys.readouterr()
     assert main([*kernels, "--compile", "on"]) == 2
     assert "--kernels" in capsys.readouterr().err
+    assert main([*kernels, "fused"]) == 2
+    assert "--kernels on cpu" in capsys.readouterr().err
     assert not (tmp_path / "k").exists()
 
 

@@ -95,6 +95,50 @@ SCRIPT = textwrap.dedent(
                 "rel": max(rel(ra.loss, rb.loss), rel(ra.u, rb.u), rel(ra.theta, rb.theta), rel(ma, mb)),
             }}
 
+    # 6. The fused step (the valley kernel applying the optimizer's recorded launch) against the
+    #    two-launch step: bit for bit, packed cells and recorded runs included.
+    out["fused_equals_two_launches"] = {{}}
+    for land in (V.rotated(), V.random_axis(7)):
+        lrs = np.logspace(-3, -1, 24)
+        blocks = [S.Rows.make(seed, a, 1.5, lrs, 0.1) for seed, a in [(41, 10.0), (42, 99.0)]]
+        for opt in S.PAPER_SETUPS:
+            two = S.simulate(opt, blocks, land, 9, S.Options(kernels=True))
+            one = S.simulate(opt, blocks, land, 9, S.Options(kernels=True, fuse_update=True))
+            fused = S.Options(kernels=True, fuse_update=True)
+            _, (r2,) = S.simulate(opt, blocks[:1], land, 5, S.Options(kernels=True), record=True)
+            _, (r1,) = S.simulate(opt, blocks[:1], land, 5, fused, record=True)
+            same = all(torch.equal(a, b) for a, b in zip(two, one))
+            same &= all(torch.equal(getattr(r2, k), getattr(r1, k)) for k in ("loss", "u", "theta"))
+            out["fused_equals_two_launches"][f"{{opt}}-{{land.dim}}"] = bool(same)
+
+    # 7. recorded_launches around optimizer.step(): host work done, the update left to the caller.
+    from focus_optim.optim import make_optimizer
+    from focus_optim.optim._kernels import recorded_launches
+    out["recorded_launch"] = {{}}
+    for opt in S.PAPER_SETUPS:
+        setup = S.PAPER_SETUPS[opt]
+        theta = torch.randn(3, 16).t().requires_grad_()  # [16, 3], column-major as the simulator keeps it
+        lr, wd = torch.full((16,), 0.01), torch.full((16,), 0.1)
+        o = make_optimizer(setup.registry, [theta], ensemble_dims=1, decay_norms_and_biases=True, lr=lr,
+                           weight_decay=wd, fused=True, **dict(setup.hparams))
+        theta.grad = torch.randn(3, 16).t()
+        o.step()
+        before = theta.detach().clone()
+        moments = [v.clone() for k, v in o.state[theta].items() if k != "step"]
+        with recorded_launches() as launches:
+            o.step()
+        step_t = o.state[theta]["step"]
+        out["recorded_launch"][opt] = {{
+            "launches": len(launches),
+            "params_unchanged": bool(torch.equal(theta.detach(), before)),
+            "moments_unchanged": all(torch.equal(a, b) for a, b in
+                                     zip(moments, [v for k, v in o.state[theta].items() if k != "step"])),
+            "steps": [1.0, float(step_t.sum() / step_t.numel())],
+            "bc2": launches[0].args.get("bc2") if launches else None,
+        }}
+        o.step()
+        out["recorded_launch"][opt]["changed_after"] = not bool(torch.equal(theta.detach(), before))
+
     # 5. Metrics of whole runs, for the statistical comparison with the paper's loop (in pytest).
     for opt in S.PAPER_SETUPS:
         cells = enumerate({cells})
@@ -172,6 +216,30 @@ def test_kernel_runs_match_the_scalar_paper_loop(interpreted, opt: str) -> None:
             assert abs(diff) <= 3 * se, f"{opt} a={a} sigma={sigma} {metric}: {diff:+.4f} vs se {se:.4f}"
 
 
+def test_fused_update_equals_the_two_launch_step(interpreted) -> None:
+    """``fuse_update``: the valley kernel applying the optimizer's recorded launch computes what the
+    valley kernel followed by the optimizer's own kernel does, bit for bit (interpreter)."""
+    res = interpreted["fused_equals_two_launches"]
+    assert sorted(res) == sorted(f"{o}-{d}" for o in S.PAPER_SETUPS for d in (2, 7))
+    assert all(res.values()), res
+
+
+def test_fuse_update_needs_kernels() -> None:
+    with pytest.raises(ValueError, match="fuse_update=True without kernels=True"):
+        S.simulate("focus", S.Rows.make(0, 1.0, 0.0, [0.1], 0.0), V.rotated(), 3, S.Options(fuse_update=True))
+
+
+def test_recorded_launches_leave_the_update_to_the_caller(interpreted) -> None:
+    """Inside ``recorded_launches`` the optimizer advances its step count and computes its bias
+    correction, records one launch, and leaves the parameters and moments alone."""
+    for opt, rec in interpreted["recorded_launch"].items():
+        assert rec["launches"] == 1 and rec["params_unchanged"] and rec["moments_unchanged"], (opt, rec)
+        assert rec["steps"] == [1.0, 2.0], (opt, rec)  # advanced while recording, as by a real step
+        assert rec["changed_after"], (opt, rec)  # the same step outside the block updates
+        if opt == "focus":
+            assert rec["bc2"] == pytest.approx(1 - 0.9**2), rec
+
+
 def test_kernels_need_cuda_or_the_interpreter(monkeypatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="kernels=True"):
@@ -191,6 +259,23 @@ def test_cuda_kernels_packed_equal_alone_and_match_cpu(opt: str) -> None:
             assert torch.equal(p, a)
             p, c = p[:, 0].double(), c[:, 0].double()
             assert (p.mean() - c.mean()).abs() <= 3 * (p.var() / p.numel() + c.var() / c.numel()).sqrt()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt", list(S.PAPER_SETUPS))
+def test_cuda_fused_update_matches_the_two_launch_step(opt: str) -> None:
+    """Compiled, the fused step may contract the gradient into the update's first FMA (rounding
+    differs from the stored gradient's): equal to rounding over a few steps, packed == alone."""
+    lrs = np.logspace(-3, -1, 256)
+    blocks = [S.Rows.make(seed, a, 1.0, lrs, 0.1) for seed, a in [(51, 10.0), (52, 100.0)]]
+    for land in (V.rotated(), V.random_axis(100)):
+        two = S.simulate(opt, blocks, land, 3, S.Options(device="cuda", kernels=True))
+        fused = S.Options(device="cuda", kernels=True, fuse_update=True)
+        one = S.simulate(opt, blocks, land, 3, fused)
+        alone = [S.simulate(opt, [b], land, 3, fused)[0] for b in blocks]
+        for a, b, c in zip(two, one, alone):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+            assert torch.equal(b, c)
 
 
 @pytest.mark.gpu

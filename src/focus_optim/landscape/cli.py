@@ -59,9 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--kernels",
-        action="store_true",
-        help="CUDA: each step as two hand-written Triton launches (valley, fused optimizer step); "
-        "nothing compiled",
+        nargs="?",
+        const="separate",
+        choices=["separate", "fused"],
+        default=None,
+        help="CUDA: hand-written Triton steps, nothing compiled: two launches a step (valley, the "
+        "optimizer's fused step), or 'fused': one, the valley kernel applying the optimizer's update",
     )
     r.add_argument(
         "--workers",
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         threads=threads,
         steps_per_call=args.steps_per_call,
-        kernels=args.kernels,
+        kernels=args.kernels is not None,
+        fuse_update=args.kernels == "fused",
     )
     out = Path(args.out)
     t_all = time.perf_counter()

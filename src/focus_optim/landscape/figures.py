@@ -101,6 +101,7 @@ class RunOptions:
     fixed_order: bool | None = None
     steps_per_call: int = 1
     kernels: bool = False
+    fuse_update: bool = False
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,7 @@ def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) ->
         fixed_order=run.fixed_order,
         steps_per_call=run.steps_per_call,
         kernels=run.kernels,
+        fuse_update=run.fuse_update,
     )
 
 

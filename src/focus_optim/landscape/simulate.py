@@ -154,6 +154,10 @@ class Options:
         kernels: run each step as two hand-written Triton launches (the valley kernel, then the
             optimizer's fused step) instead of compiling it; no compile time. CUDA, or
             ``TRITON_INTERPRET=1`` (default: off).
+        fuse_update: with ``kernels``, one launch per step: the valley kernel applies the
+            optimizer's update itself (:func:`.triton_valley.valley_update_`, with the step counts,
+            bias corrections and hyperparameters of the optimizer's own fused step), so the noisy
+            gradient never goes to memory; the same numbers as ``kernels`` alone, bit for bit.
     """
 
     device: str = "cpu"
@@ -165,6 +169,7 @@ class Options:
     threads: int | None = None
     fixed_order: bool | None = None
     kernels: bool = False
+    fuse_update: bool = False
 
     def resolved(self, dim: int, work: float) -> Options:
         dev = torch.device(self.device)
@@ -177,6 +182,8 @@ class Options:
                     "(or under TRITON_INTERPRET=1)"
                 )
             comp = False
+        elif self.fuse_update:
+            raise ValueError("Invalid fuse_update=True without kernels=True (it fuses the Triton step)")
         if comp is None:
             comp = compile_available(dev) and (dev.type != "cpu" or work >= self.compile_min_work)
         pack = self.pack_cells if self.pack_cells is not None else dev.type != "cpu"
@@ -191,6 +198,7 @@ class Options:
             self.threads,
             fixed,
             self.kernels,
+            self.fuse_update,
         )
 
 
@@ -323,10 +331,13 @@ class Workspace:
             )
         for i, t in enumerate(range(t0, t0 + steps)):
             outs = {"loss_out": rec.loss[i], "u_out": rec.u[i]} if rec is not None else {}
-            valley_step_(self.x, self.grad, self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
-                         c=c, step=t, **outs)  # fmt: skip
             if rec is not None:
                 rec.theta[i].copy_(self.x)
+            if self.opts.fuse_update:
+                self._fused_step(c, t, outs)
+                continue
+            valley_step_(self.x, self.grad, self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
+                         c=c, step=t, **outs)  # fmt: skip
             self.x.grad = self.grad
             self.opt.step()
         self.x.grad = None
@@ -337,6 +348,20 @@ class Workspace:
             )
             rec.theta[steps].copy_(self.x)
         return rec
+
+    def _fused_step(self, c: float, t: int, outs: dict[str, Tensor]) -> None:
+        """One launch: the valley kernel applying the update of the optimizer's own fused step,
+        whose launch ``optimizer.step()`` records (with its step count advanced) instead of runs."""
+        from ..optim._kernels import recorded_launches
+        from .triton_valley import valley_update_
+
+        self.x.grad = self.grad  # (never read: step() only needs a gradient to see the parameter)
+        with recorded_launches() as launches:
+            self.opt.step()
+        if len(launches) != 1:
+            raise RuntimeError(f"expected the optimizer's one fused launch, got {len(launches)}")
+        valley_update_(self.x, launches[0], self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
+                       c=c, step=t, **outs)  # fmt: skip
 
     def load(self, rows: Rows, valley: V.Valley) -> None:
         """Reset to step 0 with these rows (padding rows, if fewer, are inert: lr = sigma = 0)."""
@@ -408,6 +433,7 @@ def workspace(opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Op
         bool(opts.pack_cells),
         bool(opts.fixed_order),
         opts.kernels,
+        opts.fuse_update,
     )
     if key not in _WORKSPACES:
         if len(_WORKSPACES) >= MAX_WORKSPACES:

@@ -21,10 +21,15 @@ a row, whose order depends only on ``N``: a row gets the same numbers wherever i
 
 from __future__ import annotations
 
+from typing import Any
+
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..optim._kernels import Launch
+from ..optim._kernels.triton_adamw import adamw_update
+from ..optim._kernels.triton_sign import sign_family_update
 from . import rng
 
 #: Elements (rows x padded coordinates) per program, and warps per program (read at every launch:
@@ -43,34 +48,17 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-# first_counter changes every step: left unspecialised, or Triton compiles variants for its values
-# (== 1, multiple of 16, other) on the first steps of every run.
-@triton.jit(do_not_specialize=["first_counter"])
-def _valley_step_kernel(
-    x_ptr,
-    g_ptr,
-    a_ptr,
-    sigma_ptr,
-    keys_ptr,
-    e_ptr,
-    min_loss_ptr,
-    max_u_ptr,
-    loss_out_ptr,
-    u_out_ptr,
-    R,
-    first_counter,
-    c,
-    salt1,
-    salt2,
-    N: tl.constexpr,
-    PAIRS: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    RECORD: tl.constexpr,
-):
-    # Coordinates in two halves: "lo" = 0 .. PAIRS-1 and "hi" = PAIRS .. N-1, so that coordinate p
-    # and coordinate PAIRS + p, whose normals are the cosine and the sine of Box-Muller pair p,
-    # sit in the same lane: each pair's hashes, log, square root, cosine and sine are computed once.
+@triton.jit
+def _noisy_gradients(
+    x_ptr, a_ptr, sigma_ptr, keys_ptr, e_ptr, R, first_counter, c, salt1, salt2,
+    N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """This program's rows at theta_t: both halves of theta and of the noisy gradient, with their
+    offsets and masks, and each row's ``u`` and loss.
+
+    Coordinates come in two halves, "lo" = 0 .. PAIRS-1 and "hi" = PAIRS .. N-1, so that coordinate
+    p and coordinate PAIRS + p, whose normals are the cosine and the sine of Box-Muller pair p, sit
+    in the same lane: each pair's hashes, log, square root, cosine and sine are computed once."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     pair = tl.arange(0, BLOCK_P)
     row_ok = rows < R
@@ -102,9 +90,16 @@ def _valley_step_kernel(
     radius = tl.sqrt(-2.0 * tl.log(1.0 - u1))  # 1 - u1 is exact: u1 has 24 bits
     sigma = tl.load(sigma_ptr + rows, mask=row_ok, other=0.0)[None, :]
     z_lo, z_hi = radius * tl.cos(phi), radius * tl.sin(phi)
-    tl.store(g_ptr + offs_lo, (along * e_lo + across * v_lo) * (1.0 + sigma * z_lo), mask=ok_lo)
-    tl.store(g_ptr + offs_hi, (along * e_hi + across * v_hi) * (1.0 + sigma * z_hi), mask=ok_hi)
+    g_lo = (along * e_lo + across * v_lo) * (1.0 + sigma * z_lo)
+    g_hi = (along * e_hi + across * v_hi) * (1.0 + sigma * z_hi)
+    return rows, row_ok, offs_lo, offs_hi, ok_lo, ok_hi, x_lo, x_hi, g_lo, g_hi, u, loss
 
+
+@triton.jit
+def _fold_metrics(
+    rows, row_ok, u, loss, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr, RECORD: tl.constexpr
+):
+    """Running minimum loss and maximum u; with ``RECORD`` also this step's loss and u."""
     min_loss = tl.load(min_loss_ptr + rows, mask=row_ok, other=0.0)
     max_u = tl.load(max_u_ptr + rows, mask=row_ok, other=0.0)
     tl.store(min_loss_ptr + rows, tl.minimum(min_loss, loss), mask=row_ok)
@@ -112,6 +107,104 @@ def _valley_step_kernel(
     if RECORD:
         tl.store(loss_out_ptr + rows, loss, mask=row_ok)
         tl.store(u_out_ptr + rows, u, mask=row_ok)
+
+
+# first_counter changes every step: left unspecialised, or Triton compiles variants for its values
+# (== 1, multiple of 16, other) on the first steps of every run.
+@triton.jit(do_not_specialize=["first_counter"])
+def _valley_step_kernel(
+    x_ptr, g_ptr, a_ptr, sigma_ptr, keys_ptr, e_ptr, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr,
+    R, first_counter, c, salt1, salt2,
+    N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, RECORD: tl.constexpr,
+):  # fmt: skip
+    rows, row_ok, offs_lo, offs_hi, ok_lo, ok_hi, _, _, g_lo, g_hi, u, loss = _noisy_gradients(
+        x_ptr,
+        a_ptr,
+        sigma_ptr,
+        keys_ptr,
+        e_ptr,
+        R,
+        first_counter,
+        c,
+        salt1,
+        salt2,
+        N,
+        PAIRS,
+        BLOCK_P,
+        BLOCK_R,
+    )
+    tl.store(g_ptr + offs_lo, g_lo, mask=ok_lo)
+    tl.store(g_ptr + offs_hi, g_hi, mask=ok_hi)
+    _fold_metrics(rows, row_ok, u, loss, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr, RECORD)
+
+
+@triton.jit
+def _apply_update(
+    offs, ok, rows, p, g, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1, bc2_sqrt, eps,
+    ALGO: tl.constexpr, MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_AVG: tl.constexpr,
+    DECAY: tl.constexpr, W1_HIGH: tl.constexpr,
+):  # fmt: skip
+    """The optimizer's own element-wise update (``ALGO`` 0: FOCUS/Signum, 1: AdamW) of one half
+    tile, with its state read and written in place."""
+    m = tl.load(m_ptr + offs, mask=ok, other=0.0)
+    if ALGO == 0:
+        if HAS_AVG:
+            s = tl.load(s_ptr + offs, mask=ok, other=0.0)
+        else:
+            s = m  # unused
+        eta_wd_hat = -tl.div_rn(lr * wd, bc2)
+        p, m, s = sign_family_update(p, g, m, s, lr, wd, eta_wd_hat, w1, b2, w2, gamma, bc2,
+                                     MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
+        if HAS_AVG:
+            tl.store(s_ptr + offs, s, mask=ok)
+    else:
+        s = tl.load(s_ptr + offs, mask=ok, other=0.0)
+        p, m, s = adamw_update(p, g, m, s, lr, wd, w1, b2, w2, bc1, bc2_sqrt, eps, MAXIMIZE, W1_HIGH)
+        tl.store(s_ptr + offs, s, mask=ok)
+    tl.store(m_ptr + offs, m, mask=ok)
+    return p
+
+
+@triton.jit(do_not_specialize=["first_counter"])
+def _valley_update_kernel(
+    x_ptr, a_ptr, sigma_ptr, keys_ptr, e_ptr, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr,
+    R, first_counter, c, salt1, salt2,
+    m_ptr, s_ptr, lr_ptr, wd_ptr, step_ptr, bc2, w1, b2, w2, gamma, log2_b1, log2_b2, eps,
+    N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, RECORD: tl.constexpr,
+    ALGO: tl.constexpr, MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_AVG: tl.constexpr,
+    DECAY: tl.constexpr, W1_HIGH: tl.constexpr,
+):  # fmt: skip
+    rows, row_ok, offs_lo, offs_hi, ok_lo, ok_hi, x_lo, x_hi, g_lo, g_hi, u, loss = _noisy_gradients(
+        x_ptr,
+        a_ptr,
+        sigma_ptr,
+        keys_ptr,
+        e_ptr,
+        R,
+        first_counter,
+        c,
+        salt1,
+        salt2,
+        N,
+        PAIRS,
+        BLOCK_P,
+        BLOCK_R,
+    )
+    _fold_metrics(rows, row_ok, u, loss, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr, RECORD)
+    lr = tl.load(lr_ptr + rows, mask=row_ok, other=0.0)[None, :]  # member = row (see valley_update_)
+    wd = tl.load(wd_ptr + rows, mask=row_ok, other=0.0)[None, :]
+    bc1 = 1.0
+    bc2_sqrt = 1.0
+    if ALGO == 1:
+        step = tl.load(step_ptr).to(tl.float32)
+        bc1 = 1.0 - tl.exp2(step * log2_b1)
+        bc2_sqrt = tl.sqrt_rn(1.0 - tl.exp2(step * log2_b2))
+    p_lo = _apply_update(offs_lo, ok_lo, rows, x_lo, g_lo, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
+                         bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
+    p_hi = _apply_update(offs_hi, ok_hi, rows, x_hi, g_hi, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
+                         bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
+    tl.store(x_ptr + offs_lo, p_lo, mask=ok_lo)
+    tl.store(x_ptr + offs_hi, p_hi, mask=ok_hi)
 
 
 def valley_step_(
@@ -136,19 +229,104 @@ def valley_step_(
     ``[R]``; ``axis``: float32 ``[N]``. ``loss_out``/``u_out`` (float32 ``[R]``, both or neither):
     also store the loss and ``u`` at ``theta`` (for recorded runs).
     """
+    valley, grid, meta = _valley_args("valley_step_", theta, [grad_out], sharpness, sigma, keys, axis,
+                                      min_loss, max_u, c, step, loss_out, u_out)  # fmt: skip
+    _valley_step_kernel[grid](theta, grad_out, *valley, **meta, num_warps=NUM_WARPS)
+
+
+def valley_update_(
+    theta: Tensor,
+    launch: Launch,
+    sharpness: Tensor,
+    sigma: Tensor,
+    keys: Tensor,
+    axis: Tensor,
+    min_loss: Tensor,
+    max_u: Tensor,
+    *,
+    c: float,
+    step: int,
+    loss_out: Tensor | None = None,
+    u_out: Tensor | None = None,
+) -> None:
+    """:func:`valley_step_` and the optimizer's update of ``theta`` in one kernel: the noisy
+    gradient never goes to memory (24 bytes per coordinate-step for FOCUS and AdamW instead of 36,
+    16 for Signum instead of 28, and one launch instead of two).
+
+    ``launch``: the optimizer's own fused launch for ``theta``, recorded around ``optimizer.step()``
+    by :func:`~focus_optim.optim._kernels.recorded_launches` (so the optimizer advanced its step
+    counts and computed its bias corrections and hyperparameter tables); the kernel applies the
+    optimizer kernels' shared element-wise update (``sign_family_update``, ``adamw_update``) with
+    them, so the numbers are those of :func:`valley_step_` followed by that launch, bit for bit.
+    It must be a per-row (ensemble) launch over ``theta`` alone."""
+    if launch.kernel not in ("sign_family", "adamw"):
+        raise ValueError(f"valley_update_ applies sign_family or adamw launches, not {launch.kernel!r}")
+    params, args = launch.tensors["params"], launch.args
+    n_rows = theta.shape[0]
+    if len(params) != 1 or params[0] is not theta or args["members"] != n_rows or theta.stride(0) != 1:
+        raise ValueError("valley_update_ needs the optimizer's per-row launch over theta alone")
+    adamw = launch.kernel == "adamw"
+    if not adamw and not launch.flags["MEMBER"]:
+        raise ValueError("valley_update_ needs per-row (1-D) lr and weight_decay tensors")
+    m = launch.tensors["exp_avgs"][0]
+    s = launch.tensors["exp_avg_sqs" if adamw else "param_avgs"]
+    s = s[0] if s is not None else m  # (Signum: unused)
+    valley, grid, meta = _valley_args("valley_update_", theta, [m, s], sharpness, sigma, keys, axis,
+                                      min_loss, max_u, c, step, loss_out, u_out)  # fmt: skip
+    _valley_update_kernel[grid](
+        theta,
+        *valley,
+        m,
+        s,
+        args["lr_t"],
+        args["wd_t"],
+        launch.tensors["state_steps"][0] if adamw else m,  # (sign family: unused)
+        1.0 if adamw else args["bc2"],
+        args["w1"],
+        args["b2"],
+        args["w2"],
+        0.0 if adamw else args["gamma"],
+        args["log2_b1"] if adamw else 0.0,
+        args["log2_b2"] if adamw else 0.0,
+        args["eps"] if adamw else 0.0,
+        **meta,
+        ALGO=int(adamw),
+        MODE=0 if adamw else launch.flags["MODE"],
+        MAXIMIZE=launch.flags["MAXIMIZE"],
+        HAS_AVG=False if adamw else launch.flags["HAS_AVG"],
+        DECAY=True,
+        W1_HIGH=launch.flags["W1_HIGH"],
+        num_warps=NUM_WARPS,
+    )
+
+
+def _valley_args(
+    who: str,
+    theta: Tensor,
+    alike: list[Tensor],
+    sharpness: Tensor,
+    sigma: Tensor,
+    keys: Tensor,
+    axis: Tensor,
+    min_loss: Tensor,
+    max_u: Tensor,
+    c: float,
+    step: int,
+    loss_out: Tensor | None,
+    u_out: Tensor | None,
+) -> tuple[list[Any], tuple[int], dict[str, Any]]:
+    """The valley kernels' common arguments after ``x_ptr`` (and ``g_ptr``), grid and constexprs."""
     record = loss_out is not None
     if record != (u_out is not None):
-        raise ValueError("valley_step_ records loss_out and u_out together")
+        raise ValueError(f"{who} records loss_out and u_out together")
     n_rows, dim = theta.shape
-    for t in (theta, grad_out):
+    for t in (theta, *alike):
         if t.dtype != theta.dtype or t.stride() != (1, n_rows):
-            raise ValueError(f"valley_step_ needs column-major [R, N] tensors, got strides {t.stride()}")
+            raise ValueError(f"{who} needs column-major [R, N] tensors, got strides {t.stride()}")
     pairs = (dim + 1) // 2
     block_p = triton.next_power_of_2(pairs)
     block_r = max(16, min(1024, TILE // (2 * block_p)))
-    _valley_step_kernel[(triton.cdiv(n_rows, block_r),)](
-        theta,
-        grad_out,
+    args = [
         sharpness,
         sigma,
         keys,
@@ -162,13 +340,9 @@ def valley_step_(
         float(c),
         rng.to_i32(rng.SALT_U1),
         rng.to_i32(rng.SALT_U2),
-        N=dim,
-        PAIRS=pairs,
-        BLOCK_P=block_p,
-        BLOCK_R=block_r,
-        RECORD=record,
-        num_warps=NUM_WARPS,
-    )
+    ]
+    meta = dict(N=dim, PAIRS=pairs, BLOCK_P=block_p, BLOCK_R=block_r, RECORD=record)
+    return args, (triton.cdiv(n_rows, block_r),), meta
 
 
-__all__ = ["NUM_WARPS", "TILE", "valley_step_"]
+__all__ = ["NUM_WARPS", "TILE", "valley_step_", "valley_update_"]

@@ -11,11 +11,13 @@ interpreter, which is how the kernels are tested without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 import types
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -23,6 +25,47 @@ from torch import Tensor
 from torch.optim.optimizer import _get_value
 
 from .._common import as_real, is_member
+
+
+@dataclasses.dataclass
+class Launch:
+    """A fused optimizer kernel's launch, recorded instead of run (:func:`recorded_launches`).
+
+    ``kernel``: ``"sign_family"`` (FOCUS, Signum) or ``"adamw"``; ``tensors``: its tensor lists by
+    role (``params``, ``exp_avgs``, ``param_avgs`` / ``exp_avg_sqs``, ``state_steps``); ``args``:
+    the host-computed values (bias corrections, per-member ``lr_t``/``wd_t`` tables, ...);
+    ``flags``: its compile-time switches."""
+
+    kernel: str
+    tensors: dict[str, Any]
+    args: dict[str, Any]
+    flags: dict[str, Any]
+
+
+_RECORDING: list[list[Launch]] = []
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[Launch]]:
+    """Inside the block, the Triton paths of the fused optimizer steps do all their host work (step
+    counts, bias corrections, hyperparameter tables) but append their launch to the yielded list
+    instead of running it: for a caller that applies the same element-wise update (the kernels'
+    shared ``sign_family_update`` / ``adamw_update``) inside a kernel of its own, as the toy lab's
+    fused step does, so that the update is still the optimizer's."""
+    launches: list[Launch] = []
+    _RECORDING.append(launches)
+    try:
+        yield launches
+    finally:
+        _RECORDING.pop()
+
+
+def record_launch(kernel: str, tensors: dict[str, Any], args: dict[str, Any], flags: dict[str, Any]) -> bool:
+    """Record this launch if inside :func:`recorded_launches` (then the caller must not launch)."""
+    if not _RECORDING:
+        return False
+    _RECORDING[-1].append(Launch(kernel, tensors, args, flags))
+    return True
 
 
 def use_triton(device: torch.device) -> bool:

@@ -67,6 +67,19 @@ def _adamw_kernel(
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
     m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
     v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
+    p, m, v = adamw_update(p, g, m, v, lr, wd, w1, b2, w2, bc1, bc2_sqrt, eps, MAXIMIZE, W1_HIGH)
+    tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(s_witness.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def adamw_update(
+    p, g, m, v, lr, wd, w1, b2, w2, bc1, bc2_sqrt, eps, MAXIMIZE: tl.constexpr, W1_HIGH: tl.constexpr
+):
+    """The element-wise AdamW update in fp32 (torch.optim's conventions): ``(p, m, v)`` after one
+    step, given the bias corrections ``bc1 = 1 - beta1^t`` and ``bc2_sqrt = sqrt(1 - beta2^t)``.
+    Shared by every Triton kernel that applies it (see :func:`.triton_sign.sign_family_update`)."""
     if MAXIMIZE:
         g = -g
     p = p * (1.0 - lr * wd)
@@ -74,9 +87,7 @@ def _adamw_kernel(
     v = v * b2 + w2 * (g * g)
     denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
     p = p - tl.div_rn(m, denom) * tl.div_rn(lr, bc1)
-    tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + offs, v.to(s_witness.dtype.element_ty), mask=mask)
-    tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+    return p, m, v
 
 
 def adamw_ensemble_(
@@ -96,14 +107,24 @@ def adamw_ensemble_(
     """One launch over tensors that share device and dtypes (real, each dense with the same strides
     in every role), with 1-D per-member ``lr`` and/or ``weight_decay``. The step counts (device
     tensors) must already hold this step's value."""
+    from . import record_launch
+
     device = params[0].device
     member = member_tables(params, lr, weight_decay)
     if member is None:
         raise ValueError("adamw_ensemble_ needs a 1-D (per-member) lr or weight_decay")
     lr_t, wd_t, strides0, members = member
+    w1 = 1.0 - beta1
+    log2_b1 = math.log2(beta1) if beta1 > 0 else -math.inf
+    log2_b2 = math.log2(beta2) if beta2 > 0 else -math.inf
+    flags = dict(MAXIMIZE=maximize, W1_HIGH=w1 >= 0.5)
+    tensors = dict(params=params, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps)
+    args = dict(lr_t=lr_t, wd_t=wd_t, members=members, strides0=strides0, w1=w1, b2=beta2, w2=1.0 - beta2,
+                log2_b1=log2_b1, log2_b2=log2_b2, eps=eps)  # fmt: skip
+    if record_launch("adamw", tensors, args, flags):
+        return
     numels, which, start = block_table(tuple(p.numel() for p in params), BLOCK, device)
     ptrs = pointer_table([params, grads, exp_avgs, exp_avg_sqs, state_steps], device)
-    w1 = 1.0 - beta1
     _adamw_kernel[(which.numel(),)](
         ptrs,
         numels,
@@ -121,11 +142,10 @@ def adamw_ensemble_(
         w1,
         beta2,
         1.0 - beta2,
-        math.log2(beta1) if beta1 > 0 else -math.inf,
-        math.log2(beta2) if beta2 > 0 else -math.inf,
+        log2_b1,
+        log2_b2,
         eps,
-        MAXIMIZE=maximize,
-        W1_HIGH=w1 >= 0.5,
+        **flags,
         BLOCK=BLOCK,
         num_warps=NUM_WARPS,
     )

@@ -78,13 +78,48 @@ def _sign_family_kernel(
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
     m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
+    if HAS_AVG:
+        a_ptr = role_pointer(ptrs, n_tensors, 3, t, s_witness)
+        a = tl.load(a_ptr + offs, mask=mask).to(tl.float32)
+    else:
+        a = m  # unused
+    p, m, a = sign_family_update(p, g, m, a, lr, wd, eta_wd_hat, w1, b2, w2, gamma, bc2,
+                                 MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
+    if HAS_AVG:
+        tl.store(a_ptr + offs, a.to(s_witness.dtype.element_ty), mask=mask)
+    tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def sign_family_update(
+    p,
+    g,
+    m,
+    a,
+    lr,
+    wd,
+    eta_wd_hat,
+    w1,
+    b2,
+    w2,
+    gamma,
+    bc2,
+    MODE: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_AVG: tl.constexpr,
+    DECAY: tl.constexpr,
+    W1_HIGH: tl.constexpr,
+):
+    """The element-wise FOCUS / Signum update in fp32: ``(p, m, a)`` after one step (``a``, the
+    parameter EMA, is returned unchanged without ``HAS_AVG``). Every Triton kernel that applies
+    this update calls this function (the optimizer's multi-tensor kernel, the toy lab's fused
+    step), so there is one Triton statement of it."""
     if MAXIMIZE:
         g = -g
     m = _lerp(m, g, w1, W1_HIGH)
     u = _sign(m)
     if HAS_AVG:
-        a_ptr = role_pointer(ptrs, n_tensors, 3, t, s_witness)
-        a = tl.load(a_ptr + offs, mask=mask).to(tl.float32)
         a = a * b2 + w2 * p  # as the per-tensor path: exactly w2 * p at the first step, FMA or not
         if DECAY and MODE == 0:
             p = p + eta_wd_hat * a
@@ -92,7 +127,6 @@ def _sign_family_kernel(
         # step 1 (a == bc2*p) into a rounding-error sign.
         pb = p * bc2
         u = u + gamma * tl.where(pb > a, 1.0, tl.where(pb < a, -1.0, 0.0))
-        tl.store(a_ptr + offs, a.to(s_witness.dtype.element_ty), mask=mask)
     else:
         if DECAY and MODE == 0:
             p = p + eta_wd_hat * p
@@ -101,8 +135,7 @@ def _sign_family_kernel(
     p = p - lr * u
     if HAS_AVG and DECAY and MODE == 1:
         p = p + eta_wd_hat * a
-    tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
-    tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+    return p, m, a
 
 
 def sign_family_(
@@ -126,10 +159,9 @@ def sign_family_(
     Only ``data_ptr()``, ``numel()`` and ``stride(0)`` of each tensor are read on the host: no views
     are made.
     """
+    from . import record_launch
+
     device = params[0].device
-    rows = [params, grads, exp_avgs] + ([param_avgs] if param_avgs is not None else [])
-    numels, which, start = block_table(tuple(p.numel() for p in params), BLOCK, device)
-    ptrs = pointer_table(rows, device)
     member = member_tables(params, lr, weight_decay)
     if member is not None:
         lr_t, wd_t, strides0, members = member
@@ -139,6 +171,16 @@ def sign_family_(
         members, decay = 1, weight_decay != 0.0
         eta_wd_hat = -(lr * weight_decay) / bc2
     w1, w2 = 1.0 - beta1, 1.0 - beta2
+    flags = dict(MEMBER=member is not None, MODE=MODES[decay_mode], MAXIMIZE=maximize,
+                 HAS_AVG=param_avgs is not None, DECAY=decay, W1_HIGH=w1 >= 0.5)  # fmt: skip
+    tensors = dict(params=params, exp_avgs=exp_avgs, param_avgs=param_avgs)
+    args = dict(lr=lr, lr_t=lr_t, wd=weight_decay, wd_t=wd_t, members=members, strides0=strides0, w1=w1,
+                b2=beta2, w2=w2, gamma=gamma, bc2=bc2, eta_wd_hat=eta_wd_hat)  # fmt: skip
+    if record_launch("sign_family", tensors, args, flags):
+        return
+    rows = [params, grads, exp_avgs] + ([param_avgs] if param_avgs is not None else [])
+    numels, which, start = block_table(tuple(p.numel() for p in params), BLOCK, device)
+    ptrs = pointer_table(rows, device)
     _sign_family_kernel[(which.numel(),)](
         ptrs,
         numels,
@@ -160,12 +202,7 @@ def sign_family_(
         wd_t,
         strides0,
         members,
-        MEMBER=member is not None,
-        MODE=MODES[decay_mode],
-        MAXIMIZE=maximize,
-        HAS_AVG=param_avgs is not None,
-        DECAY=decay,
-        W1_HIGH=w1 >= 0.5,
+        **flags,
         BLOCK=BLOCK,
         num_warps=NUM_WARPS,
     )
