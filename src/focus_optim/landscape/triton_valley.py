@@ -28,8 +28,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ..optim._kernels import Launch
-from ..optim._kernels.triton_adamw import adamw_update
-from ..optim._kernels.triton_sign import sign_family_update
+from ..optim._kernels.triton_adamw import adamw_update, bias_corrections
+from ..optim._kernels.triton_sign import decay_factor, sign_family_update
 from . import rng
 
 #: Elements (rows x padded coordinates) per program, and warps per program (read at every launch:
@@ -152,7 +152,7 @@ def _apply_update(
             s = tl.load(s_ptr + offs, mask=ok, other=0.0)
         else:
             s = m  # unused
-        eta_wd_hat = -tl.div_rn(lr * wd, bc2)
+        eta_wd_hat = decay_factor(lr, wd, bc2)
         p, m, s = sign_family_update(p, g, m, s, lr, wd, eta_wd_hat, w1, b2, w2, gamma, bc2,
                                      MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
         if HAS_AVG:
@@ -196,9 +196,7 @@ def _valley_update_kernel(
     bc1 = 1.0
     bc2_sqrt = 1.0
     if ALGO == 1:
-        step = tl.load(step_ptr).to(tl.float32)
-        bc1 = 1.0 - tl.exp2(step * log2_b1)
-        bc2_sqrt = tl.sqrt_rn(1.0 - tl.exp2(step * log2_b2))
+        bc1, bc2_sqrt = bias_corrections(tl.load(step_ptr).to(tl.float32), log2_b1, log2_b2)
     p_lo = _apply_update(offs_lo, ok_lo, rows, x_lo, g_lo, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
                          bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
     p_hi = _apply_update(offs_hi, ok_hi, rows, x_hi, g_hi, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,

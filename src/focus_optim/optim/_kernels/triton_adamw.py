@@ -60,8 +60,7 @@ def _adamw_kernel(
     v_ptr = role_pointer(ptrs, n_tensors, 3, t, s_witness)
     step = tl.load(role_pointer(ptrs, n_tensors, 4, t, t_witness)).to(tl.float32)
     lr, wd = member_values(lr_ptr, wd_ptr, strides0, members, t, offs, mask)
-    bc1 = 1.0 - tl.exp2(step * log2_b1)
-    bc2_sqrt = tl.sqrt_rn(1.0 - tl.exp2(step * log2_b2))
+    bc1, bc2_sqrt = bias_corrections(step, log2_b1, log2_b2)
 
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
@@ -71,6 +70,12 @@ def _adamw_kernel(
     tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(s_witness.dtype.element_ty), mask=mask)
     tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bias_corrections(step, log2_b1, log2_b2):
+    """``(1 - beta1^t, sqrt(1 - beta2^t))`` from the step count ``t`` (fp32) and ``log2`` of the betas."""
+    return 1.0 - tl.exp2(step * log2_b1), tl.sqrt_rn(1.0 - tl.exp2(step * log2_b2))
 
 
 @triton.jit

@@ -73,7 +73,7 @@ def _sign_family_kernel(
     m_ptr = role_pointer(ptrs, n_tensors, 2, t, s_witness)
     if MEMBER:
         lr, wd = member_values(lr_ptr, wd_ptr, strides0, members, t, offs, mask)
-        eta_wd_hat = -tl.div_rn(lr * wd, bc2)
+        eta_wd_hat = decay_factor(lr, wd, bc2)
 
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
@@ -89,6 +89,13 @@ def _sign_family_kernel(
         tl.store(a_ptr + offs, a.to(s_witness.dtype.element_ty), mask=mask)
     tl.store(m_ptr + offs, m.to(s_witness.dtype.element_ty), mask=mask)
     tl.store(p_ptr + offs, p.to(p_witness.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def decay_factor(lr, wd, bc2):
+    """``-lr * wd / bc2``, the coefficient of the parameter average in FOCUS's decay (per element
+    when lr and wd are per member; the host computes it for scalars)."""
+    return -tl.div_rn(lr * wd, bc2)
 
 
 @triton.jit
