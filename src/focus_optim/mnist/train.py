@@ -232,7 +232,9 @@ def train_cell(
 
     graphs = CellGraphs(model, GRAPH_FACTORY) if cuda_graphs else None
 
-    def forward_backward(x: Tensor, y: Tensor) -> Tensor:
+    def forward_backward(idx: Tensor) -> Tensor:
+        x = data.train_x[idx].transpose(1, 2).contiguous()  # (E, 784, b)
+        y = data.train_y[idx]  # (E, b)
         with _matmul_precision(settings.train_precision, device):
             losses = losses_fn(model, x, y)
             losses.sum().backward()  # member e's gradient is that of its own mean loss
@@ -242,16 +244,14 @@ def train_cell(
         return evaluate_fn(model, test_x, data.test_y, settings.eval_precision, chunk)
 
     for t in range(settings.steps):
-        idx = order.batch(t)
-        x = data.train_x[idx].transpose(1, 2).contiguous()  # (E, 784, b)
-        y = data.train_y[idx]  # (E, b)
+        idx = order.batch(t)  # (E, b): the batch is gathered inside forward_backward (and its graph)
         model.train()
         if graphs is not None:
-            losses = graphs.forward_backward(forward_backward, x, y)
+            losses = graphs.forward_backward(forward_backward, idx)
         else:
             opt.zero_grad(set_to_none=True)
-            losses = forward_backward(x, y)
-        step_fn(**protocol.step_kwargs(opt, tokens=y.shape[1]))
+            losses = forward_backward(idx)
+        step_fn(**protocol.step_kwargs(opt, tokens=idx.shape[1]))
         history[:, t, 0] = losses.detach()
         if protocol.hessian_due(opt, t):
             if hessian_order is None:  # fresh batches (and label samples) from a stream of their own
@@ -306,9 +306,9 @@ class CellGraphs:
         self._calls: dict[object, int] = defaultdict(int)
         self._grads_of: object = None  # whose gradients the parameters' .grad hold now
 
-    def forward_backward(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
-        """``fn(x, y)``: the losses, with the gradients in ``.grad``."""
-        key = tuple(x.shape)
+    def forward_backward(self, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+        """``fn(*inputs)``: the losses, with the gradients in ``.grad`` (one graph per input shape)."""
+        key = tuple(tuple(t.shape) for t in inputs)
         with self._on_stream():
             if key not in self._graphs:
                 for p in self.params:  # no accumulation: every call starts from no gradient
@@ -316,11 +316,11 @@ class CellGraphs:
                 self._grads_of = None
                 if self._calls[key] < self.WARMUP:
                     self._calls[key] += 1
-                    return fn(x, y)
+                    return fn(*inputs)
                 self._graphs[key] = self._new_graph(self._stream, self.model)
-                self._graphs[key].capture(fn, x, y)
+                self._graphs[key].capture(fn, *inputs)
                 self._grads[key] = [p.grad for p in self.params]
-            losses = self._graphs[key].replay(x, y)
+            losses = self._graphs[key].replay(*inputs)
         if self._grads_of != key:
             for p, g in zip(self.params, self._grads[key]):
                 p.grad = g
