@@ -140,7 +140,7 @@ def _valley_step_kernel(
 
 @triton.jit
 def _apply_update(
-    offs, ok, rows, p, g, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1, bc2_sqrt, eps,
+    offs, ok, p, g, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1, bc2_sqrt, eps,
     ALGO: tl.constexpr, MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_AVG: tl.constexpr,
     DECAY: tl.constexpr, W1_HIGH: tl.constexpr,
 ):  # fmt: skip
@@ -197,9 +197,9 @@ def _valley_update_kernel(
     bc2_sqrt = 1.0
     if ALGO == 1:
         bc1, bc2_sqrt = bias_corrections(tl.load(step_ptr).to(tl.float32), log2_b1, log2_b2)
-    p_lo = _apply_update(offs_lo, ok_lo, rows, x_lo, g_lo, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
+    p_lo = _apply_update(offs_lo, ok_lo, x_lo, g_lo, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
                          bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
-    p_hi = _apply_update(offs_hi, ok_hi, rows, x_hi, g_hi, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
+    p_hi = _apply_update(offs_hi, ok_hi, x_hi, g_hi, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
                          bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
     tl.store(x_ptr + offs_lo, p_lo, mask=ok_lo)
     tl.store(x_ptr + offs_hi, p_hi, mask=ok_hi)
