@@ -10,9 +10,11 @@
 #   benchmarks/gpu_followups.sh toy-diagnose   # where the toy's time goes: stack samples of a cold 2a
 #                                              # (toy_first_use.py) and per-kernel times of a 100-D and a
 #                                              # 2-D chunk against their bytes (toy_profile.py), ~2 min
-#   benchmarks/gpu_followups.sh toy-fused      # the paper toy suite with one Triton launch a step (the
-#                                              # valley kernel applying the optimizer's update), checks,
-#                                              # its 100-D chunk profiled, ~3 min
+#   benchmarks/gpu_followups.sh toy-fused      # the paper toy suite on the one-launch step (the valley
+#                                              # kernel applying the optimizer's update, 100 steps a
+#                                              # launch, theta and state in registers): its 100-D and
+#                                              # 2-D chunks profiled under tile/warp variants, then the
+#                                              # suite with its checks and 2a as a fresh process, ~4 min
 #   benchmarks/gpu_followups.sh toy-kernels    # the paper toy suite on the Triton step, its GPU checks,
 #                                              # 2a as a fresh CLI process, traj-steps/s beside the
 #                                              # scalar loop and the host work per step (~5 min)
@@ -61,9 +63,12 @@ case "$part" in
     OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000
     ;;
   toy-fused)
+    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --fuse-update --steps 200 \
+      --fused-configs 2048x4 2048x8 1024x4 4096x8 1024x2
+    OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000 --fuse-update --steps 200 \
+      --fused-configs 2048x4 4096x4 4096x8 1024x4
     OUT="$out/toy-fused" python benchmarks/toy_gpu_suite.py --kernels fused --store "$out/toy-store-fused" \
-      --no-plots
-    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --fuse-update
+      --no-plots --fresh-process --steps-per-launch "${TOY_STEPS_PER_LAUNCH:-100}"
     ;;
   toy-kernels)
     OUT="$out/toy-kernels" python benchmarks/toy_gpu_suite.py --kernels --store "$out/toy-store-kernels" \

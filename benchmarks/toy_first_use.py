@@ -8,9 +8,17 @@ stack every ``--interval`` seconds during the cold run (a thread reading ``sys._
 no profiler overhead on the sampled code), and prints the functions of this project, Triton and
 PyTorch that the samples sit in most.
 
+``--stub-kernels`` (on a CPU, under ``TRITON_INTERPRET=1``) replaces the Triton launches with
+no-ops and batches the cells as on a GPU (cells packed, ~2**24 trajectories per call), so that
+what remains is the host's side of a GPU run. That is how the cause was found on 2026-11-23:
+validating the per-trajectory ``lr``/``weight_decay`` tensors of each optimizer element by element
+in Python (9.6M values per optimizer), once per workspace, so only in a process's first figure.
+
 ::
 
     PYTHONPATH=src python benchmarks/toy_first_use.py                       # CUDA, paper 2a, ~40 s
+    TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/toy_first_use.py --device cpu --stub-kernels
+                                                                            # CPU, paper 2a, host only
     TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/toy_first_use.py --device cpu --preset quick \
         --figure 1c                                                         # CPU, ~2 min
 
@@ -22,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -77,28 +87,51 @@ def main() -> int:
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--figure", default="2a")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between stack samples")
+    ap.add_argument("--kernels", default="separate", choices=["separate", "fused"], help="the Triton step")
+    ap.add_argument(
+        "--stub-kernels",
+        action="store_true",
+        help="Triton launches as no-ops and cells batched as on a GPU: the host's side of a GPU run",
+    )
     args = ap.parse_args()
+    stub = contextlib.nullcontext()
+    extra: list[str] = []
+    if args.stub_kernels:
+        import torch
+
+        from focus_optim.landscape import figures as F
+        from focus_optim.landscape import simulate as S
+        from stub_launches import stubbed_launches
+
+        spec = F.figure(args.figure).build(args.preset, ["adamw", "signum", "focus"])
+        chunk = S.default_chunk_rows(torch.device("cuda"), spec.config["landscape"]["dim"])
+        extra = ["--batch-cells", str(F.batch_cells(spec, "cuda")), "--chunk-rows", str(chunk)]
+        stub = stubbed_launches()
+        as_on_a_gpu = F._sim_options
+        F._sim_options = lambda *a, **k: dataclasses.replace(as_on_a_gpu(*a, **k), pack_cells=True)
     env_out = os.environ.get("OUT")
     work = Path(tempfile.mkdtemp(prefix="toy-first-use-"))
     stacks = Path(env_out or tempfile.gettempdir()) / "toy_first_use_stacks.txt"
     seconds: dict[str, float] = {}
     sampler = StackSampler(threading.get_ident(), args.interval)
     try:
-        for label in ("cold", "warm"):
-            cmd = ["toy", "run", "--figure", args.figure, "--preset", args.preset, "--device", args.device,
-                   "--kernels", "--out", str(work / label), "--no-progress"]  # fmt: skip
-            if label == "cold":
-                sampler.start()
-            t0 = time.perf_counter()
-            try:
-                rc = cli_main(cmd)
-            finally:
+        with stub:
+            for label in ("cold", "warm"):
+                cmd = ["toy", "run", "--figure", args.figure, "--preset", args.preset,
+                       "--device", args.device, "--kernels", args.kernels, "--out", str(work / label),
+                       "--no-progress", *extra]  # fmt: skip
                 if label == "cold":
-                    sampler.stop()
-            seconds[label] = time.perf_counter() - t0
-            if rc:
-                raise SystemExit(f"toy run failed ({rc})")
-            print(f"{args.figure} {label}: {seconds[label]:.2f} s", flush=True)
+                    sampler.start()
+                t0 = time.perf_counter()
+                try:
+                    rc = cli_main(cmd)
+                finally:
+                    if label == "cold":
+                        sampler.stop()
+                seconds[label] = time.perf_counter() - t0
+                if rc:
+                    raise SystemExit(f"toy run failed ({rc})")
+                print(f"{args.figure} {label}: {seconds[label]:.2f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stacks.parent.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,12 @@ def main() -> int:
         help="steps unrolled in one compiled call (state can stay on chip between them; longer compile)",
     )
     ap.add_argument(
+        "--steps-per-launch",
+        type=int,
+        default=S.STEPS_PER_LAUNCH,
+        help="with --kernels fused: steps per launch (theta and the state stay in registers between them)",
+    )
+    ap.add_argument(
         "--fresh-process", action="store_true", help="time 2a as a new CLI process, cold then warm caches"
     )
     args = ap.parse_args()
@@ -210,6 +216,7 @@ def main() -> int:
         "compile": "off (kernels)" if kernels else args.compile,
         "kernels": kernels,
         "fuse_update": fuse,
+        "steps_per_launch": args.steps_per_launch if fuse else None,
         "fixed_order": not args.free_order,
         "steps_per_call": args.steps_per_call,
     }
@@ -221,6 +228,7 @@ def main() -> int:
         steps_per_call=args.steps_per_call,
         kernels=kernels,
         fuse_update=fuse,
+        steps_per_launch=args.steps_per_launch,
     )
     rows = []
     t_suite = time.perf_counter()

@@ -33,6 +33,7 @@ With ``$OUT`` set, ``$OUT/toy_throughput.json`` holds every number.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -120,21 +121,10 @@ def host_overhead(device: str, steps: int = 2000) -> dict[str, float]:
     launches included; a step is GPU-bound when its chunk's GPU time exceeds it. Under
     ``TRITON_INTERPRET=1`` on a CPU the three kernels are replaced by no-ops, which leaves the
     Python work around them (the launches themselves excluded)."""
-    from focus_optim.landscape import triton_valley
-    from focus_optim.optim._kernels import triton_adamw, triton_sign
+    from stub_launches import stubbed_launches
 
-    stubbed = []
-    if torch.device(device).type != "cuda":
-
-        class _NoLaunch:
-            def __getitem__(self, grid: Any) -> Any:
-                return lambda *args, **kwargs: None
-
-        for mod, name in ((triton_valley, "_valley_step_kernel"), (triton_sign, "_sign_family_kernel"),
-                          (triton_adamw, "_adamw_kernel")):  # fmt: skip
-            stubbed.append((mod, name, getattr(mod, name)))
-            setattr(mod, name, _NoLaunch())
-    try:
+    stub = stubbed_launches() if torch.device(device).type != "cuda" else contextlib.nullcontext()
+    with stub:
         out = {}
         block, opts = rows(64), S.Options(device=device, kernels=True)
         sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
@@ -145,10 +135,7 @@ def host_overhead(device: str, steps: int = 2000) -> dict[str, float]:
             S.simulate(opt, block, V.rotated(), steps, opts)
             sync()
             out[opt] = (time.perf_counter() - t0) / steps * 1e6
-        return out
-    finally:
-        for mod, name, fn in stubbed:
-            setattr(mod, name, fn)
+    return out
 
 
 def main() -> int:

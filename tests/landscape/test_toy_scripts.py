@@ -24,11 +24,11 @@ def test_gpu_suite_script_with_kernels_in_the_interpreter(tmp_path):
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "toy_gpu_suite.py"), "--device", "cpu", "--preset", "quick",
            "--figures", "1c", "--no-warm", "--no-plots", "--kernels", "fused", "--check-rows", "24",
-           "--check-steps", "20", "--store", str(tmp_path / "s")]  # fmt: skip
+           "--check-steps", "20", "--steps-per-launch", "7", "--store", str(tmp_path / "s")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"toy_gpu_suite.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "toy_gpu_suite.json").read_text())
-    assert info["kernels"] is True and info["fuse_update"] is True
+    assert info["kernels"] is True and info["fuse_update"] is True and info["steps_per_launch"] == 7
     assert [f["figure"] for f in info["figures"]] == ["1c"]
     assert set(info["checks"]) == {"rotated2", "random100"}
     assert all(c["packed_equals_alone"] for c in info["checks"].values())
@@ -101,7 +101,8 @@ def test_toy_profile_script_in_the_interpreter(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "toy_profile.py"), "--device", "cpu", "--dim", "3",
-           "--rows", "40", "--steps", "2", "--configs", "2048x8"]  # fmt: skip
+           "--rows", "40", "--steps", "3", "--configs", "2048x8", "--fused-configs", "1024x2",
+           "--fuse-update", "--steps-per-launch", "2"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"toy_profile.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "toy_profile_d3.json").read_text())
@@ -109,3 +110,20 @@ def test_toy_profile_script_in_the_interpreter(tmp_path):
     assert set(info["table"]) == {"adamw", "signum", "focus"}
     assert all(row["wall_s_per_step"] > 0 for row in info["table"].values())
     assert set(info["valley_configs_us"]) == {"2048x8"}  # (no CUDA events on a CPU: 0.0 us)
+    assert set(info["fused_configs_us_per_launch"]) == {"1024x2"}
+    assert info["fuse_update"] and info["steps_per_launch"] == 2
+
+
+def test_first_use_script_with_stubbed_kernels(tmp_path):
+    """``toy_first_use.py --stub-kernels``: the host's side of a GPU run on a CPU (Triton launches as
+    no-ops, cells batched as on a GPU), cold then warm, with the cold run's stack samples."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, str(BENCHMARKS / "toy_first_use.py"), "--device", "cpu", "--stub-kernels",
+           "--preset", "quick", "--kernels", "fused", "--interval", "0.05"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"toy_first_use.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    info = json.loads((tmp_path / "toy_first_use.json").read_text())
+    assert info["figure"] == "2a" and set(info["seconds"]) == {"cold", "warm"}
+    assert all(s > 0 for s in info["seconds"].values()) and info["samples"] > 0
+    assert (tmp_path / "toy_first_use_stacks.txt").stat().st_size > 0

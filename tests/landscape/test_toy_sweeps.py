@@ -128,7 +128,7 @@ def test_run_options_reach_the_simulator() -> None:
     want = dict(compile=True, chunk_rows=512, threads=1, pack_cells=True, fixed_order=False, steps_per_call=5)
     opts = F._sim_options(spec_2a(), F.RunOptions(**want), "cpu", record=False)
     assert {k: getattr(opts, k) for k in want} == want
-    want = dict(kernels=True, fuse_update=True, chunk_rows=256)
+    want = dict(kernels=True, fuse_update=True, chunk_rows=256, steps_per_launch=7)
     opts = F._sim_options(spec_2a(), F.RunOptions(**want), "cpu", record=False)
     assert {k: getattr(opts, k) for k in want} == want
 
@@ -218,6 +218,9 @@ def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "--kernels" in capsys.readouterr().err
     assert main([*kernels, "fused"]) == 2
     assert "--kernels on cpu" in capsys.readouterr().err
+    assert main([*kernels[:-1], "--steps-per-launch", "5"]) == 2  # only with --kernels fused
+    err = capsys.readouterr().err
+    assert "Invalid --steps-per-launch: 5 (allowed: an integer >= 1, with --kernels fused)" in err
     assert not (tmp_path / "k").exists()
 
 

@@ -7,6 +7,7 @@ set before Triton is imported, hence the subprocess); the CUDA tests run them co
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -95,8 +96,9 @@ SCRIPT = textwrap.dedent(
                 "rel": max(rel(ra.loss, rb.loss), rel(ra.u, rb.u), rel(ra.theta, rb.theta), rel(ma, mb)),
             }}
 
-    # 6. The fused step (the valley kernel applying the optimizer's recorded launch) against the
-    #    two-launch step: bit for bit, packed cells and recorded runs included.
+    # 6. The fused steps (the valley kernel applying the optimizer's recorded launches, 9 steps in
+    #    one launch or as 4 + 4 + 1) against the two-launch step: bit for bit, packed cells and
+    #    recorded runs (one launch a step) included.
     out["fused_equals_two_launches"] = {{}}
     for land in (V.rotated(), V.random_axis(7)):
         lrs = np.logspace(-3, -1, 24)
@@ -104,10 +106,12 @@ SCRIPT = textwrap.dedent(
         for opt in S.PAPER_SETUPS:
             two = S.simulate(opt, blocks, land, 9, S.Options(kernels=True))
             one = S.simulate(opt, blocks, land, 9, S.Options(kernels=True, fuse_update=True))
+            by4 = S.Options(kernels=True, fuse_update=True, steps_per_launch=4)
+            fours = S.simulate(opt, blocks, land, 9, by4)
             fused = S.Options(kernels=True, fuse_update=True)
             _, (r2,) = S.simulate(opt, blocks[:1], land, 5, S.Options(kernels=True), record=True)
             _, (r1,) = S.simulate(opt, blocks[:1], land, 5, fused, record=True)
-            same = all(torch.equal(a, b) for a, b in zip(two, one))
+            same = all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(two, one, fours))
             same &= all(torch.equal(getattr(r2, k), getattr(r1, k)) for k in ("loss", "u", "theta"))
             out["fused_equals_two_launches"][f"{{opt}}-{{land.dim}}"] = bool(same)
 
@@ -229,6 +233,41 @@ def test_fuse_update_needs_kernels() -> None:
         S.simulate("focus", S.Rows.make(0, 1.0, 0.0, [0.1], 0.0), V.rotated(), 3, S.Options(fuse_update=True))
 
 
+def test_steps_per_launch_must_be_positive() -> None:
+    opts = S.Options(kernels=False, steps_per_launch=0)
+    with pytest.raises(ValueError, match="steps_per_launch: 0 \\(allowed: an integer >= 1\\)"):
+        S.simulate("focus", S.Rows.make(0, 1.0, 0.0, [0.1], 0.0), V.rotated(), 3, opts)
+
+
+def test_launches_applied_together_must_differ_only_per_step() -> None:
+    """One kernel applies many recorded steps only when nothing but the per-step bias correction
+    changed between them: a new lr tensor (as a scheduler would set) or changed flags are refused
+    before anything runs. (That launches which do differ only per step are applied bit for bit as
+    one launch each is the interpreter test above.)"""
+    pytest.importorskip("triton")
+    from focus_optim.landscape.triton_valley import valley_update_
+    from focus_optim.optim._kernels import Launch
+
+    n = 8
+    theta, m, avg = (torch.zeros(2, n).t() for _ in range(3))
+    lr, wd = torch.full((n,), 0.01), torch.full((n,), 0.1)
+    flags = dict(MEMBER=True, MODE=0, MAXIMIZE=False, HAS_AVG=True, DECAY=True, W1_HIGH=False)
+
+    def launch(step: int, lr_t: torch.Tensor = lr, **changed: object) -> Launch:
+        args = dict(lr=0.0, lr_t=lr_t, wd=0.0, wd_t=wd, members=n, strides0=theta, w1=0.1, b2=0.9,
+                    w2=0.1, gamma=0.2, bc2=1 - 0.9**step, eta_wd_hat=0.0)  # fmt: skip
+        tensors = dict(params=[theta], exp_avgs=[m], param_avgs=[avg])
+        return Launch("sign_family", tensors, args, {**flags, **changed})
+
+    ones = torch.ones(n)
+    keys, axis = torch.zeros(n, dtype=torch.int32), V.rotated().axis_tensor()
+    rest = (ones, ones, keys, axis, ones.clone(), ones.clone())
+    for second in (launch(2, lr_t=lr * 0.5), launch(2, MAXIMIZE=True)):
+        with pytest.raises(ValueError, match="differ only in bc2"):
+            valley_update_(theta, [launch(1), second], *rest, c=0.1, step=1)
+    assert not theta.any() and not m.any() and not avg.any()
+
+
 def test_recorded_launches_leave_the_update_to_the_caller(interpreted) -> None:
     """Inside ``recorded_launches`` the optimizer advances its step count and computes its bias
     correction, records one launch, and leaves the parameters and moments alone."""
@@ -250,8 +289,10 @@ def test_kernels_need_cuda_or_the_interpreter(monkeypatch) -> None:
 @pytest.mark.parametrize("opt", list(S.PAPER_SETUPS))
 def test_cuda_kernels_packed_equal_alone_and_match_cpu(opt: str) -> None:
     blocks = [S.Rows.make(seed, a, 1.0, np.full(512, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
-    for land in (V.rotated(), V.random_axis(100)):
-        kern = S.Options(device="cuda", kernels=True)
+    for land, kern in itertools.product(
+        (V.rotated(), V.random_axis(100)),
+        (S.Options(device="cuda", kernels=True), S.Options(device="cuda", kernels=True, fuse_update=True)),
+    ):
         packed = S.simulate(opt, blocks, land, 200, kern)
         alone = [S.simulate(opt, [b], land, 200, kern)[0] for b in blocks]
         cpu = S.simulate(opt, blocks, land, 200, S.Options(compile=False))

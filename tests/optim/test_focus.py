@@ -175,6 +175,22 @@ def test_invalid_arguments_name_the_argument(kwargs, needle):
         FOCUS([torch.nn.Parameter(torch.zeros(2))], **kwargs)
 
 
+def test_per_member_tensors_are_validated_whole_and_the_error_shows_the_bad_values():
+    """A per-member lr over a million ensemble members (the toy lab has one per trajectory): every
+    element is checked, and the message shows the offending ones, not the first few."""
+    p = torch.nn.Parameter(torch.zeros(1_000_000, 2))
+    lr = torch.full((1_000_000,), 0.01)
+    lr[777_777], lr[999_999] = -2.0, math.nan
+    message = "Invalid lr: tensor with values [-2.0, nan]... (allowed: finite and >= 0)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FOCUS([p], lr=lr)
+    lr[777_777] = lr[999_999] = 0.5
+    wd = torch.arange(1_000_000)  # integer tensors are real numbers too
+    assert FOCUS([p], lr=lr, weight_decay=wd).param_groups[0]["lr"] is lr
+    with pytest.raises(ValueError, match=re.escape("Invalid weight_decay: tensor with values [-1.0]...")):
+        FOCUS([p], lr=lr, weight_decay=wd - 1)
+
+
 def test_negative_gamma_is_allowed_and_per_group_values_are_validated():
     p = torch.nn.Parameter(torch.zeros(2))
     opt = FOCUS([p], gamma=-0.5)

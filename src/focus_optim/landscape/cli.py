@@ -64,7 +64,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["separate", "fused"],
         default=None,
         help="CUDA: hand-written Triton steps, nothing compiled: two launches a step (valley, the "
-        "optimizer's fused step), or 'fused': one, the valley kernel applying the optimizer's update",
+        "optimizer's fused step), or 'fused': the valley kernel applying the optimizer's update, "
+        "--steps-per-launch steps per launch with theta and the state held in registers",
+    )
+    r.add_argument(
+        "--steps-per-launch",
+        type=int,
+        default=None,
+        help="steps per launch with --kernels fused (default: landscape.simulate.STEPS_PER_LAUNCH)",
     )
     r.add_argument(
         "--workers",
@@ -126,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.steps_per_call < 1:
         raise ValueError(f"Invalid --steps-per-call: {args.steps_per_call} (allowed: an integer >= 1)")
+    per_launch = args.steps_per_launch
+    if per_launch is not None and (per_launch < 1 or args.kernels != "fused"):
+        raise ValueError(
+            f"Invalid --steps-per-launch: {per_launch} (allowed: an integer >= 1, with --kernels fused)"
+        )
     opts = F.RunOptions(
         device=device,
         compile=comp,
@@ -134,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         steps_per_call=args.steps_per_call,
         kernels=args.kernels is not None,
         fuse_update=args.kernels == "fused",
+        **({"steps_per_launch": per_launch} if per_launch is not None else {}),
     )
     out = Path(args.out)
     t_all = time.perf_counter()

@@ -102,6 +102,7 @@ class RunOptions:
     steps_per_call: int = 1
     kernels: bool = False
     fuse_update: bool = False
+    steps_per_launch: int = S.STEPS_PER_LAUNCH
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def _sim_options(spec: SweepSpec, run: RunOptions, device: str, record: bool) ->
         steps_per_call=run.steps_per_call,
         kernels=run.kernels,
         fuse_update=run.fuse_update,
+        steps_per_launch=run.steps_per_launch,
     )
 
 

@@ -56,6 +56,8 @@ from . import valley as V
 METRICS: tuple[str, ...] = ("final_loss", "min_loss", "max_u")
 INIT_STD = 1e-4
 ROW_ALIGN = 64
+#: Steps per launch of the one-launch Triton step (``Options(kernels=True, fuse_update=True)``).
+STEPS_PER_LAUNCH = 100
 EAGER_NOISE_ELEMENTS = 1 << 20
 #: CPU rows per chunk: large enough to amortise the per-call overhead of a compiled step, small
 #: enough that a chunk's dozen state arrays stay in cache (benchmarks/toy_throughput.py).
@@ -154,10 +156,16 @@ class Options:
         kernels: run each step as two hand-written Triton launches (the valley kernel, then the
             optimizer's fused step) instead of compiling it; no compile time. CUDA, or
             ``TRITON_INTERPRET=1`` (default: off).
-        fuse_update: with ``kernels``, one launch per step: the valley kernel applies the
-            optimizer's update itself (:func:`.triton_valley.valley_update_`, with the step counts,
-            bias corrections and hyperparameters of the optimizer's own fused step), so the noisy
-            gradient never goes to memory; the same numbers as ``kernels`` alone, bit for bit.
+        fuse_update: with ``kernels``, one launch per ``steps_per_launch`` steps: the valley
+            kernel applies the optimizer's update itself (:func:`.triton_valley.valley_update_`,
+            with the step counts, bias corrections and hyperparameters of the optimizer's own fused
+            step, recorded for every step), holding theta and the optimizer state in registers
+            between steps, so neither the noisy gradient nor the state goes to memory in between;
+            the same numbers as ``kernels`` alone, bit for bit (in the interpreter). Recorded runs
+            take one launch a step (theta is copied out after each).
+        steps_per_launch: steps per launch with ``fuse_update`` (default 100: long enough that
+            memory traffic vanishes, short enough that the host records the next launch's steps
+            while the GPU runs this one).
     """
 
     device: str = "cpu"
@@ -170,10 +178,11 @@ class Options:
     fixed_order: bool | None = None
     kernels: bool = False
     fuse_update: bool = False
+    steps_per_launch: int = STEPS_PER_LAUNCH
 
     def resolved(self, dim: int, work: float) -> Options:
         dev = torch.device(self.device)
-        chunk = self.chunk_rows or (CPU_CHUNK_ROWS if dev.type == "cpu" else max(ROW_ALIGN, (1 << 27) // dim))
+        chunk = self.chunk_rows or default_chunk_rows(dev, dim)
         comp = self.compile
         if self.kernels:
             if not kernels_available(dev):
@@ -184,6 +193,8 @@ class Options:
             comp = False
         elif self.fuse_update:
             raise ValueError("Invalid fuse_update=True without kernels=True (it fuses the Triton step)")
+        if self.steps_per_launch < 1:
+            raise ValueError(f"Invalid steps_per_launch: {self.steps_per_launch} (allowed: an integer >= 1)")
         if comp is None:
             comp = compile_available(dev) and (dev.type != "cpu" or work >= self.compile_min_work)
         pack = self.pack_cells if self.pack_cells is not None else dev.type != "cpu"
@@ -199,7 +210,13 @@ class Options:
             fixed,
             self.kernels,
             self.fuse_update,
+            self.steps_per_launch,
         )
+
+
+def default_chunk_rows(device: torch.device, dim: int) -> int:
+    """Rows per chunk: :data:`CPU_CHUNK_ROWS` on CPU, ``2**27`` coordinates' worth on a GPU."""
+    return CPU_CHUNK_ROWS if device.type == "cpu" else max(ROW_ALIGN, (1 << 27) // dim)
 
 
 def compile_available(device: torch.device) -> bool:
@@ -316,8 +333,10 @@ class Workspace:
 
     @torch.no_grad()
     def _run_kernels(self, steps: int, record: bool = False) -> Recording | None:
-        """Two launches a step: the valley kernel (metrics, noisy gradient), the fused optimizer step.
-        ``record``: the valley kernel also stores each step's loss and u; theta is copied."""
+        """Two launches a step: the valley kernel (metrics, noisy gradient), the fused optimizer step;
+        with ``fuse_update``, one launch per ``steps_per_launch`` steps (:meth:`_fused_steps`).
+        ``record``: the valley kernel also stores each step's loss and u; theta is copied (then one
+        launch a step)."""
         from .triton_valley import valley_step_
 
         t0, c = int(self.t), float(self.valley.c)
@@ -329,17 +348,22 @@ class Workspace:
                 torch.empty(steps + 1, n, device=dev),
                 torch.empty(steps + 1, n, self.valley.dim, device=dev),
             )
-        for i, t in enumerate(range(t0, t0 + steps)):
-            outs = {"loss_out": rec.loss[i], "u_out": rec.u[i]} if rec is not None else {}
-            if rec is not None:
-                rec.theta[i].copy_(self.x)
-            if self.opts.fuse_update:
-                self._fused_step(c, t, outs)
-                continue
-            valley_step_(self.x, self.grad, self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
-                         c=c, step=t, **outs)  # fmt: skip
-            self.x.grad = self.grad
-            self.opt.step()
+        if self.opts.fuse_update and rec is None:
+            per = self.opts.steps_per_launch
+            for start in range(0, steps, per):
+                self._fused_steps(c, t0 + start, min(per, steps - start), {})
+        else:
+            for i, t in enumerate(range(t0, t0 + steps)):
+                outs = {"loss_out": rec.loss[i], "u_out": rec.u[i]} if rec is not None else {}
+                if rec is not None:
+                    rec.theta[i].copy_(self.x)
+                if self.opts.fuse_update:
+                    self._fused_steps(c, t, 1, outs)
+                    continue
+                valley_step_(self.x, self.grad, self.a, self.sigma, self.keys, self.e, self.min_loss,
+                             self.max_u, c=c, step=t, **outs)  # fmt: skip
+                self.x.grad = self.grad
+                self.opt.step()
         self.x.grad = None
         self.t.fill_(t0 + steps)
         if rec is not None:
@@ -349,18 +373,20 @@ class Workspace:
             rec.theta[steps].copy_(self.x)
         return rec
 
-    def _fused_step(self, c: float, t: int, outs: dict[str, Tensor]) -> None:
-        """One launch: the valley kernel applying the update of the optimizer's own fused step,
-        whose launch ``optimizer.step()`` records (with its step count advanced) instead of runs."""
+    def _fused_steps(self, c: float, t: int, n: int, outs: dict[str, Tensor]) -> None:
+        """Steps ``t .. t + n - 1`` in one launch: the valley kernel applying the updates of the
+        optimizer's own fused step, whose launches ``n`` calls of ``optimizer.step()`` record (with
+        the step count advanced each time) instead of run."""
         from ..optim._kernels import recorded_launches
         from .triton_valley import valley_update_
 
         self.x.grad = self.grad  # (never read: step() only needs a gradient to see the parameter)
         with recorded_launches() as launches:
-            self.opt.step()
-        if len(launches) != 1:
-            raise RuntimeError(f"expected the optimizer's one fused launch, got {len(launches)}")
-        valley_update_(self.x, launches[0], self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
+            for _ in range(n):
+                self.opt.step()
+        if len(launches) != n:
+            raise RuntimeError(f"expected the optimizer's one fused launch per step, got {len(launches)}/{n}")
+        valley_update_(self.x, launches, self.a, self.sigma, self.keys, self.e, self.min_loss, self.max_u,
                        c=c, step=t, **outs)  # fmt: skip
 
     def load(self, rows: Rows, valley: V.Valley) -> None:
@@ -434,6 +460,7 @@ def workspace(opt_setup: OptimizerSetup, valley: V.Valley, n_rows: int, opts: Op
         bool(opts.fixed_order),
         opts.kernels,
         opts.fuse_update,
+        opts.steps_per_launch,
     )
     if key not in _WORKSPACES:
         if len(_WORKSPACES) >= MAX_WORKSPACES:

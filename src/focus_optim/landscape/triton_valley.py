@@ -1,16 +1,21 @@
-"""One Triton kernel for the valley's side of a simulated step (CUDA, or ``TRITON_INTERPRET=1``).
+"""Triton kernels for the toy lab's steps (CUDA, or ``TRITON_INTERPRET=1``).
 
-For a block of trajectories it reads :math:`\\theta_t` once and, per row,
+For a block of trajectories the valley's side of a step reads :math:`\\theta_t` once and, per row,
 
 1. evaluates the loss, the exact gradient and the projection :math:`u` (:mod:`.valley`),
 2. folds the loss and :math:`u` into the running minimum loss and maximum :math:`u`,
 3. multiplies each gradient component by :math:`1 + \\sigma z` with the standard normals ``z`` of
    :func:`.rng.step_normals` (the same hashes, so the same bits; Box–Muller through Triton's
-   ``log``/``sqrt``/``cos``/``sin``, which round differently from PyTorch's),
-4. writes the noisy gradient, in the parameters' layout.
+   ``log``/``sqrt``/``cos``/``sin``, which round differently from PyTorch's).
 
-The optimizer step is not here: the simulator then calls ``optimizer.step()``, whose fused path is
-itself one Triton kernel, so a step costs two launches and no compilation.
+Two ways to pair it with the optimizer:
+
+* :func:`valley_step_` writes the noisy gradient, in the parameters' layout, and the simulator then
+  calls ``optimizer.step()``, whose fused path is itself one Triton kernel: two launches a step.
+* :func:`valley_update_` runs ``K`` whole steps in one launch: the optimizer's recorded launches
+  (its host work done by ``optimizer.step()``) are applied in the kernel through the update
+  functions the optimizer's own kernels call, with theta and the state kept in registers from the
+  first step to the last.
 
 Layout: ``theta`` is ``[R, N]`` column-major (storage ``[N, R]``), as the simulator keeps it, so
 each coordinate of a block of rows is one coalesced load. A program holds ``BLOCK_R`` rows x all
@@ -21,8 +26,10 @@ a row, whose order depends only on ``N``: a row gets the same numbers wherever i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -36,6 +43,9 @@ from . import rng
 #: ``benchmarks/toy_profile.py --configs`` times alternatives).
 TILE = 4096
 NUM_WARPS = 4
+#: The same for :func:`valley_update_`'s kernel, which also holds the optimizer's state.
+FUSED_TILE = 2048
+FUSED_NUM_WARPS = 4
 
 
 @triton.jit
@@ -49,12 +59,8 @@ def _mix32(x):
 
 
 @triton.jit
-def _noisy_gradients(
-    x_ptr, a_ptr, sigma_ptr, keys_ptr, e_ptr, R, first_counter, c, salt1, salt2,
-    N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    """This program's rows at theta_t: both halves of theta and of the noisy gradient, with their
-    offsets and masks, and each row's ``u`` and loss.
+def _row_block(R, N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's rows and both halves of their coordinates: offsets and masks.
 
     Coordinates come in two halves, "lo" = 0 .. PAIRS-1 and "hi" = PAIRS .. N-1, so that coordinate
     p and coordinate PAIRS + p, whose normals are the cosine and the sine of Box-Muller pair p, sit
@@ -67,12 +73,26 @@ def _noisy_gradients(
     offs_hi = offs_lo + PAIRS * R
     ok_lo = lo_ok[:, None] & row_ok[None, :]
     ok_hi = hi_ok[:, None] & row_ok[None, :]
+    return rows, row_ok, pair, lo_ok, hi_ok, offs_lo, offs_hi, ok_lo, ok_hi
 
-    x_lo = tl.load(x_ptr + offs_lo, mask=ok_lo, other=0.0)
-    x_hi = tl.load(x_ptr + offs_hi, mask=ok_hi, other=0.0)
-    e_lo = tl.load(e_ptr + pair, mask=lo_ok, other=0.0)[:, None]
-    e_hi = tl.load(e_ptr + PAIRS + pair, mask=hi_ok, other=0.0)[:, None]
-    a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
+
+@triton.jit
+def _load_halves(ptr, offs_lo, offs_hi, ok_lo, ok_hi):
+    return tl.load(ptr + offs_lo, mask=ok_lo, other=0.0), tl.load(ptr + offs_hi, mask=ok_hi, other=0.0)
+
+
+@triton.jit
+def _store_halves(ptr, lo, hi, offs_lo, offs_hi, ok_lo, ok_hi):
+    tl.store(ptr + offs_lo, lo, mask=ok_lo)
+    tl.store(ptr + offs_hi, hi, mask=ok_hi)
+
+
+@triton.jit
+def _noisy_gradient(x_lo, x_hi, e_lo, e_hi, a, sigma, key, pair, counter0, c, salt1, salt2):
+    """At theta = (x_lo, x_hi) (registers): the noisy gradient's halves, each row's ``u`` and loss.
+
+    ``counter0``: uint32 counter of this step's first pair (``step * PAIRS``); ``key``: uint32
+    row keys; ``salt1``/``salt2``: uint32."""
     u = tl.sum(x_lo * e_lo, axis=0) + tl.sum(x_hi * e_hi, axis=0)
     v_lo = x_lo - u[None, :] * e_lo
     v_hi = x_hi - u[None, :] * e_hi
@@ -81,32 +101,28 @@ def _noisy_gradients(
     loss = 0.5 * au * u * w - c * u
     along, across = (au * w - c)[None, :], (au * u)[None, :]
 
-    counter = (first_counter + pair).to(tl.uint32, bitcast=True)
-    key = tl.load(keys_ptr + rows, mask=row_ok, other=0).to(tl.uint32, bitcast=True)
-    h1 = _mix32(key[None, :] ^ _mix32(counter ^ salt1.to(tl.uint32, bitcast=True))[:, None])
-    h2 = _mix32(key[None, :] ^ _mix32(counter ^ salt2.to(tl.uint32, bitcast=True))[:, None])
+    counter = counter0 + pair.to(tl.uint32)
+    h1 = _mix32(key[None, :] ^ _mix32(counter ^ salt1)[:, None])
+    h2 = _mix32(key[None, :] ^ _mix32(counter ^ salt2)[:, None])
     u1 = (h1 >> 8).to(tl.float32) * (1.0 / 16777216.0)
     phi = (h2 >> 8).to(tl.float32) * (1.0 / 16777216.0) * 6.283185307179586
     radius = tl.sqrt(-2.0 * tl.log(1.0 - u1))  # 1 - u1 is exact: u1 has 24 bits
-    sigma = tl.load(sigma_ptr + rows, mask=row_ok, other=0.0)[None, :]
     z_lo, z_hi = radius * tl.cos(phi), radius * tl.sin(phi)
-    g_lo = (along * e_lo + across * v_lo) * (1.0 + sigma * z_lo)
-    g_hi = (along * e_hi + across * v_hi) * (1.0 + sigma * z_hi)
-    return rows, row_ok, offs_lo, offs_hi, ok_lo, ok_hi, x_lo, x_hi, g_lo, g_hi, u, loss
+    g_lo = (along * e_lo + across * v_lo) * (1.0 + sigma[None, :] * z_lo)
+    g_hi = (along * e_hi + across * v_hi) * (1.0 + sigma[None, :] * z_hi)
+    return g_lo, g_hi, u, loss
 
 
 @triton.jit
-def _fold_metrics(
-    rows, row_ok, u, loss, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr, RECORD: tl.constexpr
-):
-    """Running minimum loss and maximum u; with ``RECORD`` also this step's loss and u."""
-    min_loss = tl.load(min_loss_ptr + rows, mask=row_ok, other=0.0)
-    max_u = tl.load(max_u_ptr + rows, mask=row_ok, other=0.0)
-    tl.store(min_loss_ptr + rows, tl.minimum(min_loss, loss), mask=row_ok)
-    tl.store(max_u_ptr + rows, tl.maximum(max_u, u), mask=row_ok)
-    if RECORD:
-        tl.store(loss_out_ptr + rows, loss, mask=row_ok)
-        tl.store(u_out_ptr + rows, u, mask=row_ok)
+def _row_constants(a_ptr, sigma_ptr, keys_ptr, e_ptr, rows, row_ok, pair, lo_ok, hi_ok, salt1, salt2,
+                   PAIRS: tl.constexpr):  # fmt: skip
+    """What a row's steps share: the axis halves, sharpness, noise level and key, and the salts."""
+    e_lo = tl.load(e_ptr + pair, mask=lo_ok, other=0.0)[:, None]
+    e_hi = tl.load(e_ptr + PAIRS + pair, mask=hi_ok, other=0.0)[:, None]
+    a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
+    sigma = tl.load(sigma_ptr + rows, mask=row_ok, other=0.0)
+    key = tl.load(keys_ptr + rows, mask=row_ok, other=0).to(tl.uint32, bitcast=True)
+    return e_lo, e_hi, a, sigma, key, salt1.to(tl.uint32, bitcast=True), salt2.to(tl.uint32, bitcast=True)
 
 
 # first_counter changes every step: left unspecialised, or Triton compiles variants for its values
@@ -117,92 +133,103 @@ def _valley_step_kernel(
     R, first_counter, c, salt1, salt2,
     N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, RECORD: tl.constexpr,
 ):  # fmt: skip
-    rows, row_ok, offs_lo, offs_hi, ok_lo, ok_hi, _, _, g_lo, g_hi, u, loss = _noisy_gradients(
-        x_ptr,
-        a_ptr,
-        sigma_ptr,
-        keys_ptr,
-        e_ptr,
-        R,
-        first_counter,
-        c,
-        salt1,
-        salt2,
-        N,
-        PAIRS,
-        BLOCK_P,
-        BLOCK_R,
+    rows, row_ok, pair, lo_ok, hi_ok, offs_lo, offs_hi, ok_lo, ok_hi = _row_block(
+        R, N, PAIRS, BLOCK_P, BLOCK_R
     )
-    tl.store(g_ptr + offs_lo, g_lo, mask=ok_lo)
-    tl.store(g_ptr + offs_hi, g_hi, mask=ok_hi)
-    _fold_metrics(rows, row_ok, u, loss, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr, RECORD)
+    e_lo, e_hi, a, sigma, key, salt1, salt2 = _row_constants(
+        a_ptr, sigma_ptr, keys_ptr, e_ptr, rows, row_ok, pair, lo_ok, hi_ok, salt1, salt2, PAIRS
+    )
+    x_lo, x_hi = _load_halves(x_ptr, offs_lo, offs_hi, ok_lo, ok_hi)
+    counter0 = first_counter.to(tl.uint32, bitcast=True)
+    g_lo, g_hi, u, loss = _noisy_gradient(
+        x_lo, x_hi, e_lo, e_hi, a, sigma, key, pair, counter0, c, salt1, salt2
+    )
+    _store_halves(g_ptr, g_lo, g_hi, offs_lo, offs_hi, ok_lo, ok_hi)
+    min_loss = tl.load(min_loss_ptr + rows, mask=row_ok, other=0.0)
+    max_u = tl.load(max_u_ptr + rows, mask=row_ok, other=0.0)
+    tl.store(min_loss_ptr + rows, tl.minimum(min_loss, loss), mask=row_ok)
+    tl.store(max_u_ptr + rows, tl.maximum(max_u, u), mask=row_ok)
+    if RECORD:
+        tl.store(loss_out_ptr + rows, loss, mask=row_ok)
+        tl.store(u_out_ptr + rows, u, mask=row_ok)
 
 
 @triton.jit
-def _apply_update(
-    offs, ok, p, g, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1, bc2_sqrt, eps,
-    ALGO: tl.constexpr, MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_AVG: tl.constexpr,
-    DECAY: tl.constexpr, W1_HIGH: tl.constexpr,
-):  # fmt: skip
-    """The optimizer's own element-wise update (``ALGO`` 0: FOCUS/Signum, 1: AdamW) of one half
-    tile, with its state read and written in place."""
-    m = tl.load(m_ptr + offs, mask=ok, other=0.0)
-    if ALGO == 0:
-        if HAS_AVG:
-            s = tl.load(s_ptr + offs, mask=ok, other=0.0)
-        else:
-            s = m  # unused
-        eta_wd_hat = decay_factor(lr, wd, bc2)
-        p, m, s = sign_family_update(p, g, m, s, lr, wd, eta_wd_hat, w1, b2, w2, gamma, bc2,
-                                     MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
-        if HAS_AVG:
-            tl.store(s_ptr + offs, s, mask=ok)
-    else:
-        s = tl.load(s_ptr + offs, mask=ok, other=0.0)
-        p, m, s = adamw_update(p, g, m, s, lr, wd, w1, b2, w2, bc1, bc2_sqrt, eps, MAXIMIZE, W1_HIGH)
-        tl.store(s_ptr + offs, s, mask=ok)
-    tl.store(m_ptr + offs, m, mask=ok)
-    return p
+def _sign_family_halves(x_lo, x_hi, g_lo, g_hi, m_lo, m_hi, s_lo, s_hi, lr, wd, bc2, w1, b2, w2, gamma,
+                        MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_AVG: tl.constexpr,
+                        DECAY: tl.constexpr, W1_HIGH: tl.constexpr):  # fmt: skip
+    """The optimizer's FOCUS / Signum update (``sign_family_update``) of both halves."""
+    eta_wd_hat = decay_factor(lr, wd, bc2)
+    x_lo, m_lo, s_lo = sign_family_update(x_lo, g_lo, m_lo, s_lo, lr, wd, eta_wd_hat, w1, b2, w2, gamma, bc2,
+                                          MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
+    x_hi, m_hi, s_hi = sign_family_update(x_hi, g_hi, m_hi, s_hi, lr, wd, eta_wd_hat, w1, b2, w2, gamma, bc2,
+                                          MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
+    return x_lo, x_hi, m_lo, m_hi, s_lo, s_hi
 
 
 @triton.jit(do_not_specialize=["first_counter"])
 def _valley_update_kernel(
     x_ptr, a_ptr, sigma_ptr, keys_ptr, e_ptr, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr,
     R, first_counter, c, salt1, salt2,
-    m_ptr, s_ptr, lr_ptr, wd_ptr, step_ptr, bc2, w1, b2, w2, gamma, log2_b1, log2_b2, eps,
+    m_ptr, s_ptr, lr_ptr, wd_ptr, step_ptr, bc2_ptr, w1, b2, w2, gamma, log2_b1, log2_b2, eps,
     N: tl.constexpr, PAIRS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, RECORD: tl.constexpr,
     ALGO: tl.constexpr, MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_AVG: tl.constexpr,
-    DECAY: tl.constexpr, W1_HIGH: tl.constexpr,
+    DECAY: tl.constexpr, W1_HIGH: tl.constexpr, K: tl.constexpr,
 ):  # fmt: skip
-    rows, row_ok, offs_lo, offs_hi, ok_lo, ok_hi, x_lo, x_hi, g_lo, g_hi, u, loss = _noisy_gradients(
-        x_ptr,
-        a_ptr,
-        sigma_ptr,
-        keys_ptr,
-        e_ptr,
-        R,
-        first_counter,
-        c,
-        salt1,
-        salt2,
-        N,
-        PAIRS,
-        BLOCK_P,
-        BLOCK_R,
+    """``K`` whole steps of a block of rows, theta and the optimizer state held in registers
+    throughout: read once, written once."""
+    rows, row_ok, pair, lo_ok, hi_ok, offs_lo, offs_hi, ok_lo, ok_hi = _row_block(
+        R, N, PAIRS, BLOCK_P, BLOCK_R
     )
-    _fold_metrics(rows, row_ok, u, loss, min_loss_ptr, max_u_ptr, loss_out_ptr, u_out_ptr, RECORD)
+    e_lo, e_hi, a, sigma, key, salt1, salt2 = _row_constants(
+        a_ptr, sigma_ptr, keys_ptr, e_ptr, rows, row_ok, pair, lo_ok, hi_ok, salt1, salt2, PAIRS
+    )
     lr = tl.load(lr_ptr + rows, mask=row_ok, other=0.0)[None, :]  # member = row (see valley_update_)
     wd = tl.load(wd_ptr + rows, mask=row_ok, other=0.0)[None, :]
-    bc1 = 1.0
-    bc2_sqrt = 1.0
-    if ALGO == 1:
-        bc1, bc2_sqrt = bias_corrections(tl.load(step_ptr).to(tl.float32), log2_b1, log2_b2)
-    p_lo = _apply_update(offs_lo, ok_lo, x_lo, g_lo, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
-                         bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
-    p_hi = _apply_update(offs_hi, ok_hi, x_hi, g_hi, m_ptr, s_ptr, lr, wd, bc2, w1, b2, w2, gamma, bc1,
-                         bc2_sqrt, eps, ALGO, MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH)  # fmt: skip
-    tl.store(x_ptr + offs_lo, p_lo, mask=ok_lo)
-    tl.store(x_ptr + offs_hi, p_hi, mask=ok_hi)
+    min_loss = tl.load(min_loss_ptr + rows, mask=row_ok, other=0.0)
+    max_u = tl.load(max_u_ptr + rows, mask=row_ok, other=0.0)
+    x_lo, x_hi = _load_halves(x_ptr, offs_lo, offs_hi, ok_lo, ok_hi)
+    m_lo, m_hi = _load_halves(m_ptr, offs_lo, offs_hi, ok_lo, ok_hi)
+    s_lo, s_hi = m_lo, m_hi  # (Signum: no second state)
+    if ALGO == 1 or HAS_AVG:
+        s_lo, s_hi = _load_halves(s_ptr, offs_lo, offs_hi, ok_lo, ok_hi)
+    last_step = 0.0
+    if ALGO == 1:  # the optimizer advanced its device step count K times while recording
+        last_step = tl.load(step_ptr).to(tl.float32)
+    first = first_counter.to(tl.uint32, bitcast=True)
+    for k in range(K):
+        counter0 = first + tl.cast(k * PAIRS, tl.uint32)
+        g_lo, g_hi, u, loss = _noisy_gradient(x_lo, x_hi, e_lo, e_hi, a, sigma, key, pair, counter0, c,
+                                              salt1, salt2)  # fmt: skip
+        min_loss = tl.minimum(min_loss, loss)
+        max_u = tl.maximum(max_u, u)
+        if RECORD:
+            tl.store(loss_out_ptr + tl.cast(k, tl.int64) * R + rows, loss, mask=row_ok)
+            tl.store(u_out_ptr + tl.cast(k, tl.int64) * R + rows, u, mask=row_ok)
+        if ALGO == 0:
+            bc2 = tl.load(bc2_ptr + k)
+            if HAS_AVG:
+                x_lo, x_hi, m_lo, m_hi, s_lo, s_hi = _sign_family_halves(
+                    x_lo, x_hi, g_lo, g_hi, m_lo, m_hi, s_lo, s_hi, lr, wd, bc2, w1, b2, w2, gamma,
+                    MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH,
+                )  # fmt: skip
+            else:
+                x_lo, x_hi, m_lo, m_hi, _, _ = _sign_family_halves(
+                    x_lo, x_hi, g_lo, g_hi, m_lo, m_hi, m_lo, m_hi, lr, wd, bc2, w1, b2, w2, gamma,
+                    MODE, MAXIMIZE, HAS_AVG, DECAY, W1_HIGH,
+                )  # fmt: skip
+        else:
+            bc1, bc2_sqrt = bias_corrections(last_step - (K - 1 - k), log2_b1, log2_b2)
+            x_lo, m_lo, s_lo = adamw_update(x_lo, g_lo, m_lo, s_lo, lr, wd, w1, b2, w2, bc1, bc2_sqrt, eps,
+                                            MAXIMIZE, W1_HIGH)  # fmt: skip
+            x_hi, m_hi, s_hi = adamw_update(x_hi, g_hi, m_hi, s_hi, lr, wd, w1, b2, w2, bc1, bc2_sqrt, eps,
+                                            MAXIMIZE, W1_HIGH)  # fmt: skip
+    tl.store(min_loss_ptr + rows, min_loss, mask=row_ok)
+    tl.store(max_u_ptr + rows, max_u, mask=row_ok)
+    _store_halves(x_ptr, x_lo, x_hi, offs_lo, offs_hi, ok_lo, ok_hi)
+    _store_halves(m_ptr, m_lo, m_hi, offs_lo, offs_hi, ok_lo, ok_hi)
+    if ALGO == 1 or HAS_AVG:
+        _store_halves(s_ptr, s_lo, s_hi, offs_lo, offs_hi, ok_lo, ok_hi)
 
 
 def valley_step_(
@@ -228,13 +255,13 @@ def valley_step_(
     also store the loss and ``u`` at ``theta`` (for recorded runs).
     """
     valley, grid, meta = _valley_args("valley_step_", theta, [grad_out], sharpness, sigma, keys, axis,
-                                      min_loss, max_u, c, step, loss_out, u_out)  # fmt: skip
+                                      min_loss, max_u, c, step, loss_out, u_out, TILE)  # fmt: skip
     _valley_step_kernel[grid](theta, grad_out, *valley, **meta, num_warps=NUM_WARPS)
 
 
 def valley_update_(
     theta: Tensor,
-    launch: Launch,
+    launches: Launch | Sequence[Launch],
     sharpness: Tensor,
     sigma: Tensor,
     keys: Tensor,
@@ -247,16 +274,24 @@ def valley_update_(
     loss_out: Tensor | None = None,
     u_out: Tensor | None = None,
 ) -> None:
-    """:func:`valley_step_` and the optimizer's update of ``theta`` in one kernel: the noisy
-    gradient never goes to memory (24 bytes per coordinate-step for FOCUS and AdamW instead of 36,
-    16 for Signum instead of 28, and one launch instead of two).
+    """``K = len(launches)`` whole steps (steps ``step`` .. ``step + K - 1``) in one kernel: for
+    each, :func:`valley_step_` and the optimizer's update of ``theta``, with theta and the
+    optimizer's state held in registers from the first step to the last. The noisy gradient never
+    goes to memory, and theta and the state are read and written once per launch, not per step
+    (two launches a step move 36 bytes per coordinate-step for FOCUS and AdamW, 28 for Signum).
 
-    ``launch``: the optimizer's own fused launch for ``theta``, recorded around ``optimizer.step()``
-    by :func:`~focus_optim.optim._kernels.recorded_launches` (so the optimizer advanced its step
-    counts and computed its bias corrections and hyperparameter tables); the kernel applies the
-    optimizer kernels' shared element-wise update (``sign_family_update``, ``adamw_update``) with
-    them, so the numbers are those of :func:`valley_step_` followed by that launch, bit for bit.
-    It must be a per-row (ensemble) launch over ``theta`` alone."""
+    ``launches``: the optimizer's own fused launches for ``theta``, one per step, recorded around
+    ``K`` calls of ``optimizer.step()`` by :func:`~focus_optim.optim._kernels.recorded_launches`
+    (so the optimizer advanced its step counts and computed its bias corrections and hyperparameter
+    tables for every step); the kernel applies the optimizer kernels' shared element-wise update
+    (``sign_family_update``, ``adamw_update``) with them, so the numbers are those of
+    :func:`valley_step_` followed by each launch, bit for bit. They must be per-row (ensemble)
+    launches over ``theta`` alone that differ only in their per-step bias correction.
+    ``loss_out``/``u_out``: ``[K, R]`` (or ``[R]`` for ``K = 1``), each step's loss and ``u``."""
+    launches = [launches] if isinstance(launches, Launch) else list(launches)
+    if not launches:
+        raise ValueError("valley_update_ needs at least one recorded launch")
+    launch = launches[0]
     if launch.kernel not in ("sign_family", "adamw"):
         raise ValueError(f"valley_update_ applies sign_family or adamw launches, not {launch.kernel!r}")
     params, args = launch.tensors["params"], launch.args
@@ -266,11 +301,17 @@ def valley_update_(
     adamw = launch.kernel == "adamw"
     if not adamw and not launch.flags["MEMBER"]:
         raise ValueError("valley_update_ needs per-row (1-D) lr and weight_decay tensors")
+    for other in launches[1:]:
+        _check_same_launch(launch, other)
     m = launch.tensors["exp_avgs"][0]
     s = launch.tensors["exp_avg_sqs" if adamw else "param_avgs"]
     s = s[0] if s is not None else m  # (Signum: unused)
+    if adamw:
+        bc2 = m  # (unused: the kernel forms AdamW's bias corrections from the device step count)
+    else:
+        bc2 = torch.tensor([x.args["bc2"] for x in launches], dtype=torch.float32).to(theta.device)
     valley, grid, meta = _valley_args("valley_update_", theta, [m, s], sharpness, sigma, keys, axis,
-                                      min_loss, max_u, c, step, loss_out, u_out)  # fmt: skip
+                                      min_loss, max_u, c, step, loss_out, u_out, FUSED_TILE)  # fmt: skip
     _valley_update_kernel[grid](
         theta,
         *valley,
@@ -279,7 +320,7 @@ def valley_update_(
         args["lr_t"],
         args["wd_t"],
         launch.tensors["state_steps"][0] if adamw else m,  # (sign family: unused)
-        1.0 if adamw else args["bc2"],
+        bc2,
         args["w1"],
         args["b2"],
         args["w2"],
@@ -294,8 +335,37 @@ def valley_update_(
         HAS_AVG=False if adamw else launch.flags["HAS_AVG"],
         DECAY=True,
         W1_HIGH=launch.flags["W1_HIGH"],
-        num_warps=NUM_WARPS,
+        K=len(launches),
+        num_warps=FUSED_NUM_WARPS,
     )
+
+
+#: Launch arguments that change from step to step (the sign family's bias correction of the
+#: parameter average, and the decay coefficient formed from it for scalar hyperparameters).
+PER_STEP_ARGS = ("bc2", "eta_wd_hat")
+
+
+def _check_same_launch(first: Launch, other: Launch) -> None:
+    """``other`` is ``first`` at a later step: same kernel, flags, tensors, and arguments apart
+    from :data:`PER_STEP_ARGS` (so one kernel may apply both)."""
+    same = other.kernel == first.kernel and other.flags == first.flags
+    same = same and other.tensors.keys() == first.tensors.keys()
+    for role, tensors in first.tensors.items():
+        theirs = other.tensors[role]
+        if tensors is None or theirs is None:
+            same = same and tensors is theirs
+        else:
+            same = same and len(tensors) == len(theirs) and all(a is b for a, b in zip(tensors, theirs))
+    for key, value in first.args.items():
+        if key in PER_STEP_ARGS:
+            continue
+        theirs = other.args.get(key)
+        same = same and (value is theirs if isinstance(value, Tensor) else value == theirs)
+    if not same:
+        raise ValueError(
+            "valley_update_ applies launches that differ only in "
+            f"{', '.join(PER_STEP_ARGS)} (a schedule or a changed param group needs one launch a step)"
+        )
 
 
 def _valley_args(
@@ -312,6 +382,7 @@ def _valley_args(
     step: int,
     loss_out: Tensor | None,
     u_out: Tensor | None,
+    tile: int,
 ) -> tuple[list[Any], tuple[int], dict[str, Any]]:
     """The valley kernels' common arguments after ``x_ptr`` (and ``g_ptr``), grid and constexprs."""
     record = loss_out is not None
@@ -323,7 +394,7 @@ def _valley_args(
             raise ValueError(f"{who} needs column-major [R, N] tensors, got strides {t.stride()}")
     pairs = (dim + 1) // 2
     block_p = triton.next_power_of_2(pairs)
-    block_r = max(16, min(1024, TILE // (2 * block_p)))
+    block_r = max(16, min(1024, tile // (2 * block_p)))
     args = [
         sharpness,
         sigma,
@@ -343,4 +414,12 @@ def _valley_args(
     return args, (triton.cdiv(n_rows, block_r),), meta
 
 
-__all__ = ["NUM_WARPS", "TILE", "valley_step_", "valley_update_"]
+__all__ = [
+    "FUSED_NUM_WARPS",
+    "FUSED_TILE",
+    "NUM_WARPS",
+    "PER_STEP_ARGS",
+    "TILE",
+    "valley_step_",
+    "valley_update_",
+]
