@@ -138,7 +138,7 @@ def fresh_process(device: str, preset: str, root: Path, kernels: str | None = No
         shutil.rmtree(run_dir, ignore_errors=True)
         cmd = [sys.executable, "-m", "focus_optim.cli", "toy", "run", "--figure", "2a", "--preset", preset,
                "--device", device, "--out", str(run_dir), "--no-progress"]  # fmt: skip
-        cmd += ["--kernels", kernels] if kernels else []
+        cmd += ["--kernels", kernels or "off", "--compile", "off" if kernels else "auto"]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         out[label] = time.perf_counter() - t0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from focus_optim import load_results
 from focus_optim.cli import main
@@ -122,6 +123,26 @@ def test_packed_cells_equal_cells_alone(tmp_path: Path) -> None:
     alone = [F.make_compute(spec, RUN)([c], "cpu")[0] for c in cells]
     for t, a in zip(together, alone):
         assert np.array_equal(t["metrics"], a["metrics"])
+
+
+def test_kernels_auto_takes_the_triton_step_on_cuda_only(monkeypatch) -> None:
+    from focus_optim.landscape import simulate as S
+    from focus_optim.landscape.cli import resolve_kernels
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(S, "kernels_available", lambda device: True)
+    assert resolve_kernels("auto", "auto", cuda) == "separate"
+    assert resolve_kernels("auto", "off", cuda) == "separate"
+    assert resolve_kernels("auto", "on", cuda) == "off"  # the compiled step, as asked
+    assert resolve_kernels("auto", "auto", cpu) == "off"  # never the interpreter unasked
+    assert resolve_kernels("fused", "auto", cpu) == "fused"  # (available: the interpreter, say)
+    assert resolve_kernels("off", "auto", cuda) == "off"
+    with pytest.raises(ValueError, match="--kernels with --compile on"):
+        resolve_kernels("separate", "on", cuda)
+    monkeypatch.setattr(S, "kernels_available", lambda device: False)
+    assert resolve_kernels("auto", "auto", cuda) == "off"  # no Triton: the tensor code
+    with pytest.raises(ValueError, match="Invalid --kernels on cuda"):
+        resolve_kernels("fused", "auto", cuda)
 
 
 def test_run_options_reach_the_simulator() -> None:
