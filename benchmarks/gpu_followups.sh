@@ -35,11 +35,16 @@
 # as the first figure of a process but 3.1-3.3 s warm; 6r 63.6-66.2 s, its valley kernel at 0.79
 # TB/s of its bytes vs the optimizer kernels' 2.8 TB/s); MNIST paper scan 134.8 s (CUDA graphs +
 # fused step + test-pass GEMMs padded to multiples of 8, 2 workers; 173.4 s unpadded, 179.2 s
-# eager + fused with 8 workers). With 30 device-minutes per session (each machine start costs
-# 1-2; a machine idle for 30 s is given back, so chain the calls), run in this order: tests (~3
-# min), toy-diagnose (~2 min), toy-fused (~3 min), mnist-profile (~2 min), then mnist-scan with
-# what the profile suggests (~2.5 min each; MNIST_WORKERS=1 and 4 to compare), toy-kernels after
-# any toy change (~5 min), lm (~9 min; issue 5), step (~1 min).
+# eager + fused with 8 workers). Changed since, untimed on a GPU: the first figure's ~28 s was
+# Python validating 9.6M per-trajectory lrs one by one (now tensor ops; found on a CPU with
+# toy_first_use.py --stub-kernels); the Triton step is the CUDA default; the valley kernel runs
+# 8 elements a thread (2048 x 8, ~63 registers; 4096 x 4 needed 232 at 100-D, see
+# toy_registers.py); --kernels fused runs 100 steps a launch with theta and state in registers.
+# With 30 device-minutes per session (each machine start costs 1-2; a machine idle for 30 s is
+# given back, so chain the calls), run in this order: tests (~3 min), toy-fused (~4 min),
+# toy-kernels (~5 min; the default path, first figure included), mnist-profile (~2 min), then
+# mnist-scan with what the profile suggests (~2.5 min each; MNIST_WORKERS=1 and 4 to compare),
+# lm (~9 min; issue 5), step (~1 min); toy-diagnose only if the first figure is still slow.
 #
 # Targets still missed: issue 3, the whole paper toy suite <= 60 s; issue 4, the paper scan
 # <= 120 s; issue 5, >= 550K tokens/s (was 503K). The lm part carries .data/corpus and
@@ -59,14 +64,14 @@ case "$part" in
     ;;
   toy-diagnose)
     OUT="$out" python benchmarks/toy_first_use.py
-    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --configs 4096x4 4096x8 2048x4 2048x8 8192x8
+    OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --configs 2048x8 4096x4 2048x16 1024x8 4096x16
     OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000
     ;;
   toy-fused)
     OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --fuse-update --steps 200 \
-      --fused-configs 2048x4 2048x8 1024x4 4096x8 1024x2
+      --fused-configs 1024x8 2048x16 1024x4 2048x8 512x4
     OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000 --fuse-update --steps 200 \
-      --fused-configs 2048x4 4096x4 4096x8 1024x4
+      --fused-configs 1024x8 2048x8 512x4 2048x16
     OUT="$out/toy-fused" python benchmarks/toy_gpu_suite.py --kernels fused --store "$out/toy-store-fused" \
       --no-plots --fresh-process --steps-per-launch "${TOY_STEPS_PER_LAUNCH:-100}"
     ;;

@@ -39,13 +39,20 @@ from ..optim._kernels.triton_adamw import adamw_update, bias_corrections
 from ..optim._kernels.triton_sign import decay_factor, sign_family_update
 from . import rng
 
-#: Elements (rows x padded coordinates) per program, and warps per program (read at every launch:
-#: ``benchmarks/toy_profile.py --configs`` times alternatives).
-TILE = 4096
-NUM_WARPS = 4
-#: The same for :func:`valley_update_`'s kernel, which also holds the optimizer's state.
-FUSED_TILE = 2048
-FUSED_NUM_WARPS = 4
+#: Elements (rows x padded coordinates) per program, and warps per program, of
+#: :func:`valley_step_`'s kernel (read at every launch: ``benchmarks/toy_profile.py --configs``
+#: times alternatives). Registers per thread grow with the elements each thread holds,
+#: ``TILE / (32 * NUM_WARPS)``; compiled for sm_90 by ptxas (``benchmarks/toy_registers.py``) the
+#: kernel needs ~63 registers at 8 elements (100-D and 2-D), and 232 (100-D) at the 32 of the
+#: 4096 x 4 timed on an H100 on 2026-11-23, which left it 8 warps per SM and 0.79 TB/s.
+TILE = 2048
+NUM_WARPS = 8
+#: The same for :func:`valley_update_`'s kernel, which also holds the optimizer's state across
+#: steps: 4 elements a thread, 57-75 registers (2-D) and 64 (100-D), against 124-250 at 8-16.
+FUSED_TILE = 1024
+FUSED_NUM_WARPS = 8
+#: Fewest rows per program (at 100-D, 8 rows x 64 pairs x 2 halves = 1024 elements).
+MIN_BLOCK_R = 8
 
 
 @triton.jit
@@ -394,7 +401,7 @@ def _valley_args(
             raise ValueError(f"{who} needs column-major [R, N] tensors, got strides {t.stride()}")
     pairs = (dim + 1) // 2
     block_p = triton.next_power_of_2(pairs)
-    block_r = max(16, min(1024, tile // (2 * block_p)))
+    block_r = max(MIN_BLOCK_R, min(1024, tile // (2 * block_p)))
     args = [
         sharpness,
         sigma,
@@ -417,6 +424,7 @@ def _valley_args(
 __all__ = [
     "FUSED_NUM_WARPS",
     "FUSED_TILE",
+    "MIN_BLOCK_R",
     "NUM_WARPS",
     "PER_STEP_ARGS",
     "TILE",
