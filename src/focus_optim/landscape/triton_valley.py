@@ -100,10 +100,12 @@ def _noisy_gradient(x_lo, x_hi, e_lo, e_hi, a, sigma, key, pair, counter0, c, sa
 
     ``counter0``: uint32 counter of this step's first pair (``step * PAIRS``); ``key``: uint32
     row keys; ``salt1``/``salt2``: uint32."""
-    u = tl.sum(x_lo * e_lo, axis=0) + tl.sum(x_hi * e_hi, axis=0)
+    # One reduction over pairs per sum (the halves added first): at 100-D a row's pairs span
+    # warps, and each cross-warp reduction costs shared-memory round trips and barriers.
+    u = tl.sum(x_lo * e_lo + x_hi * e_hi, axis=0)
     v_lo = x_lo - u[None, :] * e_lo
     v_hi = x_hi - u[None, :] * e_hi
-    w = tl.sum(v_lo * v_lo, axis=0) + tl.sum(v_hi * v_hi, axis=0)
+    w = tl.sum(v_lo * v_lo + v_hi * v_hi, axis=0)
     au = a * u
     loss = 0.5 * au * u * w - c * u
     along, across = (au * w - c)[None, :], (au * u)[None, :]
