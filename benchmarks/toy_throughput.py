@@ -115,7 +115,9 @@ def time_batched(n: int, steps: int, opts: S.Options, land: V.Valley | None = No
 
 
 def host_overhead(device: str, steps: int = 2000) -> dict[str, float]:
-    """Microseconds of host work per step of the Triton step (``kernels=True``) on a 64-row chunk.
+    """Microseconds of host work per step of the Triton step (``kernels=True``) on a 64-row chunk,
+    per optimizer, with two launches a step (``adamw``...) and with ``fuse_update`` (``adamw-fused``...:
+    the optimizer's recorded steps, one launch per ``STEPS_PER_LAUNCH``).
 
     On CUDA the GPU work of 64 rows is negligible, so this is the whole host cost of a step,
     launches included; a step is GPU-bound when its chunk's GPU time exceeds it. Under
@@ -126,15 +128,17 @@ def host_overhead(device: str, steps: int = 2000) -> dict[str, float]:
     stub = stubbed_launches() if torch.device(device).type != "cuda" else contextlib.nullcontext()
     with stub:
         out = {}
-        block, opts = rows(64), S.Options(device=device, kernels=True)
+        block = rows(64)
         sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-        for opt in S.PAPER_SETUPS:
-            S.simulate(opt, block, V.rotated(), 10, opts)
-            sync()
-            t0 = time.perf_counter()
-            S.simulate(opt, block, V.rotated(), steps, opts)
-            sync()
-            out[opt] = (time.perf_counter() - t0) / steps * 1e6
+        for fused in (False, True):
+            opts = S.Options(device=device, kernels=True, fuse_update=fused)
+            for opt in S.PAPER_SETUPS:
+                S.simulate(opt, block, V.rotated(), 10, opts)
+                sync()
+                t0 = time.perf_counter()
+                S.simulate(opt, block, V.rotated(), steps, opts)
+                sync()
+                out[opt + ("-fused" if fused else "")] = (time.perf_counter() - t0) / steps * 1e6
     return out
 
 
@@ -166,7 +170,7 @@ def main() -> int:
     if args.host_overhead:
         us = host_overhead(args.device)
         for opt, v in us.items():
-            print(f"{opt:<8s} {v:8.1f} us of host work per Triton step ({args.device})")
+            print(f"{opt:<14s} {v:8.1f} us of host work per Triton step ({args.device})")
         if out := os.environ.get("OUT"):
             with open(os.path.join(out, "toy_host_overhead.json"), "w") as fh:
                 json.dump(

@@ -65,7 +65,8 @@ def test_throughput_script_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     us = json.loads((tmp_path / "toy_host_overhead.json").read_text())["us_per_step"]
-    assert set(us) == {"adamw", "signum", "focus"} and all(v > 0 for v in us.values())
+    names = {"adamw", "signum", "focus"}
+    assert set(us) == names | {f"{n}-fused" for n in names} and all(v > 0 for v in us.values())
 
 
 def test_first_use_sampler_finds_where_the_main_thread_works():
