@@ -125,7 +125,9 @@ def checks(
     return out
 
 
-def fresh_process(device: str, preset: str, root: Path, kernels: str | None = None) -> dict[str, float]:
+def fresh_process(
+    device: str, preset: str, root: Path, kernels: str | None = None, steps_per_launch: int | None = None
+) -> dict[str, float]:
     """Seconds of ``focus-optim toy run --figure 2a`` in a new process: cold caches, then warm."""
     caches = root / "compile-caches"
     shutil.rmtree(caches, ignore_errors=True)
@@ -139,6 +141,8 @@ def fresh_process(device: str, preset: str, root: Path, kernels: str | None = No
         cmd = [sys.executable, "-m", "focus_optim.cli", "toy", "run", "--figure", "2a", "--preset", preset,
                "--device", device, "--out", str(run_dir), "--no-progress"]  # fmt: skip
         cmd += ["--kernels", kernels or "off", "--compile", "off" if kernels else "auto"]
+        if kernels == "fused" and steps_per_launch:
+            cmd += ["--steps-per-launch", str(steps_per_launch)]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         out[label] = time.perf_counter() - t0
@@ -253,7 +257,8 @@ def main() -> int:
         info["checks"] = checks(args.device, False if args.free_order else None, kernels, args.check_rows,
                                 args.check_steps, fuse)  # fmt: skip
     if args.fresh_process:
-        info["fresh_process_2a"] = fresh_process(args.device, args.preset, store, args.kernels)
+        info["fresh_process_2a"] = fresh_process(args.device, args.preset, store, args.kernels,
+                                                 args.steps_per_launch)  # fmt: skip
     write_json_atomic(out / "toy_gpu_suite.json", info)
     print("\nfigure        seconds  traj-steps/s")
     for r in rows:
