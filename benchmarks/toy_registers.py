@@ -9,8 +9,8 @@ the register count of any launch configuration can be read on a CPU:
    code (``simulate`` -> ``valley_step_`` / ``valley_update_``, the optimizers' recorded launches)
    with the launches replaced by recorders, which keep each launch's argument types, constexprs
    and warp count;
-2. this process compiles each recorded launch for ``cuda:90`` with Triton and reads
-   ``ptxas -v``: registers per thread, spill stores and loads, stack frame.
+2. this process compiles each recorded launch for ``cuda:90`` with Triton and reads the log of
+   Triton's own ``ptxas -v`` run: registers per thread, spill stores and loads, stack frame.
 
 ::
 
@@ -25,12 +25,13 @@ change the count by a few registers. With ``$OUT`` set, ``$OUT/toy_registers.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ def record_launches(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ptxas_usage(launch: dict[str, Any], arch: int = 90) -> dict[str, Any]:
-    """Compile one recorded launch for ``cuda:arch`` and parse ``ptxas -v``."""
+    """Compile one recorded launch for ``cuda:arch`` and parse the log of the ``ptxas -v`` run that
+    Triton itself makes (its own choice of ptxas and flags, whatever the Triton version)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -110,15 +112,12 @@ def ptxas_usage(launch: dict[str, Any], arch: int = 90) -> dict[str, Any]:
     signature = dict(zip(runtime, launch["types"]))
     signature.update({n: "constexpr" for n in launch["constexprs"]})
     src = ASTSource(fn, signature, constexprs=launch["constexprs"])
-    options = {"num_warps": launch["num_warps"]}
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "kernel.ptx"
-        ptx.write_text(kernel.asm["ptx"])
-        cmd = [str(ptxas), "-v", f"--gpu-name=sm_{arch}a", str(ptx), "-o", str(Path(tmp) / "k.cubin")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    text = proc.stderr
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # Triton prints ptxas's log (TRITON_DUMP_PTXAS_LOG)
+        triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch["num_warps"]})
+    text = log.getvalue()
+    if "registers" not in text:
+        raise RuntimeError(f"no ptxas log from Triton {triton.__version__}:\n{text[-2000:]}")
     number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, text)) else 0  # noqa: E731
     return {
         "registers": number(r"Used (\d+) registers"),
@@ -129,6 +128,8 @@ def ptxas_usage(launch: dict[str, Any], arch: int = 90) -> dict[str, Any]:
 
 
 def main() -> int:
+    # Triton prints each ptxas log, and compiles even what its cache holds (which has no log).
+    os.environ.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_ALWAYS_COMPILE="1")
     from focus_optim.landscape import triton_valley as TV
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
