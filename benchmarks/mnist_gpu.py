@@ -63,6 +63,7 @@ def main() -> int:
         action="store_true",
         help="eager cells replaying forward/backward and test pass as CUDA graphs",
     )
+    ap.add_argument("--fused-eval", action="store_true", help="the bf16 test pass as one Triton kernel")
     args = ap.parse_args()
     args.compile = args.compile or None  # "" (the playbook's MNIST_COMPILE=) means eager
 
@@ -87,6 +88,7 @@ def main() -> int:
         "compile": args.compile,
         "fused": args.fused,
         "cuda_graphs": args.cuda_graphs,
+        "fused_eval": args.fused_eval,
         "preset": args.preset,
         "eval_precision": cfg.eval_precision,
         "train_precision": cfg.train_precision,
@@ -98,7 +100,8 @@ def main() -> int:
     print(
         f"mnist_gpu: {info['device']}, torch {info['torch']}, {info['cells']} cells x {cfg.members} models "
         f"x {cfg.steps} steps, eval {cfg.eval_precision}, train {cfg.train_precision}, "
-        f"{args.workers} workers, compile {args.compile}, fused {args.fused}, cuda graphs {args.cuda_graphs}"
+        f"{args.workers} workers, compile {args.compile}, fused {args.fused}, "
+        f"cuda graphs {args.cuda_graphs}, fused eval {args.fused_eval}"
     )
 
     t0 = time.perf_counter()
@@ -113,6 +116,7 @@ def main() -> int:
         compile=args.compile,
         fused=args.fused,
         cuda_graphs=args.cuda_graphs,
+        fused_eval=args.fused_eval,
     )
     info["scan_seconds"] = time.perf_counter() - t0
     info["cells_computed"], info["cells_skipped"] = report.computed, report.skipped

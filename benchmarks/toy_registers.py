@@ -99,22 +99,31 @@ def record_launches(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ptxas_usage(launch: dict[str, Any], arch: int = 90) -> dict[str, Any]:
-    """Compile one recorded launch for ``cuda:arch`` and parse the log of the ``ptxas -v`` run that
-    Triton itself makes (its own choice of ptxas and flags, whatever the Triton version)."""
+    """Compile one recorded launch of a valley kernel for ``cuda:arch``: :func:`kernel_usage`."""
+    from focus_optim.landscape import triton_valley as TV
+
+    fn = getattr(TV, launch["kernel"])
+    return kernel_usage(fn, launch["types"], launch["constexprs"], {"num_warps": launch["num_warps"]}, arch)
+
+
+def kernel_usage(
+    fn: Any, types: list[str], constexprs: dict[str, Any], options: dict[str, Any], arch: int = 90
+) -> dict[str, Any]:
+    """Compile the Triton kernel ``fn`` for ``cuda:arch`` (run-time arguments of Triton signature
+    ``types``, e.g. ``"*fp32"``, ``"i32"``) and parse the log of the ``ptxas -v`` run that Triton
+    itself makes (its own choice of ptxas and flags, whatever the Triton version). Needs
+    ``TRITON_DUMP_PTXAS_LOG=1`` and ``TRITON_ALWAYS_COMPILE=1`` set before Triton is imported."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from focus_optim.landscape import triton_valley as TV
-
-    fn = getattr(TV, launch["kernel"])
     runtime = [n for n, p in zip(fn.arg_names, fn.params) if not p.is_constexpr]
-    signature = dict(zip(runtime, launch["types"]))
-    signature.update({n: "constexpr" for n in launch["constexprs"]})
-    src = ASTSource(fn, signature, constexprs=launch["constexprs"])
+    signature = dict(zip(runtime, types))
+    signature.update({n: "constexpr" for n in constexprs})
+    src = ASTSource(fn, signature, constexprs=constexprs)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # Triton prints ptxas's log (TRITON_DUMP_PTXAS_LOG)
-        triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch["num_warps"]})
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     text = log.getvalue()
     if "registers" not in text:
         raise RuntimeError(f"no ptxas log from Triton {triton.__version__}:\n{text[-2000:]}")
@@ -124,6 +133,7 @@ def ptxas_usage(launch: dict[str, Any], arch: int = 90) -> dict[str, Any]:
         "spill_stores": number(r"(\d+) bytes spill stores"),
         "spill_loads": number(r"(\d+) bytes spill loads"),
         "stack": number(r"(\d+) bytes stack frame"),
+        "shared_bytes": kernel.metadata.shared,
     }
 
 

@@ -66,6 +66,16 @@ def test_cli_refuses_cuda_graphs_off_cuda_before_any_work(
     assert code == 2 and "not compile='default'" in capsys.readouterr().err
 
 
+def test_cli_refuses_fused_eval_without_bf16_before_any_work(
+    tmp_path: Path, idx_dir_session: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "f"
+    code = main(["mnist", "run", "--out", str(out), "--device", "cpu", "--fused-eval", *TINY,
+                 "--data-dir", str(idx_dir_session), "--no-verify"])  # fmt: skip
+    assert code == 2 and "fused_eval needs eval_precision 'bf16', not 'fp32'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.skipif(real_mnist_dir() is None, reason="../shared/data/mnist not present")
 def test_run_on_real_mnist_one_cell(tmp_path: Path) -> None:
     out = tmp_path / "real"

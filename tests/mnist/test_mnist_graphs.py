@@ -161,3 +161,19 @@ def test_cuda_graph_cell_equals_eager_cell_on_gpu(label: str, fused: bool, tiny_
     eager = train_cell(parse_optimizer(label), batch, lrs, data, s, seed=7, fused=fused)
     graphs = train_cell(parse_optimizer(label), batch, lrs, data, s, seed=7, fused=fused, cuda_graphs=True)
     np.testing.assert_allclose(graphs, eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_cell_with_fused_test_pass_equals_eager_cell_on_gpu(tiny_data) -> None:
+    """The fused test pass's Triton launch, captured and replayed, gives the eager cell's numbers;
+    its test metrics are the cuBLAS bf16 pass's to bf16 rounding, and training is unchanged."""
+    data = DeviceData.from_mnist(tiny_data, "cuda")
+    s = TrainSettings(steps=12, eval_every=1, eval_precision="bf16")
+    args = (parse_optimizer("focus:gamma=0.2"), 32, [1e-3, 3e-2], data, s)
+    eager = train_cell(*args, seed=7, fused=True, fused_eval=True)
+    graphs = train_cell(*args, seed=7, fused=True, fused_eval=True, cuda_graphs=True)
+    np.testing.assert_allclose(graphs, eager, rtol=1e-6, atol=1e-7)
+    cublas = train_cell(*args, seed=7, fused=True)
+    np.testing.assert_array_equal(eager[..., 0], cublas[..., 0])
+    np.testing.assert_allclose(eager[..., 1], cublas[..., 1], rtol=2e-2)

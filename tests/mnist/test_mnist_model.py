@@ -87,6 +87,73 @@ def test_eval_forward_and_folded_test_pass_match_independent_models() -> None:
     assert aug.shape == (792, 500) and (aug[784] == 1).all() and (aug[785:] == 0).all()
 
 
+def _mnist_like(batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Pixels as MNIST's: mostly exact zeros, strokes in (0, 1], a column that is constant (zero
+    variance) and one nearly constant near 1 (mean much larger than the spread)."""
+    x = torch.rand(E, batch, 784, generator=gen)
+    x = torch.where(x > 0.8, x, torch.zeros(()))
+    x[..., 300] = 0.7
+    x[..., 400] = 0.98 + 1e-3 * torch.rand(E, batch, generator=gen)
+    return x
+
+
+@pytest.mark.parametrize("batch", [2, 3, 64, 300])
+def test_input_layer_folded_path_equals_batch_norm_path(batch: int) -> None:
+    """The input block's BN folded into its GEMM (``Block._folded``) against the same block as
+    ``F.batch_norm`` then the linear layer: outputs, the gradients of BN and linear parameters for
+    one upstream gradient, and the running statistics agree to fp32 rounding, in training and eval
+    mode, including batch 2 and pixels of zero or tiny variance. (The whole network is compared at
+    one batch only: at batch 2 the hidden BNs map any two different values to +-1, so rounding
+    differences of the first layer do not stay small.)"""
+    gen = torch.Generator().manual_seed(batch)
+    x = _mnist_like(batch, gen).transpose(1, 2)  # (E, 784, b), the strided view the cell passes
+    upstream = torch.randn(E, 128, batch, generator=gen)
+    paths = {"folded": lambda blk, h: blk._folded(h, True), "bn": lambda blk, h: blk.linear(blk.norm(h))}
+    results = []
+    for path in paths.values():
+        block = EnsembleMLP.from_sequential(_models(3)).blocks[0]
+        out = path(block, x)
+        out.backward(upstream)
+        grads = [p.grad.clone() for p in block.parameters()]
+        stats = [block.norm.running_mean.clone(), block.norm.running_var.clone()]
+        results.append((out.detach(), grads, stats, path(block.eval(), x)))
+    (out_f, grads_f, stats_f, eval_f), (out_b, grads_b, stats_b, eval_b) = results
+    torch.testing.assert_close(out_f, out_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eval_f, eval_b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(stats_f, stats_b):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert len(grads_f) == 4
+    for a, b in zip(grads_f, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+    if batch == 300:  # and the whole network, with the loss's gradients (an input with a gradient: no fold)
+        y = torch.randint(0, 10, (E, batch), generator=gen)
+        nets = [EnsembleMLP.from_sequential(_models(3)) for _ in range(2)]
+        for net, xi in zip(nets, (x, x.clone().requires_grad_())):
+            F.cross_entropy(net.forward_features(xi), y, reduction="none").mean(1).sum().backward()
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_input_layer_folds_above_twice_its_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fold is taken for inputs without a gradient from batch 257 (2 x 128 outputs + 1) only."""
+    from focus_optim.mnist.model import Block
+
+    folded = []
+    fold = Block._folded
+    monkeypatch.setattr(Block, "_folded", lambda self, x, u: folded.append(x.shape[2]) or fold(self, x, u))
+    ens = EnsembleMLP(2)
+    for batch in (256, 257):
+        ens.forward_features(torch.rand(2, 784, batch))
+    ens.forward_features(torch.rand(2, 784, 300, requires_grad=True))
+    assert folded == [257]
+
+
+def test_input_layer_needs_two_values_per_channel_when_training() -> None:
+    ens = EnsembleMLP(2)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ens.blocks[0]._folded(torch.rand(2, 784, 1), True)
+
+
 def test_round_trip_and_member_independence() -> None:
     models = _models(2)
     ens = EnsembleMLP.from_sequential(models)

@@ -60,3 +60,44 @@ def test_cell_profile_script_on_cpu(idx_dir_session, tmp_path):
     kernels = {row["kernel"] for row in info["kernels"]}
     assert "aten::bmm" in kernels or "aten::baddbmm" in kernels  # the ensemble's layers
     assert 0 < sum(row["share"] for row in info["kernels"]) <= 1.0 + 1e-9
+
+
+def test_step_costs_script_counts_the_cell_s_flops(tmp_path):
+    """``mnist_step_costs.py`` tallies the cell's own code on meta tensors: its matrix-product FLOPs
+    equal the layer sizes' arithmetic (training: forward, weight and input gradients; with the input
+    layer's BN folded, less that layer's input gradient, plus the bias ``c + W beta`` and its two
+    gradients, a batch of one; test pass: the padded folded GEMMs and the folded biases ``c + W t``)."""
+    out = tmp_path / "out"
+    _run("mnist_step_costs.py", out, "--batch-sizes", "2", "4096", "--unfolded")
+    info = json.loads((out / "mnist_step_costs.json").read_text())
+    E, layers, first = 60, 784 * 128 + 4 * 128 * 128 + 128 * 10, 784 * 128
+    test_pass = 2 * 10_000 * E * (136 * 792 + 4 * 136 * 136 + 10 * 136) + 2 * E * layers  # + folded biases
+    for variant, b, saved in (
+        ("folded", 4096, 1),
+        ("unfolded", 4096, 0),
+        ("folded", 2, 0),
+        ("unfolded", 2, 0),
+    ):
+        row = next(r for r in info[variant]["rows"] if r["batch"] == b)
+        folding = saved * (3 * 2 * E * first - 2 * E * b * first)
+        assert row["flops_train"] == 3 * 2 * E * b * layers + folding, (variant, b)
+        assert row["flops_test"] == test_pass
+    folded, unfolded = (
+        next(r for r in info[v]["rows"] if r["batch"] == 4096) for v in ("folded", "unfolded")
+    )
+    assert folded["bytes_train"] < 0.85 * unfolded["bytes_train"]
+    assert info["folded"]["scan_seconds"] < info["unfolded"]["scan_seconds"]
+
+
+def test_eval_kernel_compiles_for_an_h100_without_spills(tmp_path):
+    """The fused test pass compiles for sm_90 with Triton's own ptxas (no GPU needed), within the
+    register file and shared memory of an H100 and without spills."""
+    triton = pytest.importorskip("triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton has no ptxas")
+    out = tmp_path / "out"
+    _run("mnist_eval_kernel.py", out, "--registers", "--configs", "128x8x3", "64x8x3")
+    rows = json.loads((out / "mnist_eval_kernel.json").read_text())["registers"]
+    assert [r["config"] for r in rows] == ["128x8x3", "64x8x3"]
+    for r in rows:
+        assert 0 < r["registers"] <= 255 and r["spill_stores"] == 0 and r["shared_bytes"] <= 227 * 1024, r

@@ -141,6 +141,26 @@ def test_fused_cell_equals_eager_on_cpu(device_data: DeviceData, label: str) -> 
 
 
 @pytest.mark.skipif(not compile_available(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
+def test_compiled_step_with_folded_input_layer_matches_eager() -> None:
+    """At a batch where the input layer's BN is folded into its GEMM (above 256), the compiled
+    training forward + backward gives the eager losses, gradients and running statistics."""
+    from focus_optim.mnist.train import member_losses
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 300, 784, generator=gen).transpose(1, 2)
+    x = torch.where(x > 0.7, x, torch.zeros(()))
+    y = torch.randint(0, 10, (2, 300), generator=gen)
+    runs = []
+    for fn in (member_losses, torch.compile(member_losses)):
+        model = EnsembleMLP(2, generator=torch.Generator().manual_seed(1))
+        losses = fn(model, x, y)
+        losses.sum().backward()
+        runs.append([losses.detach(), *(p.grad for p in model.parameters()), *model.buffers()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not compile_available(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
 @pytest.mark.parametrize("label", ["adamw", "focus:gamma=0.2"])
 def test_compiled_cell_matches_eager(device_data: DeviceData, label: str) -> None:
     """The compiled steps (forward + backward, optimizer, test pass) compute what the eager ones do:

@@ -62,6 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "kernels, so the same numbers; combine with --fused, not with --compile)",
     )
     r.add_argument(
+        "--fused-eval",
+        action="store_true",
+        help="the test pass as one Triton kernel, activations on chip (CUDA; needs --eval-precision "
+        "bf16); same numbers up to rounding",
+    )
+    r.add_argument(
         "--data-dir",
         default=None,
         help="MNIST directory (default: $FOCUS_OPTIM_MNIST, "
@@ -147,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         fused=args.fused,
         cuda_graphs=args.cuda_graphs,
+        fused_eval=args.fused_eval,
     )
     if args.workers < 0:
         raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")

@@ -16,7 +16,9 @@ slice ``e``. Activations are kept feature-major, ``(E, features, batch)``, so th
 
 * a linear layer is one ``torch.baddbmm`` over members,
 * batch norm is one native ``batch_norm`` call on the view ``(1, E*features, batch)`` (per
-  member and feature, statistics over the batch; fused forward and backward),
+  member and feature, statistics over the batch; fused forward and backward), except where the
+  input needs no gradient (the raw pixels) and the batch is large: there it is folded into the
+  linear layer's GEMM (:meth:`Block._folded`), which saves BN's passes and the input-gradient GEMM,
 * the test pass (:meth:`EnsembleMLP.evaluate`) folds each eval-mode BN and the bias into the
   next layer's weights (a ones row carries the bias through the GEMM) and runs the first layer,
   which all members apply to the same images, as one GEMM ``(E*136, 792) @ (792, N)`` (dimensions
@@ -38,6 +40,11 @@ WIDTHS: tuple[int, ...] = (784, 128, 128, 128, 128, 128, 10)
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 PRECISIONS = ("fp32", "tf32", "bf16")
+#: BN is folded into the next GEMM (:meth:`Block._folded`) for batches above this many times the
+#: layer's outputs: the fold adds a few passes over the weights (``E x out x in``) and saves a few
+#: over the activations (``E x in x batch``) plus the input-gradient GEMM, which is even at about
+#: twice ``out`` (``benchmarks/mnist_step_costs.py --unfolded``: 0.64 ms either way at batch 256).
+FOLD_MIN_BATCH_PER_OUTPUT = 2
 
 
 class EnsembleBatchNorm(nn.Module):
@@ -102,7 +109,43 @@ class Block(nn.Module):
         self.linear = EnsembleLinear(members, fan_in, fan_out, device=device)
 
     def forward(self, h: Tensor, *, update_stats: bool = True) -> Tensor:
+        if not h.requires_grad and h.shape[2] > FOLD_MIN_BATCH_PER_OUTPUT * self.linear.out_features:
+            return self._folded(h, update_stats)
         return self.linear(self.norm(h, update_stats=update_stats))
+
+    def _folded(self, x: Tensor, update_stats: bool) -> Tensor:
+        r"""BN then linear for an input that needs no gradient (the raw pixels), as one GEMM:
+
+        .. math::
+            W\,\mathrm{BN}(x) + c = (W \operatorname{diag}(s))\,(x - \mu) + (c + W \beta), \quad
+            s = \gamma / \sqrt{\sigma^2 + \epsilon}
+
+        with the batch's mean and biased variance (the running ones in eval mode), the running
+        statistics updated as ``F.batch_norm`` does. As ``x`` needs no gradient, neither does the
+        centred input: the backward pass is the weight gradient's GEMM alone (``dL/ds`` follows from
+        it and ``W``), where BN's output, its backward pass and the input-gradient GEMM would cost
+        about a third of a big batch's step. Centring first (rather than folding ``-s \mu`` into
+        the bias too) keeps the rounding that of BN: the uncentred sums cancel where ``|\mu| \gg
+        \sigma``. ``x`` may be any strided view, such as the transpose of gathered rows."""
+        norm = self.norm
+        if not norm.training:
+            return self._folded_gemm(x - norm.running_mean.unsqueeze(-1), norm.running_var)
+        n = x.shape[2]
+        if n < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got batch {n}")
+        var, mean = torch.var_mean(x, dim=2, correction=0)
+        centred = x - mean.unsqueeze(-1)
+        if update_stats:
+            with torch.no_grad():
+                norm.running_mean.mul_(1 - BN_MOMENTUM).add_(mean, alpha=BN_MOMENTUM)
+                norm.running_var.mul_(1 - BN_MOMENTUM).add_(var, alpha=BN_MOMENTUM * n / (n - 1))
+        return self._folded_gemm(centred, var)
+
+    def _folded_gemm(self, centred: Tensor, var: Tensor) -> Tensor:
+        norm, weight = self.norm, self.linear.weight
+        scaled = weight * (norm.weight * torch.rsqrt(var + BN_EPS)).unsqueeze(1)
+        bias = torch.baddbmm(self.linear.bias.unsqueeze(-1), weight, norm.bias.unsqueeze(-1))
+        return torch.baddbmm(bias, scaled, centred)
 
 
 class EnsembleMLP(nn.Module):
@@ -157,7 +200,7 @@ class EnsembleMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(E, batch, 784)`` -> logits ``(E, batch, 10)``."""
-        return self.forward_features(x.transpose(1, 2).contiguous()).transpose(1, 2)
+        return self.forward_features(x.transpose(1, 2)).transpose(1, 2)
 
     # --- the fast test pass -----------------------------------------------------------------
     @torch.no_grad()
@@ -188,16 +231,32 @@ class EnsembleMLP(nn.Module):
                 bufs.append(a)
             cache[key] = bufs
         bufs = cache[key]
+        for b, a, (w, c) in zip(blocks, bufs, self.folded_layers()):
+            a[:, : b.linear.out_features, : b.linear.in_features] = w  # (not out=: torch.compile traces this)
+            a[:, : b.linear.out_features, b.linear.in_features] = c
+        return bufs
+
+    @torch.no_grad()
+    def folded_layers(self) -> list[tuple[Tensor, Tensor]]:
+        """Every eval-mode BN folded into the following linear layer: per layer ``(W diag(s),
+        c + W t)``, shapes ``(E, out, in)`` and ``(E, out)``, where ``s, t`` are the BN's eval-mode
+        scale and shift (``BN(x) = s x + t``) and ``W, c`` the layer's weight and bias."""
+        blocks = list(self.all_blocks())
         inv = torch._foreach_add([b.norm.running_var for b in blocks], BN_EPS)
         torch._foreach_rsqrt_(inv)
         scale = torch._foreach_mul(inv, [b.norm.weight for b in blocks])
         shift = torch._foreach_mul(scale, [b.norm.running_mean for b in blocks])
         shift = torch._foreach_sub([b.norm.bias for b in blocks], shift)
-        for b, a, s, t in zip(blocks, bufs, scale, shift):
-            w, n_out, n_in = b.linear.weight, b.linear.out_features, b.linear.in_features
-            a[:, :n_out, :n_in] = w * s.unsqueeze(1)  # (not out=: torch.compile traces this)
-            a[:, :n_out, n_in] = torch.baddbmm(b.linear.bias.unsqueeze(-1), w, t.unsqueeze(-1)).squeeze(-1)
-        return bufs
+        out = []
+        for b, s, t in zip(blocks, scale, shift):
+            w = b.linear.weight
+            out.append(
+                (
+                    w * s.unsqueeze(1),
+                    torch.baddbmm(b.linear.bias.unsqueeze(-1), w, t.unsqueeze(-1)).squeeze(-1),
+                )
+            )
+        return out
 
     @staticmethod
     def augment_inputs(x_t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -210,7 +269,13 @@ class EnsembleMLP(nn.Module):
 
     @torch.no_grad()
     def evaluate(
-        self, x_t: Tensor, labels: Tensor, *, precision: str = "fp32", chunk: int | None = None
+        self,
+        x_t: Tensor,
+        labels: Tensor,
+        *,
+        precision: str = "fp32",
+        chunk: int | None = None,
+        fused: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Eval-mode cross-entropy (mean) and accuracy of every member on one shared test set.
 
@@ -226,12 +291,24 @@ class EnsembleMLP(nn.Module):
                 inside the GEMMs; loss and accuracy from fp32 logits).
             chunk: images per pass (default all at once); the result does not depend on it
                 beyond rounding, since eval-mode BN does not look at the batch.
+            fused: the whole pass as one Triton kernel (:mod:`.triton_eval`; ``precision="bf16"``,
+                on CUDA or under ``TRITON_INTERPRET=1``), activations on chip, biases and logits
+                in float32.
 
         Returns:
             ``(loss, accuracy)``, each ``(E,)`` float32.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"Invalid precision: {precision!r} (allowed: {', '.join(PRECISIONS)})")
+        if fused:
+            from .triton_eval import mlp_eval, supported
+
+            if precision != "bf16" or not supported(self.widths):
+                raise ValueError(
+                    f"fused test pass: precision must be 'bf16' (got {precision!r}) and the hidden widths "
+                    f"equal powers of two from 16 to 128, classes <= 128 (got {self.widths})"
+                )
+            return mlp_eval(self.folded_layers(), x_t, labels)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         if x_t.shape[0] == self.widths[0] or x_t.dtype != dtype:
             x_t = self.augment_inputs(x_t[: self.widths[0]], dtype)

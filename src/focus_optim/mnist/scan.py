@@ -135,10 +135,11 @@ def make_compute(
     compile: str | None = None,
     fused: bool = False,
     cuda_graphs: bool = False,
+    fused_eval: bool = False,
 ):
     """``compute(cells, device)`` for :func:`~focus_optim.sweep.run_sweep` (data loaded on first use
-    and kept on the device for the life of the process; ``compile``, ``fused``, ``cuda_graphs``:
-    see :func:`run_scan`)."""
+    and kept on the device for the life of the process; ``compile``, ``fused``, ``cuda_graphs``,
+    ``fused_eval``: see :func:`run_scan`)."""
     settings = cfg.settings()
     members_lr = [lr for lr in cfg.lrs for _ in range(cfg.replicates)]  # member = i_lr * R + r
 
@@ -161,6 +162,7 @@ def make_compute(
                 compile=compile,
                 fused=fused,
                 cuda_graphs=cuda_graphs,
+                fused_eval=fused_eval,
             )
             out.append({"history": hist.reshape(len(cfg.lrs), cfg.replicates, cfg.steps, len(METRICS))})
         return out
@@ -190,6 +192,7 @@ def run_scan(
     compile: str | None = None,
     fused: bool = False,
     cuda_graphs: bool = False,
+    fused_eval: bool = False,
 ) -> SweepReport:
     """Run (or resume) this process's share of the scan into the results directory ``out``.
 
@@ -205,19 +208,30 @@ def run_scan(
     (FOCUS, Signum, AdamW; one Triton launch per group on CUDA); likewise not part of the config.
     ``cuda_graphs``: each cell's training forward + backward and test pass replayed as CUDA graphs
     (:class:`~.train.CellGraphs`; the eager cell's kernels, so its numbers); CUDA only.
+    ``fused_eval``: the bf16 test pass as one Triton kernel (:mod:`.triton_eval`; same numbers up
+    to rounding: biases and logits stay float32); needs ``eval_precision="bf16"``.
     """
     device = device or default_device()
     check_compile_mode(compile, device)
     if cuda_graphs and (compile or not device.startswith("cuda")):
         why = f"compile={compile!r}" if compile else f"device {device!r}"
         raise ValueError(f"cuda_graphs needs eager cells on a CUDA device, not {why}")
+    if fused_eval and cfg.eval_precision != "bf16":
+        raise ValueError(f"fused_eval needs eval_precision 'bf16', not {cfg.eval_precision!r}")
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
     cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
     return run_sweep(
         sweep_spec(cfg),
         Deferred(
-            make_compute, cfg, data_dir, verify=verify, compile=compile, fused=fused, cuda_graphs=cuda_graphs
+            make_compute,
+            cfg,
+            data_dir,
+            verify=verify,
+            compile=compile,
+            fused=fused,
+            cuda_graphs=cuda_graphs,
+            fused_eval=fused_eval,
         ),
         out,
         shard=shard,

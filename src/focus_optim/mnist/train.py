@@ -105,6 +105,11 @@ class DeviceData:
             labels(data.test_labels),
         )
 
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Images ``(E, 784, b)`` (a feature-major view of the gathered rows) and labels ``(E, b)`` of
+        the minibatches ``idx (E, b)``."""
+        return self.train_x[idx].transpose(1, 2), self.train_y[idx]
+
     def test_images(self, precision: str) -> Tensor:
         """Test images for :meth:`~.model.EnsembleMLP.evaluate`: feature-major with a ones row,
         in the compute dtype of ``precision`` (made once, then reused)."""
@@ -187,6 +192,7 @@ def train_cell(
     compile: str | None = None,
     fused: bool = False,
     cuda_graphs: bool = False,
+    fused_eval: bool = False,
 ) -> np.ndarray:
     """Train ``len(lrs)`` members (member ``e`` with ``lrs[e]``) and return their history,
     ``(E, steps, 3)`` float32 with metrics :data:`METRICS`; test metrics are NaN at steps not
@@ -204,9 +210,15 @@ def train_cell(
     ``cuda_graphs``: the training forward + backward and the test pass are captured as CUDA graphs
     (:class:`CellGraphs`) and replayed, so a step costs a few launches instead of ~150; the
     optimizer step stays eager (its step count lives on the host). The same kernels run, so the
-    numbers are those of the eager cell. CUDA only; not with ``compile``."""
+    numbers are those of the eager cell. CUDA only; not with ``compile``.
+
+    ``fused_eval``: the test pass as one Triton kernel (:meth:`~.model.EnsembleMLP.evaluate` with
+    ``fused=True``; ``eval_precision="bf16"``), run eagerly (or in the cell's graph) even when
+    ``compile`` is set."""
     device = data.train_x.device
     check_compile_mode(compile, device)
+    if fused_eval and settings.eval_precision != "bf16":
+        raise ValueError(f"fused_eval needs eval_precision 'bf16', not {settings.eval_precision!r}")
     if cuda_graphs and (compile or (device.type != "cuda" and GRAPH_FACTORY is None)):
         where = f"compile={compile!r}" if compile else f"device {device.type!r}"
         raise ValueError(f"cuda_graphs needs an eager cell on a CUDA device, not {where}")
@@ -216,7 +228,8 @@ def train_cell(
     lr_t = torch.tensor(list(lrs), dtype=torch.float32, device=device)
     if compile:
         model, opt, step_fn = _compiled_workspace(config, lr_t, settings, gen, compile)
-        losses_fn, evaluate_fn = _compiled(member_losses, compile), _compiled(evaluate_members, compile)
+        losses_fn = _compiled(member_losses, compile)
+        evaluate_fn = evaluate_members if fused_eval else _compiled(evaluate_members, compile)
     else:
         model = EnsembleMLP(E, device=device, generator=gen)
         opt = build_optimizer(model, config, lr_t, settings, fused=fused)
@@ -233,15 +246,14 @@ def train_cell(
     graphs = CellGraphs(model, GRAPH_FACTORY) if cuda_graphs else None
 
     def forward_backward(idx: Tensor) -> Tensor:
-        x = data.train_x[idx].transpose(1, 2).contiguous()  # (E, 784, b)
-        y = data.train_y[idx]  # (E, b)
+        x, y = data.batch(idx)
         with _matmul_precision(settings.train_precision, device):
             losses = losses_fn(model, x, y)
             losses.sum().backward()  # member e's gradient is that of its own mean loss
         return losses
 
     def test_pass() -> tuple[Tensor, Tensor]:
-        return evaluate_fn(model, test_x, data.test_y, settings.eval_precision, chunk)
+        return evaluate_fn(model, test_x, data.test_y, settings.eval_precision, chunk, fused_eval)
 
     for t in range(settings.steps):
         idx = order.batch(t)  # (E, b): the batch is gathered inside forward_backward (and its graph)
@@ -263,8 +275,7 @@ def train_cell(
             hidx = hessian_order.batch(hessian_refreshes)
             hessian_refreshes += 1
             with _matmul_precision(settings.train_precision, device):
-                x_h = data.train_x[hidx].transpose(1, 2).contiguous()
-                _refresh_hessian(model, opt, x_h, hessian_order.generator)
+                _refresh_hessian(model, opt, data.batch(hidx)[0], hessian_order.generator)
             if graphs is not None:
                 graphs.grads_changed()
         if eval_mask[t]:
@@ -440,10 +451,10 @@ def optimizer_step(opt: torch.optim.Optimizer, **kwargs: Any) -> None:
 
 
 def evaluate_members(
-    model: EnsembleMLP, x_t: Tensor, labels: Tensor, precision: str, chunk: int | None
+    model: EnsembleMLP, x_t: Tensor, labels: Tensor, precision: str, chunk: int | None, fused: bool = False
 ) -> tuple[Tensor, Tensor]:
     """:meth:`~.model.EnsembleMLP.evaluate` as a plain function (one compiled graph for all cells)."""
-    return model.evaluate(x_t, labels, precision=precision, chunk=chunk)
+    return model.evaluate(x_t, labels, precision=precision, chunk=chunk, fused=fused)
 
 
 @functools.cache
