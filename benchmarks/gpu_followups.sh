@@ -45,8 +45,8 @@
 # toy_registers.py); --kernels fused runs 100 steps a launch with theta and state in registers.
 # MNIST, changed since 134.8 s (modelled with mnist_step_costs.py, no GPU: the scan's device time
 # as a roofline lower bound, 60.8 s for the code timed then): the input layer's BN is folded into
-# its GEMM above batch 256 (55.6 s modelled; 1.57x faster forward + backward at batch 4096 on a
-# CPU); --fused-eval runs the bf16 test pass as one Triton kernel with the activations on chip
+# its GEMM above batch 256 (55.6 s modelled; 1.36-1.57x faster forward + backward at batch 4096
+# on a CPU); --fused-eval runs the bf16 test pass as one Triton kernel with the activations on chip
 # (35.2 s modelled: it was 27 s of the 55.6). Neither is timed on a GPU yet.
 # With 30 device-minutes per session (each machine start costs 1-2; a machine idle for 30 s is
 # given back, so chain the calls), run in this order: tests (~3 min), toy-fused (~4 min),
