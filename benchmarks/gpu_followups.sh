@@ -47,7 +47,10 @@
 # as a roofline lower bound, 60.8 s for the code timed then): the input layer's BN is folded into
 # its GEMM above batch 256 (55.6 s modelled; 1.36-1.57x faster forward + backward at batch 4096
 # on a CPU); --fused-eval runs the bf16 test pass as one Triton kernel with the activations on chip
-# (35.2 s modelled: it was 27 s of the 55.6). Neither is timed on a GPU yet.
+# (35.2 s modelled: it was 27 s of the 55.6). Neither is timed on a GPU yet. Toy: Box-Muller's
+# sine and cosine are the hardware's approximate ones (triton_valley.FAST_SINCOS): the fused
+# kernel's 100-D loop runs ~300 SASS instructions instead of ~410 (toy_registers.py --sass);
+# toy-fused times both (the ':precise' configs).
 # With 30 device-minutes per session (each machine start costs 1-2; a machine idle for 30 s is
 # given back, so chain the calls), run in this order: tests (~3 min), toy-fused (~4 min),
 # toy-kernels (~5 min; the default path, first figure included), mnist-eval (~1 min), mnist-scan
@@ -77,9 +80,9 @@ case "$part" in
     ;;
   toy-fused)
     OUT="$out" python benchmarks/toy_profile.py --dim 100 --rows 1342177 --fuse-update --steps 200 \
-      --fused-configs 1024x8 2048x16 1024x4 2048x8 512x4
+      --fused-configs 1024x8 1024x8:precise 2048x16 1024x4 2048x8 512x4
     OUT="$out" python benchmarks/toy_profile.py --dim 2 --rows 9600000 --fuse-update --steps 200 \
-      --fused-configs 1024x8 2048x8 512x4 2048x16
+      --fused-configs 1024x8 1024x8:precise 2048x8 512x4 2048x16
     OUT="$out/toy-fused" python benchmarks/toy_gpu_suite.py --kernels fused --store "$out/toy-store-fused" \
       --no-plots --fresh-process --steps-per-launch "${TOY_STEPS_PER_LAUNCH:-100}"
     ;;

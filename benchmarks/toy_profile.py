@@ -13,7 +13,8 @@ kernels read param, grad and states and write param and states: FOCUS and AdamW 
     PYTHONPATH=src python benchmarks/toy_profile.py --dim 2 --rows 4194304
 
 ``--configs TILExWARPS ...`` (e.g. ``4096x4 4096x8 2048x4``) also times the valley kernel alone
-under each tile size (rows x padded coordinates per program) and warp count, on the same chunk.
+under each tile size (rows x padded coordinates per program) and warp count, on the same chunk;
+a ``:precise`` suffix (``2048x8:precise``) times it with exact sines and cosines.
 
 ``--fuse-update`` profiles the one-launch step instead (``Options(fuse_update=True)``: the valley
 kernel applying the optimizer's update, ``--steps-per-launch`` steps per launch with theta and the
@@ -143,13 +144,16 @@ def config_us(
     config: str, opts: S.Options, block: S.Rows, land: V.Valley, steps: int, opt: str = "signum"
 ) -> float:
     """Mean device microseconds per launch of the valley kernel (``opts.fuse_update``: of the fused
-    kernel) with ``TILExWARPS``, running optimizer ``opt`` (0.0 without CUDA)."""
+    kernel) with ``TILExWARPS`` (``TILExWARPS:precise``: with exact sines and cosines, see
+    ``triton_valley.FAST_SINCOS``), running optimizer ``opt`` (0.0 without CUDA)."""
     from focus_optim.landscape import triton_valley as TV
 
-    tile, warps = (int(x) for x in config.lower().split("x"))
+    shape, _, math = config.lower().partition(":")
+    tile, warps = (int(x) for x in shape.split("x"))
     names = ("FUSED_TILE", "FUSED_NUM_WARPS") if opts.fuse_update else ("TILE", "NUM_WARPS")
+    names += ("FAST_SINCOS",)
     saved = tuple(getattr(TV, n) for n in names)
-    for n, v in zip(names, (tile, warps)):
+    for n, v in zip(names, (tile, warps, math != "precise")):
         setattr(TV, n, v)
     try:
         warm = min(opts.steps_per_launch, steps) if opts.fuse_update else 2

@@ -17,6 +17,11 @@ the register count of any launch configuration can be read on a CPU:
     PYTHONPATH=src python benchmarks/toy_registers.py                     # the module's settings
     PYTHONPATH=src python benchmarks/toy_registers.py --dims 100 --step-configs 4096x4 2048x8 \\
         --fused-configs 2048x4 1024x8
+    PYTHONPATH=src python benchmarks/toy_registers.py --optimizers focus --sass [--precise-sincos]
+
+``--sass`` also counts the machine code of the fused kernel's K-step loop, and the part of it that
+branches skip (the exact sine's and cosine's slow paths); ``--precise-sincos`` compiles with
+``triton_valley.FAST_SINCOS`` off, for comparison.
 
 Pointer alignment is not specialised here (a real launch may assume 16-byte alignment), which can
 change the count by a few registers. With ``$OUT`` set, ``$OUT/toy_registers.json`` holds the table.
@@ -98,21 +103,30 @@ def record_launches(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
-def ptxas_usage(launch: dict[str, Any], arch: int = 90) -> dict[str, Any]:
-    """Compile one recorded launch of a valley kernel for ``cuda:arch``: :func:`kernel_usage`."""
+def ptxas_usage(launch: dict[str, Any], arch: int = 90, sass: bool = False) -> dict[str, Any]:
+    """Compile one recorded launch of a valley kernel for ``cuda:arch``: :func:`kernel_usage`. The
+    interpreter that recorded it runs exact sines and cosines; the GPU build takes the module's
+    ``FAST_SINCOS``."""
     from focus_optim.landscape import triton_valley as TV
 
     fn = getattr(TV, launch["kernel"])
-    return kernel_usage(fn, launch["types"], launch["constexprs"], {"num_warps": launch["num_warps"]}, arch)
+    constexprs = {**launch["constexprs"], "FAST_SINCOS": TV.FAST_SINCOS}
+    return kernel_usage(fn, launch["types"], constexprs, {"num_warps": launch["num_warps"]}, arch, sass=sass)
 
 
 def kernel_usage(
-    fn: Any, types: list[str], constexprs: dict[str, Any], options: dict[str, Any], arch: int = 90
+    fn: Any,
+    types: list[str],
+    constexprs: dict[str, Any],
+    options: dict[str, Any],
+    arch: int = 90,
+    sass: bool = False,
 ) -> dict[str, Any]:
     """Compile the Triton kernel ``fn`` for ``cuda:arch`` (run-time arguments of Triton signature
     ``types``, e.g. ``"*fp32"``, ``"i32"``) and parse the log of the ``ptxas -v`` run that Triton
     itself makes (its own choice of ptxas and flags, whatever the Triton version). Needs
-    ``TRITON_DUMP_PTXAS_LOG=1`` and ``TRITON_ALWAYS_COMPILE=1`` set before Triton is imported."""
+    ``TRITON_DUMP_PTXAS_LOG=1`` and ``TRITON_ALWAYS_COMPILE=1`` set before Triton is imported.
+    ``sass``: also count the machine code of the kernel's outermost loop (:func:`loop_instructions`)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -134,6 +148,43 @@ def kernel_usage(
         "spill_loads": number(r"(\d+) bytes spill loads"),
         "stack": number(r"(\d+) bytes stack frame"),
         "shared_bytes": kernel.metadata.shared,
+        **(loop_instructions(kernel.asm["cubin"]) if sass else {}),
+    }
+
+
+def loop_instructions(cubin: bytes) -> dict[str, int]:
+    """SASS instructions in the kernel's outermost loop (the longest backward branch), and of those
+    the ones a taken forward branch skips (``@!P BRA``: slow paths such as the exact sine's
+    Payne-Hanek range reduction, not run for the small angles here). ``loop - skipped`` estimates
+    the instructions an iteration runs (per thread; MUFU ones issue at a quarter of the rate)."""
+    import tempfile
+
+    import triton
+
+    disasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        lines = subprocess.run([str(disasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    lines = lines.splitlines()
+    is_instr = [bool(re.match(r"\s+/\*[0-9a-f]{4}\*/", line)) for line in lines]
+    labels = {line.rstrip(":"): i for i, line in enumerate(lines) if line.startswith(".L_x")}
+    loop = (0, -1)
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), i) < i and i - labels[m.group(1)] > loop[1] - loop[0]:
+            loop = (labels[m.group(1)], i)
+    skipped, seen = 0, set()
+    for i in range(loop[0], loop[1] + 1):
+        m = re.search(r"@!P\d BRA `\((\.L_x_\d+)\)", lines[i])
+        if m and m.group(1) not in seen and labels.get(m.group(1), -1) > i:
+            seen.add(m.group(1))
+            skipped += sum(is_instr[i + 1 : labels[m.group(1)]])
+    body = range(loop[0], loop[1] + 1)
+    return {
+        "loop_instructions": sum(is_instr[i] for i in body),
+        "loop_skipped": skipped,
+        "loop_mufu": sum(is_instr[i] and "MUFU" in lines[i] for i in body),
     }
 
 
@@ -147,7 +198,10 @@ def main() -> int:
     ap.add_argument("--optimizers", nargs="+", default=["adamw", "signum", "focus"])
     ap.add_argument("--step-configs", nargs="*", default=[f"{TV.TILE}x{TV.NUM_WARPS}"], help="TILExWARPS")
     ap.add_argument("--fused-configs", nargs="*", default=[f"{TV.FUSED_TILE}x{TV.FUSED_NUM_WARPS}"])
+    ap.add_argument("--sass", action="store_true", help="also count the machine code of each kernel's loop")
+    ap.add_argument("--precise-sincos", action="store_true", help="compile with FAST_SINCOS off")
     args = ap.parse_args()
+    TV.FAST_SINCOS = not args.precise_sincos
     cases = []
     for dim in args.dims:
         for fused, configs in ((False, args.step_configs), (True, args.fused_configs)):
@@ -161,17 +215,20 @@ def main() -> int:
         block_r, block_p = launch["constexprs"]["BLOCK_R"], launch["constexprs"]["BLOCK_P"]
         row["block_r"] = block_r
         row["elements_per_thread"] = block_r * block_p * 2 // (32 * launch["num_warps"])
-        row.update(ptxas_usage(launch))
+        row.update(ptxas_usage(launch, sass=args.sass))
         table.append(row)
         kind = f"fused {row['optimizer']}" if row["fused"] else "step"
         print(f"{row['dim']:>4}-D {kind:<13} {row['config']:>8} (BLOCK_R {row['block_r']:>4}, "
               f"{row['elements_per_thread']:>2}/thread): {row['registers']:>3} registers, "
-              f"spills {row['spill_stores']}/{row['spill_loads']} B, stack {row['stack']} B",
+              f"spills {row['spill_stores']}/{row['spill_loads']} B, stack {row['stack']} B"
+              + (f"; K-step loop {row['loop_instructions']} SASS instructions, {row['loop_skipped']} of "
+                 f"them skipped slow paths, {row['loop_mufu']} MUFU" if args.sass and row["fused"] else ""),
               flush=True)  # fmt: skip
     if env_out := os.environ.get("OUT"):
         from focus_optim.atomic import write_json_atomic
 
-        write_json_atomic(Path(env_out) / "toy_registers.json", {"arch": "sm_90", "table": table})
+        info = {"arch": "sm_90", "fast_sincos": TV.FAST_SINCOS, "table": table}
+        write_json_atomic(Path(env_out) / "toy_registers.json", info)
     return 0
 
 
