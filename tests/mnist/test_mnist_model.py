@@ -125,6 +125,9 @@ def test_input_layer_folded_path_equals_batch_norm_path(batch: int) -> None:
     assert len(grads_f) == 4
     for a, b in zip(grads_f, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+    # a pixel constant over the batch: BN scale's gradient exactly zero on both paths (sign optimizers
+    # then leave it alone), which needs the exact mean of a constant column
+    assert (grads_b[0][:, 300] == 0).all() and (grads_f[0][:, 300] == 0).all()
     if batch == 300:  # and the whole network, with the loss's gradients (an input with a gradient: no fold)
         y = torch.randint(0, 10, (E, batch), generator=gen)
         nets = [EnsembleMLP.from_sequential(_models(3)) for _ in range(2)]

@@ -126,7 +126,11 @@ class Block(nn.Module):
         it and ``W``), where BN's output, its backward pass and the input-gradient GEMM would cost
         about a third of a big batch's step. Centring first (rather than folding ``-s \mu`` into
         the bias too) keeps the rounding that of BN: the uncentred sums cancel where ``|\mu| \gg
-        \sigma``. ``x`` may be any strided view, such as the transpose of gathered rows."""
+        \sigma``. The statistics come from ``torch.var_mean``, which like BN's kernels gives a pixel
+        that is constant over the batch its exact value as mean: its centred input, and so its BN
+        scale's gradient, are exactly zero (a sign optimizer leaves that scale alone, as it does
+        with ``F.batch_norm``). ``x`` may be any strided view, such as the transpose of gathered
+        rows."""
         norm = self.norm
         if not norm.training:
             return self._folded_gemm(x - norm.running_mean.unsqueeze(-1), norm.running_var)
