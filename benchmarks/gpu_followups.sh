@@ -23,8 +23,9 @@
 #   benchmarks/gpu_followups.sh toy-unroll     # 2a and 6r with TOY_STEPS_PER_CALL (4) steps per compiled call
 #   benchmarks/gpu_followups.sh mnist-eval     # the test pass: cuBLAS bf16 (whole, in chunks) vs the fused
 #                                              # Triton kernel under tile/warp/stage variants (~1 min)
-#   benchmarks/gpu_followups.sh mnist-profile  # where a batch-4096 cell's device time goes (CUDA-graph
-#                                              # cell, 40 steps), then seconds per cell per mode
+#   benchmarks/gpu_followups.sh mnist-profile  # where a batch-4096 and a batch-2 cell's device time goes
+#                                              # (CUDA-graph cells, fused test pass), then seconds per
+#                                              # cell per mode
 #   benchmarks/gpu_followups.sh mnist-modes    # seconds per cell: eager, fused, graphs, compiled
 #   benchmarks/gpu_followups.sh mnist-scan     # the full paper scan; default: CUDA-graph cells with the
 #                                              # fused optimizer step and the fused test pass, 2 workers,
@@ -109,8 +110,11 @@ case "$part" in
     OUT="$out" python benchmarks/mnist_eval_kernel.py
     ;;
   mnist-profile)
-    OUT="$out" python benchmarks/mnist_cell_modes.py --profile 4096 --modes graphs --steps 40
-    OUT="$out" python benchmarks/mnist_cell_modes.py --modes fused graphs --batch-sizes 2 256 4096 --steps 100
+    OUT="$out" python benchmarks/mnist_cell_modes.py --profile 4096 --modes graphs-eval --steps 40
+    # a small cell: the 36 cells of batch <= 256 took ~60 s of the 134.8 s scan, ~4x their device
+    # roofline (mnist_step_costs.py): its wall vs device time per step says whether the host is why
+    OUT="$out" python benchmarks/mnist_cell_modes.py --profile 2 --modes graphs-eval --steps 100
+    OUT="$out" python benchmarks/mnist_cell_modes.py --modes graphs graphs-eval --batch-sizes 2 256 4096 --steps 100
     ;;
   mnist-modes)
     OUT="$out" python benchmarks/mnist_cell_modes.py

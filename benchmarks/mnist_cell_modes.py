@@ -57,7 +57,8 @@ def main() -> int:
         nargs="+",
         default=["eager", "fused", "graphs", "default"],
         help="eager, fused (eager with the fused optimizer step), graphs (fused, with forward/backward "
-        "and test pass as CUDA graphs), or torch.compile modes",
+        "and test pass as CUDA graphs), graphs-eval (graphs, with the fused Triton test pass), or "
+        "torch.compile modes",
     )
     ap.add_argument("--steps", type=int, default=None, help="override the paper's 400 (smoke tests)")
     ap.add_argument("--eval-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
@@ -170,9 +171,11 @@ def _tiny_cell(opt, data: DeviceData, settings, how: dict, steps: int) -> None:
 
 def _mode(mode: str) -> dict:
     """``train_cell`` keywords: ``eager``, ``fused`` (eager, fused optimizer step), ``graphs``
-    (fused, forward/backward and test pass replayed as CUDA graphs), or a compile mode."""
-    if mode in ("eager", "fused", "graphs"):
-        return {"fused": mode != "eager", "cuda_graphs": mode == "graphs"}
+    (fused, forward/backward and test pass replayed as CUDA graphs), ``graphs-eval`` (graphs, the
+    test pass as the fused Triton kernel), or a compile mode."""
+    if mode in ("eager", "fused", "graphs", "graphs-eval"):
+        return {"fused": mode != "eager", "cuda_graphs": mode.startswith("graphs"),
+                "fused_eval": mode == "graphs-eval"}  # fmt: skip
     return {"compile": mode}
 
 
