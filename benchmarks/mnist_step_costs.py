@@ -27,6 +27,9 @@ also times both on this machine's CPU, forward + backward of batch ``B``, interl
 
     PYTHONPATH=src python benchmarks/mnist_step_costs.py --batch-sizes 4096 --unfolded --time 1024
 
+``--fused-eval`` also models the test pass as the fused Triton kernel (``evaluate(fused=True)``):
+its host work (folding, casts) as tallied, the launch as one read of its inputs at its FLOPs.
+
 With ``$OUT`` set, ``$OUT/mnist_step_costs.json`` holds every number.
 """
 
