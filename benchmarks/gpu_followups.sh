@@ -50,7 +50,7 @@
 # on a CPU); --fused-eval runs the bf16 test pass as one Triton kernel with the activations on chip
 # (35.2 s modelled: it was 27 s of the 55.6). Neither is timed on a GPU yet. Toy: Box-Muller's
 # sine and cosine are the hardware's approximate ones (triton_valley.FAST_SINCOS): the fused
-# kernel's 100-D loop runs ~300 SASS instructions instead of ~410 (toy_registers.py --sass);
+# kernel's 100-D loop runs ~300 SASS instructions instead of ~410 (Triton 3.6; toy_registers.py --sass);
 # toy-fused times both (the ':precise' configs).
 # With 30 device-minutes per session (each machine start costs 1-2; a machine idle for 30 s is
 # given back, so chain the calls), run in this order: tests (~3 min), toy-fused (~4 min),

@@ -60,9 +60,10 @@ MIN_BLOCK_R = 8
 #: Box–Muller's cosine and sine as the GPU's approximate instructions (``cos.approx``/``sin.approx``,
 #: absolute error below 2**-20.5 on the angle's range) instead of libdevice's correctly rounded
 #: ones. Compiled for sm_90, that takes the fused 100-D kernel's loop from ~410 executed
-#: instructions to ~300 (the exact functions' range reduction; ``benchmarks/toy_registers.py
-#: --sass``). The log stays exact: near 1 the approximate one errs by more than ``log(1 - u)``
-#: itself. Not in the interpreter, which runs the exact functions. Read at every launch.
+#: instructions to ~300 with Triton 3.6, 368 to 303 with 3.9 (the exact functions' range
+#: reduction; ``benchmarks/toy_registers.py --sass``). The log stays exact: near 1 the
+#: approximate one errs by more than ``log(1 - u)`` itself. Not in the interpreter, which runs the
+#: exact functions. Read at every launch.
 FAST_SINCOS = True
 
 
