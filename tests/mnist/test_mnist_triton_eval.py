@@ -77,9 +77,19 @@ def check_fused_test_pass(device: str) -> None:
     torch.testing.assert_close(acc, torch.full_like(acc, (labels == 0).float().mean().item()))
 
 
-def test_fused_test_pass_in_interpreter() -> None:
+def run_interpreted(code: str) -> None:
+    """Run ``code`` (with this folder importable) under Triton's CPU interpreter, which has to be
+    switched on before Triton is imported; it prints ``ok`` when its checks pass."""
     pytest.importorskip("triton")
-    code = f"import sys; sys.path.insert(0, {HERE!r})\n" + textwrap.dedent(
+    code = f"import sys; sys.path.insert(0, {HERE!r})\n" + code
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_fused_test_pass_in_interpreter() -> None:
+    code = textwrap.dedent(
         """
         import torch
         torch.set_num_threads(1)
@@ -88,10 +98,7 @@ def test_fused_test_pass_in_interpreter() -> None:
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    run_interpreted(code)
 
 
 def test_fused_test_pass_refuses_what_it_cannot_run() -> None:
@@ -106,8 +113,7 @@ def test_fused_test_pass_refuses_what_it_cannot_run() -> None:
 def test_cell_with_fused_test_pass_in_interpreter(tmp_path) -> None:
     """A whole cell with ``fused_eval``: the same training (train losses bit for bit) and test
     metrics within bf16 rounding of the cuBLAS-path bf16 test pass."""
-    pytest.importorskip("triton")
-    code = f"import sys; sys.path.insert(0, {HERE!r})\n" + textwrap.dedent(
+    code = textwrap.dedent(
         """
         import numpy as np, torch
         torch.set_num_threads(1)
@@ -131,10 +137,7 @@ def test_cell_with_fused_test_pass_in_interpreter(tmp_path) -> None:
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    run_interpreted(code)
 
 
 @pytest.mark.gpu
