@@ -7,9 +7,13 @@ Run under torchrun (gloo on CPU, NCCL on CUDA)::
 Every parameter is sharded with ``fully_shard`` (dim 0 over the ranks) and holds a gradient; each
 candidate's ``step()`` is timed on every rank (a barrier before each step) and the slowest rank's
 median is reported, with its ratio to ``torch.optim.AdamW(foreach=True)`` measured in the same run.
-Element-wise optimizers step on the local shards; Muon and ROOT gather each whole matrix (see
-``focus_optim.optim._dtensor``) and, unless ``distributed=False``, orthogonalise each matrix on one
-rank only and broadcast the result (``focus_optim.optim._owners``).
+Element-wise optimizers step on the local shards. Muon and ROOT with ``distributed=False``
+all-gather each whole matrix and orthogonalise it on every rank; by default each matrix's row
+shards go to one owner rank, which orthogonalises it and scatters the rows back
+(``focus_optim.optim._owners``). The "all-gather + broadcast" rows time the earlier sharing
+(``_owners.GATHER_ON_OWNER = False``: every rank gathers, the owner computes and broadcasts), and
+the ``ns_steps=0`` rows isolate the communication (no Newton-Schulz iteration, only its
+normalisation).
 
 ``--layout replicated`` times the same candidates on whole, replicated parameters instead (as
 under DDP after its all-reduce); there the matrix optimizers share their work with
@@ -36,7 +40,7 @@ from torch.distributed.tensor import distribute_tensor
 from focus_optim import FOCUS, make_optimizer, zero_redundancy
 from focus_optim.atomic import write_json_atomic
 from focus_optim.bench.step import GPT2_SMALL, QUICK, ShapeModel, gpt2_shapes
-from focus_optim.optim import _dtensor
+from focus_optim.optim import _dtensor, _owners
 
 FOCUS_HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
 CANDIDATES = {
@@ -50,8 +54,14 @@ CANDIDATES = {
     "lion (foreach)": lambda m: make_optimizer("lion", m, lr=1e-4, foreach=True),
     "muon (every rank every matrix)": lambda m: make_optimizer("muon", m, distributed=False),
     "muon (matrix work shared)": lambda m: make_optimizer("muon", m, distributed=SHARED),
+    "muon (shared, all-gather + broadcast)": lambda m: make_optimizer("muon", m, distributed=SHARED),
+    "muon ns_steps=0 (shared)": lambda m: make_optimizer("muon", m, distributed=SHARED, ns_steps=0),
+    "muon ns_steps=0 (shared, all-gather + broadcast)": (
+        lambda m: make_optimizer("muon", m, distributed=SHARED, ns_steps=0)
+    ),
     "root (every rank every matrix)": lambda m: make_optimizer("root", m, distributed=False),
     "root (matrix work shared)": lambda m: make_optimizer("root", m, distributed=SHARED),
+    "root (shared, all-gather + broadcast)": lambda m: make_optimizer("root", m, distributed=SHARED),
 }
 SHARED: bool | None = None  # the matrix optimizers' ``distributed`` for sharing (set by --layout)
 
@@ -89,6 +99,7 @@ def main() -> None:
             for p, g in zip(model.parameters(), grads):  # a gradient sharded like its parameter
                 p.grad = distribute_tensor(g, p.device_mesh, p.placements)
         opt = factory(model)
+        _owners.GATHER_ON_OWNER = "all-gather" not in label
         times = []
         for i in range(args.warmup + args.reps):
             dist.barrier()

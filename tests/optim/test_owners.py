@@ -3,6 +3,8 @@
 Sharing must not change a number: every rank ends with the parameters one process computes, bit
 for bit. It must also share: each matrix is orthogonalised by exactly one rank (counted by
 wrapping ``newton_schulz``), where ``distributed=False`` has every rank compute every matrix.
+FSDP2 row shards must travel to their owner only: no rank all-gathers a whole matrix (counted by
+wrapping ``DTensor.full_tensor``), unless the earlier all-gather path is asked for.
 """
 
 from __future__ import annotations
@@ -105,14 +107,29 @@ CASES: dict[str, tuple[str, dict[str, Any], bool]] = {  # name, hparams, FSDP-sh
     "root-fsdp-auto": ("root", {}, True),
     "muon-fsdp-off": ("muon", {"distributed": False}, True),
     "muon-fsdp-buckets": ("muon", {}, True),  # one matrix per bucket (BUCKET_BYTES = 1 below)
+    "root-fsdp-allgather": ("root", {}, True),  # GATHER_ON_OWNER = False below
 }
+
+
+def _counting_full_tensor(gathers: list[int]) -> None:
+    """Count whole-matrix all-gathers (``DTensor.full_tensor``) in this process."""
+    from torch.distributed.tensor import DTensor
+
+    original = DTensor.full_tensor
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        gathers[0] += 1
+        return original(self, *args, **kwargs)
+
+    DTensor.full_tensor = counted  # type: ignore[method-assign]
 
 
 def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
 
-    calls = [0]
+    calls, gathers = [0], [0]
     _counting_newton_schulz(calls)
+    _counting_full_tensor(gathers)
     results = {}
     for case, (name, hparams, fsdp) in CASES.items():
         model = _model()
@@ -123,10 +140,12 @@ def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
             fully_shard(model)
         opt = make_optimizer(name, model, lr=1e-2, **hparams)
         _owners.BUCKET_BYTES = 1 if case.endswith("-buckets") else 256 << 20
+        _owners.GATHER_ON_OWNER = not case.endswith("-allgather")
         matrices = sum(len(g["params"]) for g in opt.param_groups if g["matrix"])
-        calls[0] = 0
+        calls[0] = gathers[0] = 0
         _train(model, opt)  # the same batches on every rank: replicas stay replicas
-        results[case] = {"params": _whole(model), "calls": calls[0], "matrices": matrices}
+        counted = {"calls": calls[0], "gathers": gathers[0], "matrices": matrices}
+        results[case] = {"params": _whole(model), **counted}
         # the one-process reference, in this process: the same threads, so the same matmul rounding
         one = _model()
         single = {k: v for k, v in hparams.items() if k != "distributed"}
@@ -147,9 +166,16 @@ def test_shared_matrix_work_equals_one_process_and_is_split(tmp_path):
         matrices = ranks[0][case]["matrices"]
         assert matrices >= 3
         counts = [results[case]["calls"] for results in ranks]
+        gathers = [results[case]["gathers"] for results in ranks]
         if hparams.get("distributed") is False:
             assert counts == [STEPS * matrices] * 2, f"{case}: every rank computes every matrix"
+            assert gathers == [STEPS * matrices] * 2, f"{case}: whole matrices gathered everywhere"
+        elif case.endswith("-allgather"):
+            assert gathers == [STEPS * matrices] * 2, f"{case}: whole matrices gathered everywhere"
+            assert sum(counts) == STEPS * matrices, f"{case}: each matrix once per step, got {counts}"
         else:
+            # shards travel to their owner only: no rank all-gathers a whole matrix
+            assert gathers == [0, 0], f"{case}: whole-matrix all-gathers {gathers}"
             assert sum(counts) == STEPS * matrices, f"{case}: each matrix once per step, got {counts}"
             assert all(0 < c < STEPS * matrices for c in counts), f"{case}: work not shared: {counts}"
 

@@ -5,8 +5,10 @@
   with no communication and on every path, fused included. A gradient laid out differently from
   its parameter (e.g. still ``Partial``) is redistributed to the parameter's layout first.
 * Matrix optimizers (Muon, ROOT, Conda) need whole matrices for their orthogonalisation, quantiles
-  and SVDs: they gather what needs it (:func:`full`), compute it on every rank, and keep their
-  own shard (:func:`like`). The numbers are those of the unsharded computation.
+  and SVDs. Muon and ROOT have each matrix's rows gathered on one owner rank, which computes and
+  scatters the result (:mod:`._owners`); Conda gathers what needs it on every rank (:func:`full`),
+  computes it there and keeps its own shard (:func:`like`). The numbers are those of the
+  unsharded computation.
 
 ``torch.distributed.tensor`` is never imported here (it costs ~0.6 s): if nobody imported it,
 no ``DTensor`` exists.

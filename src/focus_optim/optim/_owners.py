@@ -3,13 +3,19 @@
 Muon's and ROOT's matrix updates need each whole matrix. When several ranks hold the same
 matrices (DDP replicas, or the shards of one FSDP2 mesh), every rank computing every matrix
 wastes ``world_size - 1`` of the work. As in the official distributed ``Muon``, each matrix gets
-one *owner* rank: the owner computes the function, then broadcasts the result, and every rank
+one *owner* rank: the owner computes the function and sends the result back, and every rank
 continues with the same numbers as one process would compute.
 
 * Owners are balanced by the Newton-Schulz cost (``rows * cols * min(rows, cols)`` per member):
   largest first, each to the least-loaded rank. The assignment depends only on the shapes, so
   every rank derives the same one without communication.
-* Matrices go in buckets of at most :data:`BUCKET_BYTES` (gathered, computed and broadcast
+* Replicas (plain tensors) are whole on every rank already: the owner broadcasts its result.
+* FSDP2 shards (``DTensor``, rows split over a 1-D mesh as ``torch.chunk`` does): the row
+  shards are gathered on the owner only, and the owner scatters the result's rows back, so each
+  rank sends and receives about ``2 / world_size`` of a matrix instead of an all-gather and a
+  broadcast (``2 - 1 / world_size``), and only the owner holds it whole. Other layouts gather
+  the whole matrix on every rank, then continue as replicas.
+* Matrices go in buckets of at most :data:`BUCKET_BYTES` (gathered, computed and sent back
   before the next), so a sharded model is never whole in memory at once.
 * Unlike the official class, each rank keeps its own momentum (replicated under DDP, sharded
   under FSDP): state dicts, checkpoints and resume work as on one process.
@@ -76,8 +82,13 @@ def _process_group(tensors: list[Tensor], distributed: bool | None) -> Any:
     return dist.group.WORLD
 
 
+#: Row shards of FSDP2 matrices go to their owner only, and the result's rows come back by a
+#: scatter; ``False``: the all-gather and broadcast of other layouts (same numbers). Read at every
+#: call; ``benchmarks/fsdp_step.py`` times both.
+GATHER_ON_OWNER = True
+
 #: Whole matrices held at once while sharing work: a bucket of consecutive matrices up to this
-#: many bytes (at least one matrix) is gathered, computed and broadcast before the next.
+#: many bytes (at least one matrix) is gathered, computed and sent back before the next.
 BUCKET_BYTES = 256 << 20
 
 
@@ -94,7 +105,7 @@ def map_whole(
 
     ``fn`` maps a whole tensor to one of the same shape and dtype ``out_dtype`` (default: the
     input's). With a process group (see the module docstring) each result is computed by its owner
-    rank only and broadcast; the results are the same as computing them everywhere. At most one
+    rank only and sent back; the results are the same as computing them everywhere. At most one
     bucket of whole matrices (``bucket_bytes``, default :data:`BUCKET_BYTES`; one matrix without a
     group) exists at a time.
     """
@@ -103,6 +114,10 @@ def map_whole(
     out: list[Tensor] = []
     limit = (BUCKET_BYTES if bucket_bytes is None else bucket_bytes) if owners else 0
     for bucket in buckets(tensors, limit):
+        if owners and GATHER_ON_OWNER and all(_row_sharded(tensors[i]) for i in bucket):
+            shards = [tensors[i] for i in bucket]
+            out += _owned_rows(fn, shards, [owners[i] for i in bucket], group, out_dtype)
+            continue
         wholes = [_dtensor.full(tensors[i]) for i in bucket]
         if owners:
             outs = _owned(fn, wholes, [owners[i] for i in bucket], group, out_dtype)
@@ -166,8 +181,87 @@ def _owned(
     return outs
 
 
+def _row_sharded(t: Tensor) -> bool:
+    """A ``DTensor`` whose rows are split over a 1-D mesh (FSDP2's layout), as ``torch.chunk``
+    splits them (:func:`_row_split`)."""
+    if not _dtensor.is_dtensor(t) or t.device_mesh.ndim != 1 or t.ndim == 0:
+        return False
+    from torch.distributed.tensor import Shard
+
+    return tuple(t.placements) == (Shard(0),)
+
+
+def _row_split(rows: int, world: int) -> tuple[int, list[tuple[int, int]]]:
+    """``torch.chunk``'s (and so ``Shard(0)``'s) split of ``rows`` over ``world`` ranks: the chunk
+    size, and each rank's (first row, row count); the last ranks may get fewer rows, or none."""
+    chunk = -(-rows // world)
+    starts = [min(rows, r * chunk) for r in range(world)]
+    return chunk, [(start, min(rows, start + chunk) - start) for start in starts]
+
+
+def _pad_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` with zero rows appended up to ``rows`` (collectives take equal-sized pieces)."""
+    if t.shape[0] == rows:
+        return t.contiguous()
+    padded = t.new_zeros((rows, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    return padded
+
+
+def _owned_rows(
+    fn: Callable[[Tensor], Tensor],
+    shards: list[Tensor],
+    owners: list[int],
+    group: Any,
+    out_dtype: torch.dtype | None,
+) -> list[Tensor]:
+    """:func:`_owned` for row-sharded ``DTensor`` s: each one's rows gathered on its owner only,
+    ``fn`` of the whole computed there, and its rows scattered back; ``DTensor`` results laid out
+    as the inputs."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    splits = [_row_split(t.shape[0], world) for t in shards]
+    received: list[list[Tensor] | None] = []
+    works = []
+    for t, owner, (chunk, _) in zip(shards, owners, splits):
+        mine = _pad_rows(t.to_local(), chunk)
+        pieces = [torch.empty_like(mine) for _ in range(world)] if rank == owner else None
+        works.append(dist.gather(mine, pieces, group=group, group_dst=owner, async_op=True))
+        received.append(pieces)
+    for work in works:
+        work.wait()
+
+    outs: list[Tensor] = []
+    works = []
+    for t, owner, (chunk, rows_of), pieces in zip(shards, owners, splits, received):
+        dtype = out_dtype or t.dtype
+        mine = torch.empty((chunk, *t.shape[1:]), dtype=dtype, device=t.to_local().device)
+        sends = None
+        if pieces is not None:
+            whole = torch.cat([piece[:n] for piece, (_, n) in zip(pieces, rows_of)])
+            result = fn(whole)
+            if result.shape != whole.shape or result.dtype != dtype:
+                raise RuntimeError(
+                    f"map_whole: fn gave {tuple(result.shape)} {result.dtype}, the other ranks expect "
+                    f"{tuple(whole.shape)} {dtype}"
+                )
+            sends = [_pad_rows(result[start : start + n], chunk) for start, n in rows_of]
+        works.append(dist.scatter(mine, sends, group=group, group_src=owner, async_op=True))
+        outs.append(mine)
+    for work in works:
+        work.wait()
+    results = []
+    for t, mine, (_, rows_of) in zip(shards, outs, splits):
+        layout = dict(run_check=False, shape=t.shape, stride=t.stride())
+        results.append(DTensor.from_local(mine[: rows_of[rank][1]], t.device_mesh, t.placements, **layout))
+    return results
+
+
 __all__ = [
     "BUCKET_BYTES",
+    "GATHER_ON_OWNER",
     "balanced_owners",
     "buckets",
     "check_distributed",
