@@ -43,6 +43,38 @@ def test_unknown_keys_list_the_valid_ones(tmp_path):
     assert load_config(None, ["zero=true"]).zero is True
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "grad_clip=-1",
+        "eval_sequences=0",
+        "peak_flops=0",
+        "decay_steps=-1",
+        "eval_interval=-2",
+        "ckpt_interval=-1",
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(override):
+    key = override.split("=")[0]
+    with pytest.raises(ValueError, match=rf"Invalid {key} \S+ \(allowed: [>=]"):
+        load_config(None, [override])
+
+
+def test_cli_flags_keep_strings_strings():
+    import argparse
+
+    from focus_optim.lm.cli import TRAIN_FLAGS, _config_args, _load
+
+    parser = argparse.ArgumentParser()
+    _config_args(parser, TRAIN_FLAGS)
+    flags = ["--out-dir", "2024", "--model", "1", "--lr", "1e-3", "--max-steps", "7", "--compile"]
+    args = parser.parse_args(flags)
+    cfg = _load(args, TRAIN_FLAGS)
+    assert (cfg.out_dir, cfg.model, cfg.lr, cfg.max_steps, cfg.compile) == ("2024", "1", 1e-3, 7, True)
+    with pytest.raises(ValueError, match=r"Invalid lr: 'fast'"):
+        _load(parser.parse_args(["--lr", "fast"]), TRAIN_FLAGS)
+
+
 def _tokens(tmp_path, n=5000):
     path = tmp_path / "train.bin"
     np.arange(n, dtype=np.uint16).tofile(path)
@@ -77,6 +109,27 @@ def test_loader_batches_are_shifted_windows_and_resumable(tmp_path):
         got = resumed.next()
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     resumed.close()
+
+
+def test_a_failing_reader_thread_raises_instead_of_hanging(tmp_path, monkeypatch):
+    path = _tokens(tmp_path)
+    real = TrainLoader.cpu_batch
+
+    def failing(self, j):
+        if j == 3:
+            raise OSError("disk gone")
+        return real(self, j)
+
+    monkeypatch.setattr(TrainLoader, "cpu_batch", failing)
+    loader = TrainLoader(path, batch_size=2, block_size=8, seed=1)
+    try:
+        for _ in range(2):
+            loader.next()  # batches 0, 1 (2 is already on its way)
+        for _ in range(2):  # the failure surfaces, naming the file, and stays
+            with pytest.raises(RuntimeError, match=r"train.bin failed: OSError\('disk gone'\)"):
+                loader.next()
+    finally:
+        loader.close()
 
 
 def test_shuffle_visits_every_window_once_per_epoch():

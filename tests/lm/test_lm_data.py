@@ -85,6 +85,8 @@ def test_prepare_refuses_to_overwrite(tmp_path):
     [
         ("empty.jsonl", b"", "contains no text"),
         ("blank.jsonl", b'{"text": ""}\n', "contains no text"),
+        ("spaces.jsonl", b'{"text": " \\n\\t "}\n{"text": ""}\n', "contains no text"),
+        ("spaces.txt", b"  \n\n \t\n", "contains no text"),
         ("binary.txt", b"\x00\x01\x02binary", "looks binary"),
         ("latin1.txt", "caf\xe9".encode("latin-1"), "not valid UTF-8"),
         ("broken.jsonl", b'{"text": "ok"}\nnot json\n', r"broken\.jsonl:2: not valid JSON"),

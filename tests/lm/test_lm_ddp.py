@@ -25,6 +25,7 @@ OPTS = (
     "ckpt_interval=3",
     "sampling='random'",
 )
+UNEVEN_EVAL = (*OPTS, "optimizer=focus", "max_steps=3", "eval_sequences=9")
 
 
 def _free_port() -> int:
@@ -69,6 +70,8 @@ def _worker(
         # compiled: the warm-up backward must not leave gradients in FSDP's unsharded buffers
         compiled = (*OPTS, "optimizer=adamw", "parallel='fsdp'", "compile=true", "model_args.ce_chunk=100")
         Trainer(tiny_config(data, out / "fsdp_adamw_compiled", *compiled)).run()
+        # 9 val windows: rank 0 evaluates 3 batches, rank 1 two (FSDP's forwards are collectives)
+        Trainer(tiny_config(data, out / "fsdp_uneven_eval", *UNEVEN_EVAL, "parallel='fsdp'")).run()
         fsdp_cut = (*OPTS, "optimizer=focus", "parallel='fsdp'", "decay_steps=6")
         Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut, "max_steps=3")).run()
         Trainer(tiny_config(data, out / "fsdp_cut", *fsdp_cut), resume=True).run()
@@ -89,6 +92,7 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
     zero_optimizers = ("focus", "muon")
     for name in {*optimizers, *fsdp_optimizers, *zero_optimizers}:
         train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
+    train(tiny_config(synthetic_data, tmp_path / "single" / "uneven_eval", *UNEVEN_EVAL))
     out = str(tmp_path / "ddp")
     args = (2, _free_port(), str(synthetic_data), out, optimizers, fsdp_optimizers, zero_optimizers)
     mp.spawn(_worker, args=args, nprocs=2)
@@ -112,6 +116,12 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
         state = torch.load(ddp / "ckpt.pt", weights_only=True)
         assert len(state["rng"]) == 2 and state["world_size"] == 2
         assert (state["optimizer_fqn"] is not None) == (parallel == "fsdp")
+
+    # an uneven split of the val windows over the ranks: the same val loss as one process
+    one, two = (records(tmp_path / d, "val") for d in ("single/uneven_eval", "ddp/fsdp_uneven_eval"))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 3]
+    losses = [[r["val_loss"] for r in run] for run in (two, one)]
+    torch.testing.assert_close(*losses, rtol=1e-5, atol=1e-6)
 
     # an FSDP checkpoint holds the whole state: it resumes exactly, and also in one process
     full, cut = tmp_path / "ddp" / "fsdp_focus", tmp_path / "ddp" / "fsdp_cut"

@@ -57,6 +57,29 @@ def test_resume_equals_uninterrupted_bit_for_bit(synthetic_data, tmp_path, monke
         assert torch.equal(a["model"][k], b["model"][k])
 
 
+def test_resume_with_a_longer_run_follows_the_new_schedule(synthetic_data, tmp_path):
+    """As nanoGPT's ``get_lr``: the schedule comes from the config the run is resumed with."""
+    out = tmp_path / "run"
+    train(tiny_config(synthetic_data, out, "max_steps=4", "lr=2e-3"))
+    train(tiny_config(synthetic_data, out, "max_steps=8", "lr=3e-3"), resume=True)
+    lrs = {r["step"]: r["lr"] for r in records(out, "train")}
+    assert sorted(lrs) == list(range(1, 9))
+    first, longer = WarmupCosine(2, 4, 0.05), WarmupCosine(2, 8, 0.05)  # tiny_config: 2 warmup steps
+    for step in range(1, 5):
+        assert lrs[step] == pytest.approx(2e-3 * first(step - 1), rel=1e-12)
+    for step in range(5, 9):  # not the old schedule's floor (0.05 x 2e-3)
+        assert lrs[step] == pytest.approx(3e-3 * longer(step - 1), rel=1e-12)
+    assert lrs[5] > 10 * 0.05 * 2e-3
+
+
+def test_a_finished_run_resumed_reports_its_final_val_loss(synthetic_data, tmp_path):
+    cfg = tiny_config(synthetic_data, tmp_path / "run", "max_steps=3")
+    final = train(cfg)["val_loss"]
+    assert final is not None and math.isfinite(final)
+    again = train(cfg, resume=True)  # e.g. a sweep killed after the run ended, before storing it
+    assert again["val_loss"] == final and again["step"] == 3
+
+
 def test_checkpoint_contents_are_weights_only_and_complete(synthetic_data, tmp_path):
     cfg = tiny_config(synthetic_data, tmp_path / "run", max_steps=2)
     train(cfg)

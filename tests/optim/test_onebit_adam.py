@@ -157,6 +157,12 @@ def test_non_freeze_groups_keep_updating_v_and_frozen_groups_do_not():
         assert not torch.equal(opt.state[p]["exp_avg_sq"], v_before[p])
 
 
+def test_non_freeze_must_be_a_bool():
+    model, _, _ = _problem()
+    with pytest.raises(ValueError, match=r"Invalid param_groups\[0\]\.non_freeze: 'no'"):
+        OneBitAdam([{"params": model.parameters(), "non_freeze": "no"}], **HP)
+
+
 def test_non_freeze_groups_update_moments_in_the_dry_run_like_the_reference():
     model, x, y = _problem()
     opt = OneBitAdam([{"params": model[2].parameters(), "non_freeze": True}], **HP)

@@ -1,10 +1,12 @@
-"""Muon's and ROOT's whole-matrix work shared over ranks (``distributed``), on 2 gloo ranks.
+"""Muon's and ROOT's whole-matrix work, and Conda's SVDs, shared over ranks (``distributed``), on
+2 gloo ranks.
 
 Sharing must not change a number: every rank ends with the parameters one process computes, bit
-for bit. It must also share: each matrix is orthogonalised by exactly one rank (counted by
-wrapping ``newton_schulz``), where ``distributed=False`` has every rank compute every matrix.
-FSDP2 row shards must travel to their owner only: no rank all-gathers a whole matrix (counted by
-wrapping ``DTensor.full_tensor``), unless the earlier all-gather path is asked for.
+for bit. It must also share: each matrix is orthogonalised (or its SVD taken) by exactly one rank
+(counted by wrapping ``newton_schulz`` and ``conda_basis``), where ``distributed=False`` has every
+rank compute every matrix. Muon's and ROOT's FSDP2 row shards must travel to their owner only: no
+rank all-gathers a whole matrix (counted by wrapping ``DTensor.full_tensor``), unless the earlier
+all-gather path is asked for.
 """
 
 from __future__ import annotations
@@ -86,18 +88,20 @@ def _whole(model: nn.Module) -> list[torch.Tensor]:
     return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
 
 
-def _counting_newton_schulz(calls: list[int]) -> None:
-    """Count orthogonalisations in this process (Muon's and ROOT's modules call ``newton_schulz``)."""
-    from focus_optim.optim import muon, root
+def _counting_matrix_work(calls: list[int]) -> None:
+    """Count whole-matrix computations in this process: orthogonalisations (Muon's and ROOT's
+    modules call ``newton_schulz``) and Conda's SVD bases."""
+    from focus_optim.optim import conda, muon, root
 
-    original = muon.newton_schulz
+    def counting(original: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+            calls[0] += 1
+            return original(*args, **kwargs)
 
-    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls[0] += 1
-        return original(*args, **kwargs)
+        return counted
 
-    muon.newton_schulz = counted
-    root.newton_schulz = counted
+    muon.newton_schulz = root.newton_schulz = counting(muon.newton_schulz)
+    conda.conda_basis = counting(conda.conda_basis)
 
 
 CASES: dict[str, tuple[str, dict[str, Any], bool]] = {  # name, hparams, FSDP-sharded
@@ -108,6 +112,10 @@ CASES: dict[str, tuple[str, dict[str, Any], bool]] = {  # name, hparams, FSDP-sh
     "muon-fsdp-off": ("muon", {"distributed": False}, True),
     "muon-fsdp-buckets": ("muon", {}, True),  # one matrix per bucket (BUCKET_BYTES = 1 below)
     "root-fsdp-allgather": ("root", {}, True),  # GATHER_ON_OWNER = False below
+    # Conda's SVD refreshes (steps 0 and 2 of 4); its update itself is computed whole everywhere
+    "conda-replicas": ("conda", {"update_proj_gap": 2, "distributed": True}, False),
+    "conda-fsdp-auto": ("conda", {"update_proj_gap": 2, "weight_decay": 0.1}, True),
+    "conda-fsdp-off": ("conda", {"update_proj_gap": 2, "distributed": False}, True),
 }
 
 
@@ -128,7 +136,7 @@ def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
 
     calls, gathers = [0], [0]
-    _counting_newton_schulz(calls)
+    _counting_matrix_work(calls)
     _counting_full_tensor(gathers)
     results = {}
     for case, (name, hparams, fsdp) in CASES.items():
@@ -157,7 +165,7 @@ def _run(rank: int, n: int, out_dir: str) -> dict[str, Any]:
 @pytest.mark.distributed
 def test_shared_matrix_work_equals_one_process_and_is_split(tmp_path):
     ranks = launch(_run, 2, tmp_path)
-    for case, (_, hparams, _) in CASES.items():
+    for case, (name, hparams, _) in CASES.items():
         for rank, results in enumerate(ranks):
             r = results[case]
             for a, b, before in zip(r["params"], r["one"], _model().parameters()):
@@ -167,28 +175,30 @@ def test_shared_matrix_work_equals_one_process_and_is_split(tmp_path):
         assert matrices >= 3
         counts = [results[case]["calls"] for results in ranks]
         gathers = [results[case]["gathers"] for results in ranks]
+        work = matrices * (STEPS // hparams["update_proj_gap"] if name == "conda" else STEPS)
         if hparams.get("distributed") is False:
-            assert counts == [STEPS * matrices] * 2, f"{case}: every rank computes every matrix"
-            assert gathers == [STEPS * matrices] * 2, f"{case}: whole matrices gathered everywhere"
-        elif case.endswith("-allgather"):
-            assert gathers == [STEPS * matrices] * 2, f"{case}: whole matrices gathered everywhere"
-            assert sum(counts) == STEPS * matrices, f"{case}: each matrix once per step, got {counts}"
+            assert counts == [work] * 2, f"{case}: every rank computes every matrix"
         else:
-            # shards travel to their owner only: no rank all-gathers a whole matrix
+            assert sum(counts) == work, f"{case}: each matrix once per step, got {counts}"
+            assert all(0 < c < work for c in counts), f"{case}: work not shared: {counts}"
+        if name == "conda":
+            continue
+        if hparams.get("distributed") is False or case.endswith("-allgather"):
+            assert gathers == [STEPS * matrices] * 2, f"{case}: whole matrices gathered everywhere"
+        else:  # shards travel to their owner only: no rank all-gathers a whole matrix
             assert gathers == [0, 0], f"{case}: whole-matrix all-gathers {gathers}"
-            assert sum(counts) == STEPS * matrices, f"{case}: each matrix once per step, got {counts}"
-            assert all(0 < c < STEPS * matrices for c in counts), f"{case}: work not shared: {counts}"
 
 
-def test_distributed_needs_a_process_group():
+@pytest.mark.parametrize("name", ["muon", "conda"])
+def test_distributed_needs_a_process_group(name):
     model = _model()
-    opt = make_optimizer("muon", model, distributed=True)
+    opt = make_optimizer(name, model, distributed=True)
     (model(torch.randn(3, 8)) ** 2).sum().backward()
     with pytest.raises(RuntimeError, match="init_process_group"):
         opt.step()
 
 
-@pytest.mark.parametrize("name", ["muon", "root"])
+@pytest.mark.parametrize("name", ["muon", "root", "conda"])
 def test_distributed_must_be_none_or_bool(name):
     with pytest.raises(ValueError, match=r"distributed.*None, True or False"):
         make_optimizer(name, _model(), distributed="yes")

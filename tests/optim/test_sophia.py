@@ -104,6 +104,12 @@ def test_protocol_helpers():
     # a plain optimizer gets no extra kwargs and never a Hessian refresh
     sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     assert protocol.step_kwargs(sgd, tokens=5) == {} and not protocol.hessian_due(sgd, 9)
+    # the refresh is one pass over the whole model: a group's own interval would be ignored
+    q = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"Invalid param_groups\[1\]\.hessian_interval: 3 .*optimizer's"):
+        SophiaG([{"params": [p]}, {"params": [q], "hessian_interval": 3}], hessian_interval=4)
+    same = SophiaG([{"params": [p]}, {"params": [q], "hessian_interval": 4}], hessian_interval=4)
+    assert len(same.param_groups) == 2
 
 
 def test_bs_scales_the_clip_threshold():

@@ -63,8 +63,8 @@ GRIDS: dict[str, Grid] = {
         lr=_f(np.logspace(-3, 0, 20)),
         replicates=50,
     ),
-    # Same ranges, coarse: 12 x 12 pixels, 13 learning rates (every other paper value and the ends
-    # of the paper's range), 16 replicates.
+    # Same ranges, coarse: 12 x 12 pixels, 13 learning rates (a quarter decade apart over the paper's
+    # range, 1e-3 to 1), 16 replicates.
     "quick": Grid(
         sharpness=_f(np.logspace(-1, 3, 12)),
         weight_decay=_f(np.linspace(0, 0.5, 12)),

@@ -7,6 +7,7 @@ loss (the last good checkpoint is kept).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -127,7 +128,8 @@ def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
 def _load(args: argparse.Namespace, flags: tuple[str, ...]) -> Any:
     from .config import load_config
 
-    values = [f"{k}={_quote(getattr(args, k))}" for k in (*flags, "compile") if getattr(args, k) is not None]
+    given = [k for k in (*flags, "compile") if getattr(args, k) is not None]
+    values = [f"{k}={_quote(k, getattr(args, k))}" for k in given]
     return load_config(args.config, args.overrides + values)
 
 
@@ -149,13 +151,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quote(value: str) -> str:
-    """Paths and names are strings even when they would parse as TOML numbers."""
-    try:
-        float(value)
-        return value
-    except ValueError:
-        return value if value in ("true", "false") else json.dumps(value)
+def _quote(key: str, value: str) -> str:
+    """A flag's value as a TOML value: quoted for string keys (paths and names stay strings even
+    when they would parse as numbers, e.g. ``--out-dir 2024``), as written for the others (a
+    malformed number then fails the config's type check, naming the key)."""
+    from .config import TrainConfig
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    return json.dumps(value) if types[key] == "str" else value
 
 
 def _add_compare(sub: Any) -> None:

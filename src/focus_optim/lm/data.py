@@ -129,7 +129,7 @@ def iter_chunks(source: Source, text_field: str = "text") -> Iterator[tuple[list
     docs: list[str] = []
     chars, consumed, n_docs = 0, 0, 0
     for text, pos in _iter_documents(source, text_field):
-        if not text:
+        if not text or text.isspace():  # nothing a model could learn from
             continue
         docs.append(text)
         chars += len(text)
@@ -138,7 +138,7 @@ def iter_chunks(source: Source, text_field: str = "text") -> Iterator[tuple[list
             yield docs, pos - consumed
             consumed, docs, chars = pos, [], 0
     if n_docs == 0:
-        raise DataError(f"{source.spec}: contains no text (empty file or only empty documents)")
+        raise DataError(f"{source.spec}: contains no text (empty file, or only empty or blank documents)")
     if docs:
         yield docs, max(source.nbytes - consumed, 0)
 

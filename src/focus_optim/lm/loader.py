@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+_Batch = tuple[torch.Tensor, torch.Tensor]
+
 SAMPLING = ("shuffle", "random")
 
 
@@ -130,11 +132,12 @@ class TrainLoader:
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
         self.consumed = consumed
-        self._queue: queue.Queue[tuple[torch.Tensor, torch.Tensor]] = queue.Queue(maxsize=prefetch)
+        self.path = Path(path)
+        self._queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(consumed,), daemon=True)
         self._thread.start()
-        self._next_on_device = self._to_device(self._queue.get())
+        self._next_on_device = self._to_device(self._take())
 
     def global_micro_index(self, j: int) -> int:
         """Index of this rank's ``j``-th micro-batch within the stream of all micro-batches."""
@@ -147,19 +150,32 @@ class TrainLoader:
         return gather(self.tokens, self.sampler.starts(first, self.batch_size), self.block_size)
 
     def _produce(self, j: int) -> None:
-        if self.pin:
-            torch.cuda.set_device(self.device)  # per thread: pin through this rank's GPU, not GPU 0
-        while not self._stop.is_set():
-            x, y = self.cpu_batch(j)
+        try:
             if self.pin:
-                x, y = x.pin_memory(), y.pin_memory()
+                torch.cuda.set_device(self.device)  # per thread: pin through this rank's GPU, not GPU 0
             while not self._stop.is_set():
-                try:
-                    self._queue.put((x, y), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            j += 1
+                x, y = self.cpu_batch(j)
+                if self.pin:
+                    x, y = x.pin_memory(), y.pin_memory()
+                self._put((x, y))
+                j += 1
+        except BaseException as exc:  # handed to the consumer, which would otherwise wait forever
+            self._put(exc)
+
+    def _put(self, item: _Batch | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _take(self) -> _Batch:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # every later call fails the same way
+            raise RuntimeError(f"reading batches from {self.path} failed: {item!r}") from item
+        return item
 
     def _to_device(self, xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = xy
@@ -170,7 +186,7 @@ class TrainLoader:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next micro-batch on the device; the copy of the one after is already under way."""
         current = self._next_on_device
-        self._next_on_device = self._to_device(self._queue.get())
+        self._next_on_device = self._to_device(self._take())
         self.consumed += 1
         return current
 

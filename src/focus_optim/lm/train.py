@@ -112,6 +112,7 @@ class Trainer:
         _seed_all(cfg.seed + 1 + self.dist.rank)  # per-rank streams (e.g. Sophia's sampled labels)
 
         self.step, self.tokens, self.train_time, chunks = 0, 0, 0.0, 0
+        self._last_val: float | None = None
         self.resumed = resume and self.ckpt_path.exists()
         if resume and not self.resumed:
             self._print(f"no checkpoint at {self.ckpt_path}; starting from scratch")
@@ -144,7 +145,6 @@ class Trainer:
         self.flops_per_token = self.raw_model.flops_per_token()
         self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
         self._pending: list[tuple[int, float, torch.Tensor, torch.Tensor, bool]] = []
-        self._last_val: float | None = None
 
     # --- the loop --------------------------------------------------------------------------------
     def _optimizer_args(self) -> dict[str, Any]:
@@ -284,14 +284,20 @@ class Trainer:
         compiles a second graph nor materialises full logits next to the training memory."""
         cfg, T = self.cfg, self.model_cfg.block_size
         starts = self.val_starts[self.dist.rank :: self.dist.world_size]
+        # Under FSDP each forward is a collective (its all-gathers): every rank runs as many as
+        # rank 0, which holds the most windows, a rank out of windows on a stand-in weighted 0.
+        most = len(self.val_starts[:: self.dist.world_size]) if self.fsdp else len(starts)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for i in range(0, len(starts), cfg.batch_size):
+        for i in range(0, most, cfg.batch_size):
             chunk = starts[i : i + cfg.batch_size]
+            weight = len(chunk)
+            if weight == 0:
+                chunk = self.val_starts[:1]
             x, y = (t.to(self.device, non_blocking=True) for t in gather(self.val_tokens, chunk, T))
             with self.autocast:
                 loss = self.raw_model(x, y, ce_chunk=EVAL_CHUNK)  # the root's forward: FSDP hooks run
-            total[0] += loss.double() * len(chunk)
-            total[1] += len(chunk)
+            total[0] += loss.double() * weight
+            total[1] += weight
         if self.dist.ddp:
             dist.all_reduce(total)
         return (total[0] / total[1]).item()
@@ -416,6 +422,7 @@ class Trainer:
                 "step": self.step,
                 "tokens": self.tokens,
                 "train_time": self.train_time,
+                "val_loss": self._last_val,  # so a finished run, resumed, still reports it
                 "world_size": self.dist.world_size,
                 "config": json.loads(json.dumps(self.cfg.to_dict())),
             }
@@ -469,9 +476,10 @@ class Trainer:
         else:
             self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._resume_schedule(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.train_time = state["step"], state["tokens"], state["train_time"]
+        self._last_val = state.get("val_loss")  # (absent from checkpoints written before it was kept)
         if state["world_size"] == self.dist.world_size:
             checkpoint.set_rng_state(state["rng"][self.dist.rank])
         else:
@@ -483,6 +491,21 @@ class Trainer:
         if changed:
             self._print(f"resuming with changed config keys: {', '.join(sorted(changed))}")
         return int(state["loader"]["chunks"])
+
+    def _resume_schedule(self, saved: dict[str, Any]) -> None:
+        """The saved position in the schedule, with the schedule itself (peak lr, warmup, decay,
+        floor) from this run's config, as nanoGPT's ``get_lr``: a run resumed with a larger
+        ``max_steps`` decays over the new length. Unchanged, the lrs are those saved."""
+        sched = self.scheduler
+        sched.last_epoch, sched._step_count = saved["last_epoch"], saved["_step_count"]
+        for group, base, multiplier in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["initial_lr"] = base
+            lr = base * multiplier(sched.last_epoch)  # what LambdaLR.step() sets
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # --- helpers -----------------------------------------------------------------------------------
     @property

@@ -1,10 +1,10 @@
-"""Whole-matrix work (Newton-Schulz, quantiles) done once per matrix by the ranks that share it.
+"""Whole-matrix work (Newton-Schulz, quantiles, SVDs) done once per matrix by the ranks that share it.
 
-Muon's and ROOT's matrix updates need each whole matrix. When several ranks hold the same
-matrices (DDP replicas, or the shards of one FSDP2 mesh), every rank computing every matrix
-wastes ``world_size - 1`` of the work. As in the official distributed ``Muon``, each matrix gets
-one *owner* rank: the owner computes the function and sends the result back, and every rank
-continues with the same numbers as one process would compute.
+Muon's and ROOT's matrix updates need each whole matrix, and Conda's basis refresh its SVD.
+When several ranks hold the same matrices (DDP replicas, or the shards of one FSDP2 mesh), every
+rank computing every matrix wastes ``world_size - 1`` of the work. As in the official distributed
+``Muon``, each matrix gets one *owner* rank: the owner computes the function and sends the result
+back, and every rank continues with the same numbers as one process would compute.
 
 * Owners are balanced by the Newton-Schulz cost (``rows * cols * min(rows, cols)`` per member):
   largest first, each to the least-loaded rank. The assignment depends only on the shapes, so
@@ -99,6 +99,7 @@ def map_whole(
     distributed: bool | None,
     cost: Callable[[Tensor], float] = newton_schulz_cost,
     out_dtype: torch.dtype | None = None,
+    out_shape: Callable[[Tensor], torch.Size] | None = None,
     bucket_bytes: int | None = None,
 ) -> list[Tensor]:
     """``fn`` of each whole tensor, laid out like the tensor (its shard for a ``DTensor``).
@@ -108,22 +109,28 @@ def map_whole(
     rank only and sent back; the results are the same as computing them everywhere. At most one
     bucket of whole matrices (``bucket_bytes``, default :data:`BUCKET_BYTES`; one matrix without a
     group) exists at a time.
+
+    ``out_shape``: ``fn``'s results have shape ``out_shape(whole)`` instead, and every rank gets
+    them whole, as plain tensors (e.g. Conda's basis of a matrix).
     """
     group = _process_group(tensors, distributed)
     owners = _owners_of(tensors, group, cost)
     out: list[Tensor] = []
     limit = (BUCKET_BYTES if bucket_bytes is None else bucket_bytes) if owners else 0
     for bucket in buckets(tensors, limit):
-        if owners and GATHER_ON_OWNER and all(_row_sharded(tensors[i]) for i in bucket):
+        row_shards = out_shape is None and GATHER_ON_OWNER and all(_row_sharded(tensors[i]) for i in bucket)
+        if owners and row_shards:
             shards = [tensors[i] for i in bucket]
             out += _owned_rows(fn, shards, [owners[i] for i in bucket], group, out_dtype)
             continue
         wholes = [_dtensor.full(tensors[i]) for i in bucket]
         if owners:
-            outs = _owned(fn, wholes, [owners[i] for i in bucket], group, out_dtype)
+            outs = _owned(fn, wholes, [owners[i] for i in bucket], group, out_dtype, out_shape)
         else:
             outs = [fn(w) for w in wholes]
-        out += [_dtensor.like(o, tensors[i]) for o, i in zip(outs, bucket)]  # a DTensor keeps a copy
+        if out_shape is None:
+            outs = [_dtensor.like(o, tensors[i]) for o, i in zip(outs, bucket)]  # a DTensor keeps a copy
+        out += outs
     return out
 
 
@@ -158,6 +165,7 @@ def _owned(
     owners: list[int],
     group: Any,
     out_dtype: torch.dtype | None,
+    out_shape: Callable[[Tensor], torch.Size] | None = None,
 ) -> list[Tensor]:
     """``fn`` of each whole tensor, computed on its owner rank and broadcast to the others."""
     import torch.distributed as dist
@@ -165,15 +173,16 @@ def _owned(
     rank = dist.get_rank(group)
     outs: list[Tensor] = []
     for w, owner in zip(wholes, owners):
+        shape = w.shape if out_shape is None else torch.Size(out_shape(w))
         if owner == rank:
             out = fn(w).contiguous()
-            if out.shape != w.shape or out.dtype != (out_dtype or w.dtype):
+            if out.shape != shape or out.dtype != (out_dtype or w.dtype):
                 raise RuntimeError(
                     f"map_whole: fn gave {tuple(out.shape)} {out.dtype}, the other ranks expect "
-                    f"{tuple(w.shape)} {out_dtype or w.dtype}"
+                    f"{tuple(shape)} {out_dtype or w.dtype}"
                 )
         else:
-            out = torch.empty(w.shape, dtype=out_dtype or w.dtype, device=w.device)
+            out = torch.empty(shape, dtype=out_dtype or w.dtype, device=w.device)
         outs.append(out)
     works = [dist.broadcast(o, group=group, group_src=owner, async_op=True) for o, owner in zip(outs, owners)]
     for work in works:

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
-from . import _dtensor
+from . import _dtensor, _owners
 from ._common import V, add_scaled_, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 
@@ -66,6 +66,10 @@ class Conda(MatrixOptimizer):
         scale: :math:`s`, multiplies the projected groups' update only.
         proj_type: ``"std"``.
         correct_bias: apply Adam's bias corrections (official default True).
+        distributed: share the SVD refreshes of :math:`Q` over ranks holding the same matrices,
+            each computed by one rank (:mod:`focus_optim.optim._owners`): ``None`` (default) for
+            ``DTensor`` matrices (FSDP2); ``True`` also plain tensors over the default process
+            group (DDP); ``False``: never.
         matrix, ensemble_dims, maximize, foreach, fp32_state: as in :class:`~focus_optim.optim.muon.Muon`.
     """
 
@@ -78,6 +82,7 @@ class Conda(MatrixOptimizer):
         "scale": V.check_finite,
         "proj_type": lambda n, v: V.check_choice(n, v, PROJ_TYPES),
         "correct_bias": check_bool,
+        "distributed": _owners.check_distributed,
     }
     _matrix_state_keys = ("exp_avg", "exp_avg_sq")
     _state_keys = ("exp_avg", "exp_avg_sq", "ortho")  # floating state, cast per fp32_state on load
@@ -95,6 +100,7 @@ class Conda(MatrixOptimizer):
         scale: float = 1.0,
         proj_type: str = "std",
         correct_bias: bool = True,
+        distributed: bool | None = None,
         matrix: bool = True,
         ensemble_dims: int = 0,
         maximize: bool = False,
@@ -110,6 +116,7 @@ class Conda(MatrixOptimizer):
             scale=scale,
             proj_type=proj_type,
             correct_bias=correct_bias,
+            distributed=distributed,
             matrix=matrix,
             ensemble_dims=ensemble_dims,
             maximize=maximize,
@@ -144,30 +151,41 @@ class Conda(MatrixOptimizer):
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
     ) -> None:
         beta1, beta2 = group["betas"]
+        grads = [-g if group["maximize"] else g for g in grads]
+        for g, state in zip(grads, states):
+            conda_momentum_(state["exp_avg"], g, beta1)  # element-wise: on the shard where it lives
+        gap = group["update_proj_gap"]
+        due = [i for i, s in enumerate(states) if basis_due(s["step"], s["last_svd_step"], gap)]
+        bases = _owners.map_whole(
+            conda_basis,
+            [states[i]["exp_avg"] for i in due],
+            distributed=group["distributed"],
+            out_shape=basis_shape,
+        )
+        for i, basis in zip(due, bases):
+            states[i]["ortho"].copy_(basis)
+            states[i]["last_svd_step"].fill_(_get_value(states[i]["step"]))
         for p, g, state in zip(params, grads, states):
             # A sharded (DTensor) matrix is updated whole on every rank, which keeps its own shard.
-            kept = (p, state["exp_avg"], state["exp_avg_sq"])
-            whole_p, exp_avg, exp_avg_sq = (_dtensor.full(t) for t in kept)
-            g = _dtensor.full(g)
-            conda_update_(
+            kept = (p, state["exp_avg_sq"])
+            whole_p, exp_avg_sq = (_dtensor.full(t) for t in kept)
+            conda_apply_(
                 whole_p,
-                -g if group["maximize"] else g,
-                exp_avg,
+                _dtensor.full(g),
+                _dtensor.full(state["exp_avg"]),
                 exp_avg_sq,
                 state["ortho"],
                 state["step"],
-                state["last_svd_step"],
                 lr=group["lr"],
-                beta1=beta1,
                 beta2=beta2,
+                beta1=beta1,
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
-                update_proj_gap=group["update_proj_gap"],
                 scale=group["scale"],
                 correct_bias=group["correct_bias"],
             )
             if whole_p is not p:
-                for dst, whole in zip(kept, (whole_p, exp_avg, exp_avg_sq)):
+                for dst, whole in zip(kept, (whole_p, exp_avg_sq)):
                     _dtensor.store(dst, whole)
 
     def _update_aux(
@@ -184,6 +202,24 @@ def conda_basis(M: Tensor) -> Tensor:
     """'std' rule: right singular vectors ``Vh`` (n x n) if m >= n, else left ``U`` (m x m); fp32 SVD."""
     U, _, Vh = torch.linalg.svd(M.float(), full_matrices=False)
     return (Vh if M.size(-2) >= M.size(-1) else U).to(M.dtype)
+
+
+def basis_shape(M: Tensor) -> torch.Size:
+    """Shape of :func:`conda_basis` of ``M``: (..., n, n) if m >= n, else (..., m, m)."""
+    k = min(M.size(-2), M.size(-1))
+    return torch.Size((*M.shape[:-2], k, k))
+
+
+def basis_due(step_t: Tensor, last_svd_step: Tensor, update_proj_gap: int) -> bool:
+    """Whether step :math:`t` (before its increment) refreshes :math:`Q`: ``t % T == 0``, or never
+    refreshed yet (e.g. a state loaded from elsewhere)."""
+    return int(_get_value(step_t)) % update_proj_gap == 0 or _get_value(last_svd_step) < 0
+
+
+def conda_momentum_(exp_avg: Tensor, g: Tensor, beta1: float) -> None:
+    r""":math:`M \leftarrow \beta_1 M + (1-\beta_1) G` in place (in ``exp_avg``'s dtype)."""
+    g = g if g.dtype == exp_avg.dtype else g.to(exp_avg.dtype)
+    exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
 
 
 def conda_update_(
@@ -204,18 +240,42 @@ def conda_update_(
     scale: float = 1.0,
     correct_bias: bool = True,
 ) -> None:
-    """One Conda step of matrix parameter ``p``; updates ``p`` and every state tensor in place."""
+    """One Conda step of matrix parameter ``p``; updates ``p`` and every state tensor in place:
+    the momentum (:func:`conda_momentum_`), the basis when due (:func:`conda_basis`), then
+    :func:`conda_apply_`."""
+    conda_momentum_(exp_avg, g, beta1)
+    if basis_due(step_t, last_svd_step, update_proj_gap):
+        ortho.copy_(conda_basis(exp_avg))
+        last_svd_step.fill_(_get_value(step_t))
+    conda_apply_(p, g, exp_avg, exp_avg_sq, ortho, step_t, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                 weight_decay=weight_decay, scale=scale, correct_bias=correct_bias)  # fmt: skip
+
+
+def conda_apply_(
+    p: Tensor,
+    g: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    ortho: Tensor,
+    step_t: Tensor,
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float | Tensor,
+    scale: float = 1.0,
+    correct_bias: bool = True,
+) -> None:
+    """The rest of a Conda step, with the momentum ``exp_avg`` and the basis ``ortho`` current:
+    the rotated second moment, the update of ``p`` and the decay; increments ``step_t``."""
     work = working_copy(p, exp_avg)
     g = g if g.dtype == exp_avg.dtype else g.to(exp_avg.dtype)
     eta = per_member(lr, work)
     wd = per_member(weight_decay, work)
     tall = p.size(-2) >= p.size(-1)
-
-    exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
     t = int(_get_value(step_t))
-    if t % update_proj_gap == 0 or _get_value(last_svd_step) < 0:
-        ortho.copy_(conda_basis(exp_avg))
-        last_svd_step.fill_(t)
+
     Qt = ortho.mT
     g_hat, m_hat = (g @ Qt, exp_avg @ Qt) if tall else (Qt @ g, Qt @ exp_avg)
     exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)

@@ -20,8 +20,9 @@ Paper versions (the code followed them):
 
 The official HEAD (``989d7b6``) no longer imports numpy but still calls ``np.sqrt`` and raises
 NameError on construction; the initial commit is the runnable code. The docstring calls the decay
-"L2 penalty" but it is decoupled, as here. Early steps are large (about 11x Adam's at t=1 for the
-default betas), by design of the debiasing.
+"L2 penalty" but it is decoupled, as here. Early steps are large by design of the debiasing: at
+t=1, with the default betas, about 16x Adam's (v2, the default), or 11x with v1's growing step
+(:math:`\alpha_1 = 0.693\eta`).
 
 State per parameter: ``exp_avg``, ``exp_avg_sq`` and ``step``.
 """

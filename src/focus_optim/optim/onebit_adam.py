@@ -122,6 +122,7 @@ class OneBitAdam(BaseOptimizer):
         "eps": V.check_positive,
         "weight_decay": V.check_nonneg,
         "bias_correction": V.check_bool,
+        "non_freeze": V.check_bool,
     }
     _state_keys = ("exp_avg", "exp_avg_sq")
 

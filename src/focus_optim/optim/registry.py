@@ -198,7 +198,10 @@ def make_optimizer(
         decay_norms_and_biases: decay 1-D parameters too.
         exclude_from_matrix: names (or a predicate on (name, param)) kept out of the matrix
             update of matrix-only optimizers, in addition to embeddings and output heads.
-        **hparams: constructor arguments; ``weight_decay`` goes to the decayed groups only.
+        **hparams: constructor arguments; ``weight_decay`` goes to the decayed groups only (for
+            Muon, whose AdamW groups take ``adamw_wd``, default 0: to the decayed matrices only).
+            Matrix-only optimizers follow this split too, though ROOT's and Conda's official
+            code decay every parameter with the one value (``decay_norms_and_biases=True``).
     """
     spec = check_hyperparameters(name, hparams)
     cls = spec.load()

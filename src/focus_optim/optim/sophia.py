@@ -126,6 +126,15 @@ class SophiaG(BaseOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        super()._validate_group(group, where)
+        if where and group["hessian_interval"] != self.defaults["hessian_interval"]:  # ("": the defaults)
+            k = self.defaults["hessian_interval"]
+            raise ValueError(
+                f"Invalid {where}hessian_interval: {group['hessian_interval']!r} (allowed: the optimizer's "
+                f"hessian_interval, {k}; a refresh is one pass over the whole model: set it on the optimizer)"
+            )
+
     # --- training-loop protocol (focus_optim.optim.protocol) ----------------------------------
     def step_kwargs(self, tokens: int) -> dict[str, Any]:
         """``step``'s extra arguments: ``bs`` = tokens in this optimizer step."""
