@@ -42,6 +42,7 @@ from focus_optim.atomic import write_json_atomic
 from focus_optim.bench.step import GPT2_SMALL, QUICK, ShapeModel, gpt2_shapes
 from focus_optim.optim import _dtensor, _owners
 
+CONDA_T1 = dict(update_proj_gap=1)
 FOCUS_HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
 CANDIDATES = {
     "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=6e-4, foreach=True),
@@ -62,6 +63,9 @@ CANDIDATES = {
     "root (every rank every matrix)": lambda m: make_optimizer("root", m, distributed=False),
     "root (matrix work shared)": lambda m: make_optimizer("root", m, distributed=SHARED),
     "root (shared, all-gather + broadcast)": lambda m: make_optimizer("root", m, distributed=SHARED),
+    # an SVD refresh every step (update_proj_gap=1), to time what sharing the refreshes saves
+    "conda T=1 (every rank every SVD)": lambda m: make_optimizer("conda", m, **CONDA_T1, distributed=False),
+    "conda T=1 (SVDs shared)": lambda m: make_optimizer("conda", m, **CONDA_T1, distributed=SHARED),
 }
 SHARED: bool | None = None  # the matrix optimizers' ``distributed`` for sharing (set by --layout)
 

@@ -63,6 +63,23 @@ def test_matrix_only_split_of_a_model(name):
     assert all(g["ensemble_dims"] == 0 for g in opt.param_groups)
 
 
+@pytest.mark.parametrize("name", sorted(MATRIX_ONLY))
+def test_head_names_count_only_at_either_end_of_a_module_path(name):
+    """BERT-style hidden ``layer.output.dense`` is a hidden matrix; ``head.fc`` and a top-level
+    ``output`` are heads."""
+    model = nn.ModuleDict(
+        {
+            "layer": nn.ModuleDict({"output": nn.ModuleDict({"dense": nn.Linear(6, 6)})}),
+            "head": nn.ModuleDict({"fc": nn.Linear(6, 3)}),
+            "output": nn.Linear(6, 2),
+        }
+    )
+    opt = make_optimizer(name, model)
+    where = {id(p): g["matrix"] for g in opt.param_groups for p in g["params"]}
+    assert where[id(model["layer"]["output"]["dense"].weight)]
+    assert not where[id(model["head"]["fc"].weight)] and not where[id(model["output"].weight)]
+
+
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_builds_from_a_list_of_tensors_with_gpt2_like_shapes(name):
     """What ``focus-optim bench-step`` does on GPT-2-124M shapes, scaled down 24x."""

@@ -271,15 +271,21 @@ def param_groups(
 _HEAD_NAMES = ("lm_head", "head", "classifier", "output", "wte", "wpe", "embed")
 
 
+def _is_head_name(module_name: str) -> bool:
+    """A module named as an input or output layer: its first or last name component is one of
+    :data:`_HEAD_NAMES` (``lm_head``, ``head.fc``, ``output``), not a middle one: BERT's hidden
+    ``encoder.layer.0.output.dense`` is a hidden matrix."""
+    parts = module_name.split(".")
+    return parts[0] in _HEAD_NAMES or parts[-1] in _HEAD_NAMES
+
+
 def _named_with_roles(model: nn.Module) -> list[tuple[str, torch.Tensor, str]]:
     """(name, param, role) with role 'embedding', 'head' or 'weight'; shared params once."""
     roles: dict[int, str] = {}
     for mod_name, mod in model.named_modules():
         if isinstance(mod, nn.Embedding):
             roles[id(mod.weight)] = "embedding"
-        elif any(part in _HEAD_NAMES for part in mod_name.split(".")) and isinstance(
-            getattr(mod, "weight", None), torch.Tensor
-        ):
+        elif _is_head_name(mod_name) and isinstance(getattr(mod, "weight", None), torch.Tensor):
             roles.setdefault(id(mod.weight), "head")
     return [(n, p, roles.get(id(p), "weight")) for n, p in model.named_parameters()]
 
