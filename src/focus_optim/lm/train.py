@@ -395,7 +395,9 @@ class Trainer:
         """Write ``ckpt.pt`` atomically (rank 0), after checking the pending losses are finite.
 
         Optimizers that communicate by themselves (``needs_grad_sync``, e.g. 1-bit Adam) may hold
-        rank-local state: under DDP every rank then also writes ``ckpt.optim.rank<r>.pt``."""
+        rank-local state: under DDP every rank then also writes ``ckpt.optim.rank<r>.step<s>.pt``,
+        before ``ckpt.pt`` (which names step ``s``) replaces the last one, and removes its older
+        files after: a kill at any point leaves a ``ckpt.pt`` whose rank files exist."""
         self._flush(_NoBar())
         rng = checkpoint.rng_state()
         per_rank = self._optimizer_state_per_rank()
@@ -407,7 +409,7 @@ class Trainer:
             states = [rng]
         if per_rank:
             own = {"optimizer": self.optimizer.state_dict(), "step": self.step}
-            checkpoint.save_atomic(own, self._rank_optim_path(self.dist.rank))
+            checkpoint.save_atomic(own, self._rank_optim_path(self.dist.rank, self.step))
             dist.barrier()
         if self.dist.is_main:
             state = {
@@ -429,6 +431,11 @@ class Trainer:
             checkpoint.save_atomic(state, self.ckpt_path)
         if self.dist.ddp:
             dist.barrier()
+        if per_rank:  # ckpt.pt now names this step: the older rank files are no longer needed
+            keep = self._rank_optim_path(self.dist.rank, self.step)
+            for old in self.out_dir.glob(f"ckpt.optim.rank{self.dist.rank}.step*.pt"):
+                if old != keep:
+                    old.unlink(missing_ok=True)
 
     def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Model and optimizer state dicts, whole (under FSDP gathered by every rank, held by rank 0;
@@ -466,10 +473,10 @@ class Trainer:
                     f"{self.ckpt_path} holds per-rank optimizer state for {state['world_size']} ranks; "
                     f"resume with the same world size (now {self.dist.world_size})"
                 )
-            own = checkpoint.load(self._rank_optim_path(self.dist.rank))
+            own = checkpoint.load(self._rank_optim_path(self.dist.rank, state["step"]))
             if own["step"] != state["step"]:
                 raise ValueError(
-                    f"{self._rank_optim_path(self.dist.rank)} is from step {own['step']}, "
+                    f"{self._rank_optim_path(self.dist.rank, state['step'])} is from step {own['step']}, "
                     f"{self.ckpt_path} from step {state['step']}: an interrupted save"
                 )
             self.optimizer.load_state_dict(own["optimizer"])
@@ -515,8 +522,8 @@ class Trainer:
     def _optimizer_state_per_rank(self) -> bool:
         return self.dist.ddp and hasattr(self.optimizer, "needs_grad_sync")
 
-    def _rank_optim_path(self, rank: int) -> Path:
-        return self.out_dir / f"ckpt.optim.rank{rank}.pt"
+    def _rank_optim_path(self, rank: int, step: int) -> Path:
+        return self.out_dir / f"ckpt.optim.rank{rank}.step{step}.pt"
 
     def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
         if self.fsdp:  # reduce-scatter the gradients on the last micro-batch only
