@@ -175,12 +175,7 @@ def _owned(
     for w, owner in zip(wholes, owners):
         shape = w.shape if out_shape is None else torch.Size(out_shape(w))
         if owner == rank:
-            out = fn(w).contiguous()
-            if out.shape != shape or out.dtype != (out_dtype or w.dtype):
-                raise RuntimeError(
-                    f"map_whole: fn gave {tuple(out.shape)} {out.dtype}, the other ranks expect "
-                    f"{tuple(shape)} {out_dtype or w.dtype}"
-                )
+            out = _expected(fn(w).contiguous(), shape, out_dtype or w.dtype)
         else:
             out = torch.empty(shape, dtype=out_dtype or w.dtype, device=w.device)
         outs.append(out)
@@ -188,6 +183,16 @@ def _owned(
     for work in works:
         work.wait()
     return outs
+
+
+def _expected(out: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """``out``, checked to be what the other ranks allocated to receive it."""
+    if out.shape != shape or out.dtype != dtype:
+        raise RuntimeError(
+            f"map_whole: fn gave {tuple(out.shape)} {out.dtype}, "
+            f"the other ranks expect {tuple(shape)} {dtype}"
+        )
+    return out
 
 
 def _row_sharded(t: Tensor) -> bool:
@@ -250,12 +255,7 @@ def _owned_rows(
         sends = None
         if pieces is not None:
             whole = torch.cat([piece[:n] for piece, (_, n) in zip(pieces, rows_of)])
-            result = fn(whole)
-            if result.shape != whole.shape or result.dtype != dtype:
-                raise RuntimeError(
-                    f"map_whole: fn gave {tuple(result.shape)} {result.dtype}, the other ranks expect "
-                    f"{tuple(whole.shape)} {dtype}"
-                )
+            result = _expected(fn(whole), whole.shape, dtype)
             sends = [_pad_rows(result[start : start + n], chunk) for start, n in rows_of]
         works.append(dist.scatter(mine, sends, group=group, group_src=owner, async_op=True))
         outs.append(mine)
