@@ -64,6 +64,11 @@ def _worker(
         # as if killed after writing the rank files of a later checkpoint but before its ckpt.pt
         (out / "onebit_cut" / f"ckpt.optim.rank{rank}.step6.pt").write_bytes(b"partial")
         Trainer(tiny_config(data, out / "onebit_cut", *onebit), resume=True).run()
+        # a checkpoint written before the rank files were named by step still resumes
+        Trainer(tiny_config(data, out / "onebit_legacy", *onebit, "max_steps=3")).run()
+        legacy = out / "onebit_legacy" / f"ckpt.optim.rank{rank}.pt"
+        (out / "onebit_legacy" / f"ckpt.optim.rank{rank}.step3.pt").rename(legacy)
+        Trainer(tiny_config(data, out / "onebit_legacy", *onebit), resume=True).run()
         # FSDP2: every block sharded; the optimizers step on their shards (Muon gathers matrices)
         for name in fsdp_optimizers:
             Trainer(
@@ -161,8 +166,9 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
     )
 
     full, cut = tmp_path / "ddp" / "onebit_full", tmp_path / "ddp" / "onebit_cut"
-    losses = [[(r["step"], r["loss"]) for r in records(d, "train")] for d in (full, cut)]
-    assert len(losses[0]) == 6 and losses[0] == losses[1]
+    legacy = tmp_path / "ddp" / "onebit_legacy"
+    losses = [[(r["step"], r["loss"]) for r in records(d, "train")] for d in (full, cut, legacy)]
+    assert len(losses[0]) == 6 and losses[0] == losses[1] == losses[2]
     assert torch.load(cut / "ckpt.pt", weights_only=True)["optimizer_per_rank"] is True
     # each rank keeps the files of the last checkpoint only
     kept = sorted(f.name for f in cut.glob("ckpt.optim.*"))

@@ -473,10 +473,13 @@ class Trainer:
                     f"{self.ckpt_path} holds per-rank optimizer state for {state['world_size']} ranks; "
                     f"resume with the same world size (now {self.dist.world_size})"
                 )
-            own = checkpoint.load(self._rank_optim_path(self.dist.rank, state["step"]))
+            path = self._rank_optim_path(self.dist.rank, state["step"])
+            legacy = self.out_dir / f"ckpt.optim.rank{self.dist.rank}.pt"  # before files were named by step
+            path = legacy if not path.exists() and legacy.exists() else path
+            own = checkpoint.load(path)
             if own["step"] != state["step"]:
                 raise ValueError(
-                    f"{self._rank_optim_path(self.dist.rank, state['step'])} is from step {own['step']}, "
+                    f"{path} is from step {own['step']}, "
                     f"{self.ckpt_path} from step {state['step']}: an interrupted save"
                 )
             self.optimizer.load_state_dict(own["optimizer"])
