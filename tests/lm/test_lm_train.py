@@ -277,3 +277,15 @@ def test_float16_with_grad_scaler_and_tensorboard(synthetic_data, tmp_path):
     assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run", "train"))
     assert "scale" in checkpoint.load(tmp_path / "run" / "ckpt.pt")["scaler"]
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_steps_the_grad_scaler_skips_are_logged_as_skipped(synthetic_data, tmp_path):
+    trainer = Trainer(tiny_config(synthetic_data, tmp_path / "run", "dtype='float16'", max_steps=6))
+    # a scale that overflows float16 gradients: the scaler skips and halves it until it fits
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    trainer.run()
+    train_recs = records(tmp_path / "run", "train")
+    skipped = [r["step"] for r in train_recs if r.get("skipped")]
+    assert skipped and skipped == [r["step"] for r in train_recs if not math.isfinite(float(r["grad_norm"]))]
+    events = [r for r in records(tmp_path / "run", "event") if r["event"] == "skip"]
+    assert [e["step"] for e in events] == skipped and {e["by"] for e in events} == {"grad_scaler"}

@@ -333,11 +333,13 @@ class Trainer:
                 "tok_per_s": tok_s,
                 "mfu": mfu,
             }
-            if skipped:
+            # fp16: GradScaler skips a step whose (unscaled) gradients hold an inf or NaN, i.e.
+            # exactly when the grad norm is not finite, and lowers its scale
+            by_scaler = self.scaler.is_enabled() and bad_norm[i] > 0 and not skipped
+            if skipped or by_scaler:
                 record["skipped"] = True
-                self.logger.log(
-                    {"kind": "event", "event": "skip", "step": step, "loss": loss, "grad_norm": gnorm}
-                )
+                event = {"kind": "event", "event": "skip", "step": step, "loss": loss, "grad_norm": gnorm}
+                self.logger.log({**event, "by": "grad_scaler" if by_scaler else "nonfinite"})
             bad = not math.isfinite(loss) or (not self.scaler.is_enabled() and bad_norm[i] > 0)
             self.logger.log(record)
             if bad and not skipped:
