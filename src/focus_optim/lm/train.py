@@ -435,7 +435,7 @@ class Trainer:
             dist.barrier()
         if per_rank:  # ckpt.pt now names this step: the older rank files are no longer needed
             keep = self._rank_optim_path(self.dist.rank, self.step)
-            for old in self.out_dir.glob(f"ckpt.optim.rank{self.dist.rank}.step*.pt"):
+            for old in self.out_dir.glob(f"ckpt.optim.rank{self.dist.rank}.*pt"):  # (.pt: unnamed by step)
                 if old != keep:
                     old.unlink(missing_ok=True)
 
