@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from focus_optim import make_optimizer
-from focus_optim.optim.conda import Conda, conda_basis
+from focus_optim.optim.conda import Conda, conda_basis, conda_update_
 
 F64 = torch.float64
 
@@ -79,6 +79,26 @@ def test_matrix_update_matches_official_code_across_refreshes(shape):
     torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-12)
     k = min(shape)
     torch.testing.assert_close(st["ortho"] @ st["ortho"].T, torch.eye(k, dtype=F64), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(12, 7), (7, 12)])
+def test_functional_update_matches_official_code_across_refreshes(shape):
+    """``conda_update_`` (the functional form the class's step is split from) on its own."""
+    torch.manual_seed(0)
+    w0 = torch.randn(shape, dtype=F64)
+    grads = grad_sequence(shape, 8)
+    k = min(shape)
+    w, m, v, ortho = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0), torch.zeros(k, k, dtype=F64)
+    step, last = torch.tensor(0.0), torch.tensor(-1.0)
+    for g in grads:
+        conda_update_(w, g, m, v, ortho, step, last, lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8,
+                      weight_decay=0.1, update_proj_gap=3, scale=0.25)  # fmt: skip
+    want, want_m, want_v, Q, _ = ref_conda(w0, grads, 0.01, (0.9, 0.99), 1e-8, 0.1, T=3, scale=0.25)
+    assert step.item() == 8 and last.item() == 6
+    torch.testing.assert_close(ortho, Q, rtol=0, atol=1e-12)
+    torch.testing.assert_close(m, want_m, rtol=0, atol=1e-14)
+    torch.testing.assert_close(v, want_v, rtol=0, atol=1e-13)
+    torch.testing.assert_close(w, want, rtol=0, atol=1e-12)
 
 
 def test_second_moment_is_not_reset_or_rotated_on_refresh():
