@@ -13,7 +13,9 @@ shards go to one owner rank, which orthogonalises it and scatters the rows back
 (``focus_optim.optim._owners``). The "all-gather + broadcast" rows time the earlier sharing
 (``_owners.GATHER_ON_OWNER = False``: every rank gathers, the owner computes and broadcasts), and
 the ``ns_steps=0`` rows isolate the communication (no Newton-Schulz iteration, only its
-normalisation).
+normalisation). Conda's ``T=1000`` rows time steps without an SVD refresh: every matrix gathered
+and updated whole on every rank (``conda.ROTATE_ON_SHARDS = False``) against tall matrices
+updated on their row shards.
 
 ``--layout replicated`` times the same candidates on whole, replicated parameters instead (as
 under DDP after its all-reduce); there the matrix optimizers share their work with
@@ -40,7 +42,7 @@ from torch.distributed.tensor import distribute_tensor
 from focus_optim import FOCUS, make_optimizer, zero_redundancy
 from focus_optim.atomic import write_json_atomic
 from focus_optim.bench.step import GPT2_SMALL, QUICK, ShapeModel, gpt2_shapes
-from focus_optim.optim import _dtensor, _owners
+from focus_optim.optim import _dtensor, _owners, conda
 
 CONDA_T1 = dict(update_proj_gap=1)
 FOCUS_HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
@@ -66,6 +68,14 @@ CANDIDATES = {
     # an SVD refresh every step (update_proj_gap=1), to time what sharing the refreshes saves
     "conda T=1 (every rank every SVD)": lambda m: make_optimizer("conda", m, **CONDA_T1, distributed=False),
     "conda T=1 (SVDs shared)": lambda m: make_optimizer("conda", m, **CONDA_T1, distributed=SHARED),
+    "conda T=1 (SVDs shared, all-gather + broadcast)": (
+        lambda m: make_optimizer("conda", m, **CONDA_T1, distributed=SHARED)
+    ),
+    # no refresh after the warm-up's first step: the rotations, whole on every rank or on the shards
+    "conda T=1000 (every matrix whole)": lambda m: make_optimizer("conda", m, update_proj_gap=1000),
+    "conda T=1000 (tall matrices on their shards)": lambda m: make_optimizer(
+        "conda", m, update_proj_gap=1000
+    ),
 }
 SHARED: bool | None = None  # the matrix optimizers' ``distributed`` for sharing (set by --layout)
 
@@ -104,6 +114,7 @@ def main() -> None:
                 p.grad = distribute_tensor(g, p.device_mesh, p.placements)
         opt = factory(model)
         _owners.GATHER_ON_OWNER = "all-gather" not in label
+        conda.ROTATE_ON_SHARDS = "whole" not in label
         times = []
         for i in range(args.warmup + args.reps):
             dist.barrier()

@@ -2,7 +2,9 @@
 
 Both ranks train on the same batches, so FSDP's averaged gradients equal the one-process
 gradients exactly: sharded training must then equal one-process training of the same model bit
-for bit, for every optimizer and path. The model has rows split unevenly over the ranks and a
+for bit, for every optimizer and path. Conda is the one exception by design: it updates a tall
+matrix on its row shards, whose matrix products over fewer rows may round differently, so there
+the match is to float32 rounding. The model has rows split unevenly over the ranks and a
 1-row layer whose shard on rank 1 is empty. The optimizer state goes through torch's own
 distributed state-dict API (full, unsharded state dicts) and training resumed from it must equal
 the uninterrupted run.
@@ -128,21 +130,29 @@ def _run_cases(rank: int, n: int, out_dir: str) -> dict[str, Any]:
     return results
 
 
+def _assert_same(a: torch.Tensor, b: torch.Tensor, exact: bool, msg: str) -> None:
+    if exact:
+        assert torch.equal(a, b), msg
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m: f"{msg}: {m}")
+
+
 def test_sharded_training_equals_one_process(tmp_path):
     ranks = launch(_run_cases, 2, tmp_path)
-    for case in CASES:
+    for case, (name, _) in CASES.items():
+        exact = name != "conda"
         for rank, results in enumerate(ranks):
             r = results[case]
             where = f"{case} (rank {rank})"
             for a, b in zip(r["one"], _model().parameters()):
                 assert not torch.equal(a, b.detach()), f"{where}: a parameter did not move"
             for a, b in zip(r["sharded"], r["one"]):
-                assert torch.equal(a, b), f"{where}: sharded training differs from one process"
-            for a, b in zip(r["resumed"], r["one"]):
+                _assert_same(a, b, exact, f"{where}: sharded training differs from one process")
+            for a, b in zip(r["resumed"], r["sharded"]):  # resume against uninterrupted: bit for bit
                 assert torch.equal(a, b), f"{where}: resumed from the state dict, training differs"
             assert r["sharded_state"].keys() == r["one_state"].keys(), where
             for key, value in r["one_state"].items():
-                assert torch.equal(r["sharded_state"][key].cpu(), value.cpu()), f"{where}: state {key}"
+                _assert_same(r["sharded_state"][key].cpu(), value.cpu(), exact, f"{where}: state {key}")
             assert r["placements_kept"], f"{where}: a state tensor is not sharded like its parameter"
 
 

@@ -6,9 +6,11 @@
   its parameter (e.g. still ``Partial``) is redistributed to the parameter's layout first.
 * Matrix optimizers (Muon, ROOT, Conda) need whole matrices for their orthogonalisation, quantiles
   and SVDs. Muon and ROOT have each matrix's rows gathered on one owner rank, which computes and
-  scatters the result (:mod:`._owners`); Conda gathers what needs it on every rank (:func:`full`),
-  computes it there and keeps its own shard (:func:`like`). The numbers are those of the
-  unsharded computation.
+  scatters the result (:mod:`._owners`); the numbers are those of the unsharded computation.
+  Conda's SVD refreshes go to owners the same way. Its update runs on the row shards of a tall
+  matrix (a rotation on the right keeps rows apart; equal to the unsharded numbers up to the
+  rounding of products over fewer rows), while a wide one is gathered on every rank
+  (:func:`full`), updated whole and cut back to the rank's shard (:func:`like`).
 
 ``torch.distributed.tensor`` is never imported here (it costs ~0.6 s): if nobody imported it,
 no ``DTensor`` exists.
@@ -41,6 +43,16 @@ def local(t: Any) -> Any:
     """The local tensor of a ``DTensor`` (sharing its storage: in-place updates are the shard's);
     anything else unchanged. Call under ``torch.no_grad()``."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def row_sharded(t: object) -> bool:
+    """A ``DTensor`` whose rows are split over a 1-D mesh (FSDP2's layout), as ``torch.chunk``
+    splits them."""
+    if not is_dtensor(t) or t.device_mesh.ndim != 1 or t.ndim == 0:  # type: ignore[attr-defined]
+        return False
+    from torch.distributed.tensor import Shard
+
+    return tuple(t.placements) == (Shard(0),)  # type: ignore[attr-defined]
 
 
 def local_grad(g: Tensor, p: Tensor) -> Tensor:

@@ -13,8 +13,9 @@ back, and every rank continues with the same numbers as one process would comput
 * FSDP2 shards (``DTensor``, rows split over a 1-D mesh as ``torch.chunk`` does): the row
   shards are gathered on the owner only, and the owner scatters the result's rows back, so each
   rank sends and receives about ``2 / world_size`` of a matrix instead of an all-gather and a
-  broadcast (``2 - 1 / world_size``), and only the owner holds it whole. Other layouts gather
-  the whole matrix on every rank, then continue as replicas.
+  broadcast (``2 - 1 / world_size``), and only the owner holds it whole. A result of another
+  shape (``out_shape``: Conda's basis) is broadcast whole from the owner instead. Other layouts
+  gather the whole matrix on every rank, then continue as replicas.
 * Matrices go in buckets of at most :data:`BUCKET_BYTES` (gathered, computed and sent back
   before the next), so a sharded model is never whole in memory at once.
 * Unlike the official class, each rank keeps its own momentum (replicated under DDP, sharded
@@ -118,10 +119,13 @@ def map_whole(
     out: list[Tensor] = []
     limit = (BUCKET_BYTES if bucket_bytes is None else bucket_bytes) if owners else 0
     for bucket in buckets(tensors, limit):
-        row_shards = out_shape is None and GATHER_ON_OWNER and all(_row_sharded(tensors[i]) for i in bucket)
-        if owners and row_shards:
-            shards = [tensors[i] for i in bucket]
-            out += _owned_rows(fn, shards, [owners[i] for i in bucket], group, out_dtype)
+        if owners and GATHER_ON_OWNER and all(_dtensor.row_sharded(tensors[i]) for i in bucket):
+            shards, bucket_owners = [tensors[i] for i in bucket], [owners[i] for i in bucket]
+            wholes = _gather_rows_on_owners(shards, bucket_owners, group)
+            if out_shape is None:  # the result's rows go back to where they belong
+                out += _scatter_rows(fn, shards, wholes, bucket_owners, group, out_dtype)
+            else:  # every rank gets the result whole
+                out += _owned(fn, wholes, bucket_owners, group, out_dtype, out_shape, refs=shards)
             continue
         wholes = [_dtensor.full(tensors[i]) for i in bucket]
         if owners:
@@ -161,23 +165,29 @@ def buckets(tensors: list[Tensor], limit: int) -> list[list[int]]:
 
 def _owned(
     fn: Callable[[Tensor], Tensor],
-    wholes: list[Tensor],
+    wholes: list[Tensor] | list[Tensor | None],
     owners: list[int],
     group: Any,
     out_dtype: torch.dtype | None,
     out_shape: Callable[[Tensor], torch.Size] | None = None,
+    refs: list[Tensor] | None = None,
 ) -> list[Tensor]:
-    """``fn`` of each whole tensor, computed on its owner rank and broadcast to the others."""
+    """``fn`` of each whole tensor, computed on its owner rank and broadcast to the others.
+
+    A whole may be None where the rank does not own it; its ``refs`` entry (the ``DTensor``)
+    then gives the shape, dtype and device to receive into."""
     import torch.distributed as dist
 
     rank = dist.get_rank(group)
     outs: list[Tensor] = []
-    for w, owner in zip(wholes, owners):
-        shape = w.shape if out_shape is None else torch.Size(out_shape(w))
+    for i, (w, owner) in enumerate(zip(wholes, owners)):
+        ref = w if w is not None else refs[i]  # type: ignore[index]
+        shape = ref.shape if out_shape is None else torch.Size(out_shape(ref))
+        dtype = out_dtype or ref.dtype
         if owner == rank:
-            out = _expected(fn(w).contiguous(), shape, out_dtype or w.dtype)
+            out = _expected(fn(w).contiguous(), shape, dtype)  # type: ignore[arg-type]
         else:
-            out = torch.empty(shape, dtype=out_dtype or w.dtype, device=w.device)
+            out = torch.empty(shape, dtype=dtype, device=_dtensor.local(ref).device)
         outs.append(out)
     works = [dist.broadcast(o, group=group, group_src=owner, async_op=True) for o, owner in zip(outs, owners)]
     for work in works:
@@ -193,16 +203,6 @@ def _expected(out: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
             f"the other ranks expect {tuple(shape)} {dtype}"
         )
     return out
-
-
-def _row_sharded(t: Tensor) -> bool:
-    """A ``DTensor`` whose rows are split over a 1-D mesh (FSDP2's layout), as ``torch.chunk``
-    splits them (:func:`_row_split`)."""
-    if not _dtensor.is_dtensor(t) or t.device_mesh.ndim != 1 or t.ndim == 0:
-        return False
-    from torch.distributed.tensor import Shard
-
-    return tuple(t.placements) == (Shard(0),)
 
 
 def _row_split(rows: int, world: int) -> tuple[int, list[tuple[int, int]]]:
@@ -222,39 +222,49 @@ def _pad_rows(t: Tensor, rows: int) -> Tensor:
     return padded
 
 
-def _owned_rows(
-    fn: Callable[[Tensor], Tensor],
-    shards: list[Tensor],
-    owners: list[int],
-    group: Any,
-    out_dtype: torch.dtype | None,
-) -> list[Tensor]:
-    """:func:`_owned` for row-sharded ``DTensor`` s: each one's rows gathered on its owner only,
-    ``fn`` of the whole computed there, and its rows scattered back; ``DTensor`` results laid out
-    as the inputs."""
+def _gather_rows_on_owners(shards: list[Tensor], owners: list[int], group: Any) -> list[Tensor | None]:
+    """Each row-sharded ``DTensor`` whole on its owner rank only (``None`` on the others)."""
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    splits = [_row_split(t.shape[0], world) for t in shards]
     received: list[list[Tensor] | None] = []
     works = []
-    for t, owner, (chunk, _) in zip(shards, owners, splits):
-        mine = _pad_rows(t.to_local(), chunk)
+    for t, owner in zip(shards, owners):
+        mine = _pad_rows(t.to_local(), _row_split(t.shape[0], world)[0])
         pieces = [torch.empty_like(mine) for _ in range(world)] if rank == owner else None
         works.append(dist.gather(mine, pieces, group=group, group_dst=owner, async_op=True))
         received.append(pieces)
     for work in works:
         work.wait()
+    wholes: list[Tensor | None] = []
+    for t, pieces in zip(shards, received):
+        rows_of = _row_split(t.shape[0], world)[1]
+        wholes.append(None if pieces is None else torch.cat([p[:n] for p, (_, n) in zip(pieces, rows_of)]))
+    return wholes
 
+
+def _scatter_rows(
+    fn: Callable[[Tensor], Tensor],
+    shards: list[Tensor],
+    wholes: list[Tensor | None],
+    owners: list[int],
+    group: Any,
+    out_dtype: torch.dtype | None,
+) -> list[Tensor]:
+    """``fn`` of each whole (:func:`_gather_rows_on_owners`) computed on its owner, and its rows
+    scattered back: ``DTensor`` results laid out as the row-sharded ``shards``."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    splits = [_row_split(t.shape[0], world) for t in shards]
     outs: list[Tensor] = []
     works = []
-    for t, owner, (chunk, rows_of), pieces in zip(shards, owners, splits, received):
+    for t, owner, (chunk, rows_of), whole in zip(shards, owners, splits, wholes):
         dtype = out_dtype or t.dtype
         mine = torch.empty((chunk, *t.shape[1:]), dtype=dtype, device=t.to_local().device)
         sends = None
-        if pieces is not None:
-            whole = torch.cat([piece[:n] for piece, (_, n) in zip(pieces, rows_of)])
+        if whole is not None:
             result = _expected(fn(whole), whole.shape, dtype)
             sends = [_pad_rows(result[start : start + n], chunk) for start, n in rows_of]
         works.append(dist.scatter(mine, sends, group=group, group_src=owner, async_op=True))

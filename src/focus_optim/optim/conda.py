@@ -31,6 +31,15 @@ The official projector is a Python object in ``optimizer.state``; here it is two
 ``ortho`` (:math:`Q`) and ``last_svd_step`` (:math:`t` of the last refresh, -1 before the
 first), so ``state_dict()`` holds tensors only. Ensembles (``ensemble_dims=k``) use a batched SVD.
 
+Sharded matrices (FSDP2 ``DTensor``, rows split over a 1-D mesh): the momentum is element-wise, so
+it is updated on each shard. A tall matrix (:math:`m \ge n`; GPT-2's attention and MLP-in weights)
+rotates on the right, by a replicated :math:`n\times n` basis, so each row of :math:`\hat G`,
+:math:`V` and the update depends on the same row of :math:`G` and :math:`M` only: the whole update
+runs on the local shards, with no communication (``ROTATE_ON_SHARDS``). The numbers then equal the
+unsharded computation's up to the rounding of matrix products over fewer rows. A wide matrix
+rotates its rows into each other, so it is gathered and updated whole on every rank, which keeps
+its own shard (bit-equal to one process; also every matrix with ``ROTATE_ON_SHARDS = False``).
+
 Paper vs code: the paper speaks of "column-wise second-moment normalization"; the code keeps a
 full element-wise second moment of the one-sided rotated gradient. The code is implemented; the
 paper's exact column-wise rule is not specified precisely enough to offer as an option.
@@ -165,25 +174,23 @@ class Conda(MatrixOptimizer):
         for i, basis in zip(due, bases):
             states[i]["ortho"].copy_(basis)
             states[i]["last_svd_step"].fill_(_get_value(states[i]["step"]))
+        hparams = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                       weight_decay=group["weight_decay"], scale=group["scale"],
+                       correct_bias=group["correct_bias"])  # fmt: skip
         for p, g, state in zip(params, grads, states):
-            # A sharded (DTensor) matrix is updated whole on every rank, which keeps its own shard.
+            if group["ensemble_dims"] == 0 and rotates_on_shards(p):
+                shards = (_dtensor.local(t) for t in (p, state["exp_avg"], state["exp_avg_sq"]))
+                p_shard, m_shard, v_shard = shards
+                g_shard = _dtensor.local_grad(g, p)
+                conda_apply_(
+                    p_shard, g_shard, m_shard, v_shard, state["ortho"], state["step"], tall=True, **hparams
+                )
+                continue
+            # Otherwise a sharded (DTensor) matrix is updated whole on every rank, which keeps its shard.
             kept = (p, state["exp_avg_sq"])
             whole_p, exp_avg_sq = (_dtensor.full(t) for t in kept)
-            conda_apply_(
-                whole_p,
-                _dtensor.full(g),
-                _dtensor.full(state["exp_avg"]),
-                exp_avg_sq,
-                state["ortho"],
-                state["step"],
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                scale=group["scale"],
-                correct_bias=group["correct_bias"],
-            )
+            whole_g, whole_m = _dtensor.full(g), _dtensor.full(state["exp_avg"])
+            conda_apply_(whole_p, whole_g, whole_m, exp_avg_sq, state["ortho"], state["step"], **hparams)
             if whole_p is not p:
                 for dst, whole in zip(kept, (whole_p, exp_avg_sq)):
                     _dtensor.store(dst, whole)
@@ -196,6 +203,15 @@ class Conda(MatrixOptimizer):
                         eps=group["eps"], weight_decay=group["weight_decay"],
                         eps_mode="before_bias_correction", decay_mode="post_update",
                         bias_correction=group["correct_bias"])  # fmt: skip
+
+
+ROTATE_ON_SHARDS = True  # False: every sharded matrix gathered and updated whole (bit-equal)
+
+
+def rotates_on_shards(p: Tensor) -> bool:
+    """Whether matrix ``p``'s update runs on its local shard alone: a tall (m >= n) matrix with
+    its rows split over the ranks, whose rotation :math:`G Q^\\top` keeps rows apart."""
+    return ROTATE_ON_SHARDS and _dtensor.row_sharded(p) and p.size(-2) >= p.size(-1)
 
 
 def conda_basis(M: Tensor) -> Tensor:
@@ -266,14 +282,18 @@ def conda_apply_(
     weight_decay: float | Tensor,
     scale: float = 1.0,
     correct_bias: bool = True,
+    tall: bool | None = None,
 ) -> None:
     """The rest of a Conda step, with the momentum ``exp_avg`` and the basis ``ortho`` current:
-    the rotated second moment, the update of ``p`` and the decay; increments ``step_t``."""
+    the rotated second moment, the update of ``p`` and the decay; increments ``step_t``.
+
+    ``tall`` (:math:`m \\ge n`, rotate on the right) defaults to ``p``'s shape; a row shard of a
+    matrix passes its whole matrix's."""
     work = working_copy(p, exp_avg)
     g = g if g.dtype == exp_avg.dtype else g.to(exp_avg.dtype)
     eta = per_member(lr, work)
     wd = per_member(weight_decay, work)
-    tall = p.size(-2) >= p.size(-1)
+    tall = p.size(-2) >= p.size(-1) if tall is None else tall
     t = int(_get_value(step_t))
 
     Qt = ortho.mT
