@@ -323,6 +323,15 @@ def foreach_add_scaled_(tensors: list[Tensor], others: list[Tensor], alpha: Any)
         torch._foreach_add_(tensors, others, alpha=alpha)
 
 
+def foreach_add_scaled(tensors: list[Tensor], others: list[Tensor], alpha: Any) -> list[Tensor]:
+    """``t + alpha * o`` for every pair, as new tensors (:func:`foreach_add_scaled_` out of place)."""
+    if isinstance(alpha, list):
+        return torch._foreach_addcmul(tensors, others, alpha)
+    if isinstance(alpha, Tensor):
+        return torch._foreach_addcmul(tensors, others, [alpha] * len(tensors))
+    return torch._foreach_add(tensors, others, alpha=alpha)
+
+
 def is_zero(x: Scalar) -> bool:
     """True only for a Python number equal to 0 (a tensor is never treated as zero)."""
     return not isinstance(x, Tensor) and x == 0

@@ -200,6 +200,8 @@ def _per_tensor(idx, params, grads, exp_avgs, param_avgs, steps, *, update_fn, c
     kw: dict[str, Any] = dict(lr=as_t(lr), weight_decay=as_t(weight_decay), beta1=beta1, maximize=maximize)
     if param_avgs is not None:
         kw.update(beta2=beta2, gamma=gamma, decay_mode=decay_mode)
+    else:  # Signum: decoupled decay ("algorithm1" on the kernel) or coupled
+        kw.update(decoupled_weight_decay=decay_mode != "coupled")
     bc2: dict[float, Any] = {}  # one scalar per distinct step count, not one per tensor
     for i in idx:
         tensors = [params[i], grads[i], exp_avgs[i]] + ([param_avgs[i]] if param_avgs is not None else [])

@@ -20,7 +20,7 @@ from .triton_blocks import member_values, role_pointer, tensor_block
 
 BLOCK = 1024  # tuned on an H100 (benchmarks/tune_fused_focus.py): 1024 x 4 warps was fastest
 NUM_WARPS = 4
-MODES = {"algorithm1": 0, "reference": 1, "decoupled": 2}
+MODES = {"algorithm1": 0, "reference": 1, "decoupled": 2, "coupled": 3}  # "coupled": Signum only
 
 
 @triton.jit
@@ -124,6 +124,8 @@ def sign_family_update(
     step), so there is one Triton statement of it."""
     if MAXIMIZE:
         g = -g
+    if DECAY and MODE == 3:  # coupled (L2) decay, inside the momentum
+        g = g + wd * p
     m = _lerp(m, g, w1, W1_HIGH)
     u = _sign(m)
     if HAS_AVG:
