@@ -129,7 +129,7 @@ case "$part" in
       ${fused:+--fused} ${graphs:+--cuda-graphs} ${fused_eval:+--fused-eval}
     ;;
   lm)
-    OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-autotune --time-budget 500
+    OUT="$out" python benchmarks/lm_throughput.py --variants b64-chunkce,b64-chunkce-cdt,b64-chunkce-autotune --time-budget 540
     ;;
   *)
     echo "unknown part: $part (tests|step|toy-diagnose|toy-fused|toy-kernels|toy|toy-variants|toy-unroll|mnist-eval|mnist-profile|mnist-modes|mnist-scan|lm)" >&2

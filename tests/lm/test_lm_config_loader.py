@@ -41,6 +41,14 @@ def test_unknown_keys_list_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=r"Invalid zero = true with parallel = 'fsdp'.*FSDP shards"):
         load_config(None, ["zero=true", "parallel='fsdp'"])
     assert load_config(None, ["zero=true"]).zero is True
+    with pytest.raises(
+        ValueError, match=r"Invalid inductor_args key 'coordinate_descent'.*torch._inductor.config"
+    ):
+        load_config(None, ["inductor_args.coordinate_descent=true"])
+    tuned = load_config(None, ["inductor_args.coordinate_descent_tuning=true"])
+    assert tuned.inductor_args == {"coordinate_descent_tuning": True}
+    with pytest.raises(ValueError, match=r"only optimizer_args, model_args, inductor_args are tables"):
+        load_config(None, ["lr.x=1"])
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def test_throughput_script_on_cpu(synthetic_data, tmp_path):
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "lm_throughput.py"), "--model", "tiny", "--device", "cpu",
            "--no-compile", "--dtype", "float32", "--steps", "1", "--warmup", "1", "--opt-reps", "2",
-           "--variants", "b64-chunkce", "--data-dir", str(synthetic_data)]  # fmt: skip
+           "--variants", "b64-chunkce-cdt", "--data-dir", str(synthetic_data)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"lm_throughput.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "lm_throughput.json").read_text())

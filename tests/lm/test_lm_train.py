@@ -251,8 +251,12 @@ def test_training_loop_protocol_hooks(synthetic_data, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, from inside torch.compile
-def test_compiled_run_matches_eager(synthetic_data, tmp_path):
-    """torch.compile (warmed up before the clock starts) trains the same model as eager mode."""
+def test_compiled_run_matches_eager(synthetic_data, tmp_path, monkeypatch):
+    """torch.compile (warmed up before the clock starts) trains the same model as eager mode;
+    ``inductor_args`` reach Inductor's config before it compiles."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "coordinate_descent_tuning", False)  # restored afterwards
     opts = (
         "max_steps=3",
         "eval_interval=3",
@@ -261,7 +265,10 @@ def test_compiled_run_matches_eager(synthetic_data, tmp_path):
         "model_args.ce_chunk=100",
     )
     train(tiny_config(synthetic_data, tmp_path / "eager", *opts))
-    train(tiny_config(synthetic_data, tmp_path / "compiled", *opts, "compile=true"))
+    assert inductor_config.coordinate_descent_tuning is False
+    tuned = "inductor_args.coordinate_descent_tuning=true"
+    train(tiny_config(synthetic_data, tmp_path / "compiled", *opts, "compile=true", tuned))
+    assert inductor_config.coordinate_descent_tuning is True
     eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     torch.testing.assert_close([r[1] for r in compiled[0]], [r[1] for r in eager[0]], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close([v for _, v in compiled[1]], [v for _, v in eager[1]], rtol=1e-4, atol=1e-5)

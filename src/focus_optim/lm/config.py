@@ -70,6 +70,7 @@ class TrainConfig:
     dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (with GradScaler) | float32
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
+    inductor_args: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config options to set
     sdpa_backend: str = "auto"  # attention kernel on CUDA: auto (torch's choice) | flash | cudnn | ...
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     parallel: str = "ddp"  # several ranks: ddp (replicated model) | fsdp (FSDP2, every block sharded)
@@ -141,6 +142,15 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Invalid {msg}")
+        if self.inductor_args:
+            import torch._inductor.config as inductor_config
+
+            for key in self.inductor_args:
+                if not hasattr(inductor_config, key):
+                    raise ValueError(
+                        f"Invalid inductor_args key {key!r} (allowed: options of torch._inductor.config, "
+                        "e.g. coordinate_descent_tuning)"
+                    )
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -150,6 +160,9 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "bool": bool,
     "dict[str, Any]": dict,
 }
+
+
+TABLES = ("optimizer_args", "model_args", "inductor_args")
 
 
 def _coerce(cls: type, key: str, value: Any) -> Any:
@@ -182,8 +195,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         if head not in TrainConfig.valid_keys():
             raise ValueError(f"Unknown config key {head!r}; valid: {', '.join(TrainConfig.valid_keys())}")
         if dot:
-            if head not in ("optimizer_args", "model_args"):
-                raise ValueError(f"Invalid override {item!r}: only optimizer_args and model_args are tables")
+            if head not in TABLES:
+                raise ValueError(f"Invalid override {item!r}: only {', '.join(TABLES)} are tables")
             out.setdefault(head, {})[sub] = parse_value(text)
         else:
             out[head] = parse_value(text)

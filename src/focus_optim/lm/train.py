@@ -121,6 +121,11 @@ class Trainer:
 
         self.model: torch.nn.Module = self.raw_model
         if cfg.compile:
+            if cfg.inductor_args:  # process-wide, read when the first step compiles
+                import torch._inductor.config as inductor_config
+
+                for key, value in cfg.inductor_args.items():
+                    setattr(inductor_config, key, value)
             self.model = torch.compile(self.model, mode=cfg.compile_mode)
         if self.dist.ddp and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
