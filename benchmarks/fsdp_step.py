@@ -14,8 +14,8 @@ shards go to one owner rank, which orthogonalises it and scatters the rows back
 (``_owners.GATHER_ON_OWNER = False``: every rank gathers, the owner computes and broadcasts), and
 the ``ns_steps=0`` rows isolate the communication (no Newton-Schulz iteration, only its
 normalisation). Conda's ``T=1000`` rows time steps without an SVD refresh: every matrix gathered
-and updated whole on every rank (``conda.ROTATE_ON_SHARDS = False``) against tall matrices
-updated on their row shards.
+and updated whole on every rank (``conda.ROTATE_ON_SHARDS = False``) against each rank updating
+its own rows.
 
 ``--layout replicated`` times the same candidates on whole, replicated parameters instead (as
 under DDP after its all-reduce); there the matrix optimizers share their work with
@@ -73,7 +73,7 @@ CANDIDATES = {
     ),
     # no refresh after the warm-up's first step: the rotations, whole on every rank or on the shards
     "conda T=1000 (every matrix whole)": lambda m: make_optimizer("conda", m, update_proj_gap=1000),
-    "conda T=1000 (tall matrices on their shards)": lambda m: make_optimizer(
+    "conda T=1000 (on the row shards)": lambda m: make_optimizer(
         "conda", m, update_proj_gap=1000
     ),
 }

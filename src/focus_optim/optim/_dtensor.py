@@ -55,6 +55,34 @@ def row_sharded(t: object) -> bool:
     return tuple(t.placements) == (Shard(0),)  # type: ignore[attr-defined]
 
 
+def row_split(rows: int, world: int) -> tuple[int, list[tuple[int, int]]]:
+    """``torch.chunk``'s (and so ``Shard(0)``'s) split of ``rows`` over ``world`` ranks: the chunk
+    size, and each rank's (first row, row count); the last ranks may get fewer rows, or none."""
+    chunk = -(-rows // world)
+    starts = [min(rows, r * chunk) for r in range(world)]
+    return chunk, [(start, min(rows, start + chunk) - start) for start in starts]
+
+
+def own_rows(t: Any) -> slice:
+    """The rows of a row-sharded ``DTensor`` (:func:`row_sharded`) that this rank holds."""
+    mesh = t.device_mesh
+    start, count = row_split(t.shape[0], mesh.size())[1][mesh.get_local_rank()]
+    return slice(start, start + count)
+
+
+def gather_rows(shard: Tensor, like: Any) -> Tensor:
+    """The whole tensor whose rows this rank holds in ``shard`` (a plain tensor) and the other ranks
+    theirs, split as the row-sharded ``like`` is: an all-gather over ``like``'s mesh."""
+    from torch.distributed.tensor import DTensor
+
+    shape = (like.shape[0], *shard.shape[1:])
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    layout = dict(run_check=False, shape=shape, stride=tuple(strides))
+    return DTensor.from_local(shard, like.device_mesh, like.placements, **layout).full_tensor()
+
+
 def local_grad(g: Tensor, p: Tensor) -> Tensor:
     """The local part of gradient ``g`` laid out as its parameter ``p``."""
     if is_dtensor(g) and (g.device_mesh != p.device_mesh or g.placements != p.placements):

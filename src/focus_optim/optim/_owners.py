@@ -205,14 +205,6 @@ def _expected(out: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
     return out
 
 
-def _row_split(rows: int, world: int) -> tuple[int, list[tuple[int, int]]]:
-    """``torch.chunk``'s (and so ``Shard(0)``'s) split of ``rows`` over ``world`` ranks: the chunk
-    size, and each rank's (first row, row count); the last ranks may get fewer rows, or none."""
-    chunk = -(-rows // world)
-    starts = [min(rows, r * chunk) for r in range(world)]
-    return chunk, [(start, min(rows, start + chunk) - start) for start in starts]
-
-
 def _pad_rows(t: Tensor, rows: int) -> Tensor:
     """``t`` with zero rows appended up to ``rows`` (collectives take equal-sized pieces)."""
     if t.shape[0] == rows:
@@ -230,7 +222,7 @@ def _gather_rows_on_owners(shards: list[Tensor], owners: list[int], group: Any) 
     received: list[list[Tensor] | None] = []
     works = []
     for t, owner in zip(shards, owners):
-        mine = _pad_rows(t.to_local(), _row_split(t.shape[0], world)[0])
+        mine = _pad_rows(t.to_local(), _dtensor.row_split(t.shape[0], world)[0])
         pieces = [torch.empty_like(mine) for _ in range(world)] if rank == owner else None
         works.append(dist.gather(mine, pieces, group=group, group_dst=owner, async_op=True))
         received.append(pieces)
@@ -238,7 +230,7 @@ def _gather_rows_on_owners(shards: list[Tensor], owners: list[int], group: Any) 
         work.wait()
     wholes: list[Tensor | None] = []
     for t, pieces in zip(shards, received):
-        rows_of = _row_split(t.shape[0], world)[1]
+        rows_of = _dtensor.row_split(t.shape[0], world)[1]
         wholes.append(None if pieces is None else torch.cat([p[:n] for p, (_, n) in zip(pieces, rows_of)]))
     return wholes
 
@@ -257,7 +249,7 @@ def _scatter_rows(
     from torch.distributed.tensor import DTensor
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    splits = [_row_split(t.shape[0], world) for t in shards]
+    splits = [_dtensor.row_split(t.shape[0], world) for t in shards]
     outs: list[Tensor] = []
     works = []
     for t, owner, (chunk, rows_of), whole in zip(shards, owners, splits, wholes):

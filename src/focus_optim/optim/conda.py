@@ -31,14 +31,16 @@ The official projector is a Python object in ``optimizer.state``; here it is two
 ``ortho`` (:math:`Q`) and ``last_svd_step`` (:math:`t` of the last refresh, -1 before the
 first), so ``state_dict()`` holds tensors only. Ensembles (``ensemble_dims=k``) use a batched SVD.
 
-Sharded matrices (FSDP2 ``DTensor``, rows split over a 1-D mesh): the momentum is element-wise, so
-it is updated on each shard. A tall matrix (:math:`m \ge n`; GPT-2's attention and MLP-in weights)
-rotates on the right, by a replicated :math:`n\times n` basis, so each row of :math:`\hat G`,
-:math:`V` and the update depends on the same row of :math:`G` and :math:`M` only: the whole update
-runs on the local shards, with no communication (``ROTATE_ON_SHARDS``). The numbers then equal the
-unsharded computation's up to the rounding of matrix products over fewer rows. A wide matrix
-rotates its rows into each other, so it is gathered and updated whole on every rank, which keeps
-its own shard (bit-equal to one process; also every matrix with ``ROTATE_ON_SHARDS = False``).
+Sharded matrices (FSDP2 ``DTensor``, rows split over a 1-D mesh) are updated on each rank's rows
+(``ROTATE_ON_SHARDS``; the SVD refreshes go to one owner rank each, :mod:`._owners`). The momentum
+is element-wise. A tall matrix (:math:`m \ge n`; GPT-2's attention and MLP-in weights) rotates on
+the right, by a replicated :math:`n\times n` basis, so each row of :math:`\hat G`, :math:`V` and
+the update depends on the same row of :math:`G` and :math:`M` only: no communication. A wide
+matrix rotates its rows into each other: each rank all-gathers :math:`G` and :math:`M`, keeps its
+rows of the rotated frame (:math:`V` is sharded that way), and all-gathers the normalised rows to
+rotate back its own rows of the update. The numbers equal the unsharded computation's up to the
+rounding of matrix products over fewer rows; ``ROTATE_ON_SHARDS = False`` gathers and updates
+every matrix whole on every rank instead (bit-equal to one process).
 
 Paper vs code: the paper speaks of "column-wise second-moment normalization"; the code keeps a
 full element-wise second moment of the one-sided rotated gradient. The code is implemented; the
@@ -47,6 +49,7 @@ paper's exact column-wise rule is not specified precisely enough to offer as an 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -178,13 +181,18 @@ class Conda(MatrixOptimizer):
                        weight_decay=group["weight_decay"], scale=group["scale"],
                        correct_bias=group["correct_bias"])  # fmt: skip
         for p, g, state in zip(params, grads, states):
-            if group["ensemble_dims"] == 0 and rotates_on_shards(p):
-                shards = (_dtensor.local(t) for t in (p, state["exp_avg"], state["exp_avg_sq"]))
-                p_shard, m_shard, v_shard = shards
-                g_shard = _dtensor.local_grad(g, p)
-                conda_apply_(
-                    p_shard, g_shard, m_shard, v_shard, state["ortho"], state["step"], tall=True, **hparams
-                )
+            if group["ensemble_dims"] == 0 and updates_on_shards(p):
+                p_shard, v_shard = _dtensor.local(p), _dtensor.local(state["exp_avg_sq"])
+                if p.size(-2) >= p.size(-1):  # tall: rows stay apart
+                    g_shard, m_shard = _dtensor.local_grad(g, p), _dtensor.local(state["exp_avg"])
+                    conda_apply_(p_shard, g_shard, m_shard, v_shard, state["ortho"], state["step"],
+                                 tall=True, **hparams)  # fmt: skip
+                else:  # wide: this rank's rows of the rotated frame, from the whole G and M
+                    whole_g, whole_m = _dtensor.full(g), _dtensor.full(state["exp_avg"])
+                    gather = functools.partial(_dtensor.gather_rows, like=p)
+                    rows = _dtensor.own_rows(p)
+                    conda_apply_(p_shard, whole_g, whole_m, v_shard, state["ortho"], state["step"],
+                                 tall=False, rows=rows, gather_rows=gather, **hparams)  # fmt: skip
                 continue
             # Otherwise a sharded (DTensor) matrix is updated whole on every rank, which keeps its shard.
             kept = (p, state["exp_avg_sq"])
@@ -208,10 +216,10 @@ class Conda(MatrixOptimizer):
 ROTATE_ON_SHARDS = True  # False: every sharded matrix gathered and updated whole (bit-equal)
 
 
-def rotates_on_shards(p: Tensor) -> bool:
-    """Whether matrix ``p``'s update runs on its local shard alone: a tall (m >= n) matrix with
-    its rows split over the ranks, whose rotation :math:`G Q^\\top` keeps rows apart."""
-    return ROTATE_ON_SHARDS and _dtensor.row_sharded(p) and p.size(-2) >= p.size(-1)
+def updates_on_shards(p: Tensor) -> bool:
+    """Whether matrix ``p`` is updated row shard by row shard (its rows split over the ranks)
+    rather than gathered and updated whole on every rank."""
+    return ROTATE_ON_SHARDS and _dtensor.row_sharded(p)
 
 
 def conda_basis(M: Tensor) -> Tensor:
@@ -283,12 +291,17 @@ def conda_apply_(
     scale: float = 1.0,
     correct_bias: bool = True,
     tall: bool | None = None,
+    rows: slice | None = None,
+    gather_rows: Callable[[Tensor], Tensor] | None = None,
 ) -> None:
     """The rest of a Conda step, with the momentum ``exp_avg`` and the basis ``ortho`` current:
     the rotated second moment, the update of ``p`` and the decay; increments ``step_t``.
 
-    ``tall`` (:math:`m \\ge n`, rotate on the right) defaults to ``p``'s shape; a row shard of a
-    matrix passes its whole matrix's."""
+    Row shards of a matrix: ``tall`` (:math:`m \\ge n`, rotate on the right; default: from
+    ``p``'s shape) is the whole matrix's. A tall shard passes every tensor as its rows. A wide
+    one passes ``p`` and ``exp_avg_sq`` as its ``rows`` (of the parameter and of the rotated
+    frame), ``g`` and ``exp_avg`` whole, and ``gather_rows``, which returns the whole normalised
+    update in the rotated frame given this shard's rows (the other ranks give theirs)."""
     work = working_copy(p, exp_avg)
     g = g if g.dtype == exp_avg.dtype else g.to(exp_avg.dtype)
     eta = per_member(lr, work)
@@ -297,7 +310,11 @@ def conda_apply_(
     t = int(_get_value(step_t))
 
     Qt = ortho.mT
-    g_hat, m_hat = (g @ Qt, exp_avg @ Qt) if tall else (Qt @ g, Qt @ exp_avg)
+    if tall:
+        g_hat, m_hat = g @ Qt, exp_avg @ Qt
+    else:
+        Qt_rows = Qt if rows is None else Qt[..., rows, :]
+        g_hat, m_hat = Qt_rows @ g, Qt_rows @ exp_avg
     exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)
     denom = exp_avg_sq.sqrt().add_(eps)
 
@@ -307,7 +324,12 @@ def conda_apply_(
         t1 = t + 1
         step_size = eta * (1 - beta2**t1) ** 0.5 / (1 - beta1**t1)
     normed = m_hat.div_(denom)
-    update = (normed @ ortho if tall else ortho @ normed).mul_(scale)
+    if tall:
+        update = normed @ ortho
+    else:
+        Q_rows = ortho if rows is None else ortho[..., rows, :]
+        update = Q_rows @ (normed if gather_rows is None else gather_rows(normed))
+    update.mul_(scale)
     add_scaled_(work, update, -step_size)
     if not is_zero(wd):
         add_scaled_(work, work, -(eta * wd))
