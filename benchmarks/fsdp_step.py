@@ -73,9 +73,7 @@ CANDIDATES = {
     ),
     # no refresh after the warm-up's first step: the rotations, whole on every rank or on the shards
     "conda T=1000 (every matrix whole)": lambda m: make_optimizer("conda", m, update_proj_gap=1000),
-    "conda T=1000 (on the row shards)": lambda m: make_optimizer(
-        "conda", m, update_proj_gap=1000
-    ),
+    "conda T=1000 (on the row shards)": lambda m: make_optimizer("conda", m, update_proj_gap=1000),
 }
 SHARED: bool | None = None  # the matrix optimizers' ``distributed`` for sharing (set by --layout)
 
