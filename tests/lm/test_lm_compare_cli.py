@@ -57,6 +57,14 @@ def test_crossing_interpolates_between_evaluations(tmp_path):
     assert crossing(c, 2.5) == {"step": 150.0, "tokens": 150_000.0, "time": 75.0}
     assert crossing(c, 5.0)["step"] == 0 and crossing(c, 1.0) is None
     assert math.isclose(c.best, 2.0) and c.label == "r" and c.optimizer == "focus"
+    assert load_curve(run / "log.jsonl").val_loss.tolist() == [4.0, 3.0, 2.0]  # the log file itself
+
+
+def test_a_file_that_is_not_a_run_log_is_named(tmp_path):
+    stray = tmp_path / "compare.json"  # what `lm compare runs/lm/*` picks up after `--out runs/lm`
+    stray.write_text(json.dumps({"runs": []}))
+    with pytest.raises(ValueError, match=r"compare\.json: not a run \(a directory holding log\.jsonl"):
+        load_curve(stray)
 
 
 @pytest.mark.skipif(find_bpe_file() is None, reason="the offline GPT-2 BPE file is not available")

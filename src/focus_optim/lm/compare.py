@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json_atomic
-from .runlog import read_log
+from .runlog import LOG_NAME, read_log
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Curve:
 
 def load_curve(run: str | os.PathLike[str]) -> Curve:
     """Read a run directory (or its ``log.jsonl``)."""
+    if Path(run).is_file() and Path(run).name != LOG_NAME:  # e.g. a glob that caught compare.json
+        raise ValueError(f"{run}: not a run (a directory holding {LOG_NAME}, or that file)")
     run_dir = Path(run).parent if Path(run).is_file() else Path(run)
     by_step: dict[int, dict[str, Any]] = {}
     for rec in read_log(run):
