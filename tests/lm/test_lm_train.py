@@ -251,12 +251,11 @@ def test_training_loop_protocol_hooks(synthetic_data, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, from inside torch.compile
-def test_compiled_run_matches_eager(synthetic_data, tmp_path, monkeypatch):
+def test_compiled_run_matches_eager(synthetic_data, tmp_path):
     """torch.compile (warmed up before the clock starts) trains the same model as eager mode;
     ``inductor_args`` reach Inductor's config before it compiles."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "coordinate_descent_tuning", False)  # restored afterwards
     opts = (
         "max_steps=3",
         "eval_interval=3",
@@ -264,11 +263,13 @@ def test_compiled_run_matches_eager(synthetic_data, tmp_path, monkeypatch):
         "save_final=false",
         "model_args.ce_chunk=100",
     )
-    train(tiny_config(synthetic_data, tmp_path / "eager", *opts))
-    assert inductor_config.coordinate_descent_tuning is False
-    tuned = "inductor_args.coordinate_descent_tuning=true"
-    train(tiny_config(synthetic_data, tmp_path / "compiled", *opts, "compile=true", tuned))
-    assert inductor_config.coordinate_descent_tuning is True
+    # (not pytest's monkeypatch: its undo leaves the option deleted from Inductor's config)
+    with inductor_config.patch(coordinate_descent_tuning=False):  # the default, restored on exit
+        train(tiny_config(synthetic_data, tmp_path / "eager", *opts))
+        assert inductor_config.coordinate_descent_tuning is False
+        tuned = "inductor_args.coordinate_descent_tuning=true"
+        train(tiny_config(synthetic_data, tmp_path / "compiled", *opts, "compile=true", tuned))
+        assert inductor_config.coordinate_descent_tuning is True
     eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     torch.testing.assert_close([r[1] for r in compiled[0]], [r[1] for r in eager[0]], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close([v for _, v in compiled[1]], [v for _, v in eager[1]], rtol=1e-4, atol=1e-5)
