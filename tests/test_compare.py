@@ -218,6 +218,10 @@ def test_curves_are_stored_and_plotted(tmp_path) -> None:
         (["adamw"], {"replicates": 2.5}, "Invalid replicates"),
         (["adamw"], {"metrics": []}, "Invalid metrics"),
         (["adamw"], {"curves": ["c"], "points": 0}, "Invalid curves"),
+        (["adamw"], {"lrs": 1e-3, "metrics": 7}, r"Invalid metrics: 7 \(allowed: a list of names\)"),
+        (["adamw"], {"lrs": "1e-3"}, r"Invalid lrs: '1e-3' \(allowed: a list of numbers\)"),
+        (["adamw"], {"curves": ["c"], "points": "10"}, r"Invalid points: '10'"),
+        (["adamw"], {"config": {"data": object()}}, r"Invalid config of sweep 'compare'.*JSON values"),
     ],
 )
 def test_bad_input_is_named_before_any_run(tmp_path, optimizers, kwargs, match) -> None:
@@ -225,6 +229,42 @@ def test_bad_input_is_named_before_any_run(tmp_path, optimizers, kwargs, match) 
     with pytest.raises(ValueError, match=match):
         compare(least_squares, optimizers, args.pop("lrs"), out=tmp_path / "c", progress=False, **args)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_single_name_or_lr_is_a_list_of_one(tmp_path) -> None:
+    """``metrics="loss"`` is one metric (not the letters l, o, s, s), ``lrs=1e-2`` one lr."""
+    ds = compare(
+        least_squares, ["adamw"], 1e-2, out=tmp_path / "c", replicates=1, metrics="loss", progress=False
+    )
+    assert list(ds["metric"].values) == ["loss"] and list(ds["lr"].values) == [1e-2]
+    assert ds.attrs["complete"]
+
+
+def test_lrs_given_in_any_order_plot_left_to_right_and_tie_to_the_smallest(tmp_path) -> None:
+    def flat(trial: Trial) -> dict[str, float]:
+        return {"loss": 1.0 if trial.lr > 1e-3 else 2.0}  # a tie between 1e-2 and 1e-1
+
+    lrs = [1e-1, 1e-3, 1e-2]
+    ds = compare(flat, ["adamw"], lrs, out=tmp_path / "c", replicates=1, metrics=["loss"], progress=False)
+    assert float(best_lr(ds, "loss")["best_lr"].sel(optimizer="adamw")) == 1e-2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    drawn = []
+    original = plt.Axes.plot
+
+    def record(self, x, *args, **kwargs):
+        drawn.append(np.asarray(x, dtype=float))
+        return original(self, x, *args, **kwargs)
+
+    plt.Axes.plot = record
+    try:
+        plot(ds, "loss", tmp_path / "c" / "compare")
+    finally:
+        plt.Axes.plot = original
+    assert drawn and all(np.all(np.diff(x) > 0) for x in drawn if x.size > 1)
 
 
 def test_a_run_that_omits_a_metric_is_named_and_nothing_is_stored(tmp_path) -> None:
@@ -325,3 +365,6 @@ def test_cli_runs_a_training_function_by_name(tmp_path, capsys) -> None:
     assert main(["compare", "run", "test_compare:least_squares", "--out", str(tmp_path / "e"),
                  *args[:1], "focus:lr=1", *args[3:]]) == 2  # fmt: skip
     assert "lr is swept (--lrs)" in capsys.readouterr().err
+    assert main(["compare", "run", "test_compare:least_squares", "--out", str(tmp_path / "e"),
+                 *args[:1], "adamw", "adamw", *args[3:]]) == 2  # fmt: skip
+    assert "Invalid --optimizers: 'adamw' twice" in capsys.readouterr().err

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from focus_optim.sweep import Shard, SweepSpec, load_results, parse_shard, run_sweep
+from focus_optim.sweep import Shard, Store, SweepSpec, load_results, parse_shard, run_sweep
 
 xr = pytest.importorskip("xarray")
 
@@ -86,6 +88,40 @@ def test_changed_configuration_refuses_with_clear_error(tmp_path):
     run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
     with pytest.raises(ValueError, match=r"different configuration.*config\.steps"):
         run_sweep(make_spec(steps=5), Counting(), tmp_path, progress=False)
+    run_sweep(
+        make_spec(model={"width": 8, "depth": 2}), Counting(), tmp_path / "n", max_cells=1, progress=False
+    )
+    with pytest.raises(ValueError, match=r"differs in \['config\.model\.width'\]"):  # the nested key itself
+        run_sweep(make_spec(model={"width": 9, "depth": 2}), Counting(), tmp_path / "n", progress=False)
+
+
+def test_a_config_that_is_not_json_is_named():
+    with pytest.raises(ValueError, match=r"Invalid config of sweep 'demo': .*PosixPath.*JSON values"):
+        make_spec(data=Path("/tmp")).manifest()
+
+
+def test_shards_creating_one_store_at_once_never_crash(tmp_path):
+    """Array jobs on different nodes may share a pid: threads of one process do, and race to write
+    the manifest. Exactly one creates it; every one then sees it whole."""
+    spec = make_spec()
+    for trial in range(40):
+        errors: list[BaseException] = []
+        store = tmp_path / f"t{trial}"
+
+        def open_store(store=store, errors=errors):
+            try:
+                Store(store, spec).open()
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, f"trial {trial}: {errors}"
+        assert json.loads((store / "manifest.json").read_text()) == spec.manifest()
+        assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
 def test_shards_and_batches_give_the_single_run_store(tmp_path):
@@ -132,6 +168,13 @@ def test_wrong_shapes_and_corrupt_files_are_named(tmp_path):
     victim.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=rf"corrupt results file .*{victim.name}"):
         load_results(tmp_path / "ok")
+    victim.unlink()
+    stray = tmp_path / "ok" / "cells" / "notes.npz"
+    np.savez(stray, x=np.zeros(1))
+    with pytest.raises(ValueError, match=r"corrupt results file .*notes\.npz"):
+        load_results(tmp_path / "ok")
+    with pytest.raises(ValueError, match="no results directory given"):
+        load_results([])
     (tmp_path / "ok" / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match=r"manifest\.json is corrupt"):
         load_results(tmp_path / "ok")

@@ -40,7 +40,7 @@ import numbers
 import os
 import pickle
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ def comparison_spec(
 ) -> tuple[SweepSpec, dict[str, dict[str, Any]]]:
     """The sweep of a comparison (axes optimizer x lr x replicate) and its normalised optimizers."""
     opts = _normalise(optimizers)
-    lrs = [float(v) for v in lrs]
+    lrs = [float(v) for v in _sequence("lrs", lrs, numbers.Real)]
     if not lrs or any(not math.isfinite(v) or v <= 0 for v in lrs):
         raise ValueError(f"Invalid lrs: {lrs} (allowed: a non-empty list of finite numbers > 0)")
     if len(set(lrs)) != len(lrs):
@@ -147,10 +147,13 @@ def comparison_spec(
     if not isinstance(replicates, numbers.Integral) or isinstance(replicates, bool) or replicates < 1:
         raise ValueError(f"Invalid replicates: {replicates!r} (allowed: an integer >= 1)")
     replicates = int(replicates)
-    metrics, curves = list(metrics), list(curves)
+    metrics, curves = _sequence("metrics", metrics, str), _sequence("curves", curves, str)
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"Invalid metrics: {metrics} (allowed: a non-empty list of distinct names)")
-    coords = list(range(points)) if isinstance(points, int) else [float(v) for v in points]
+    if isinstance(points, numbers.Integral) and not isinstance(points, bool):
+        coords: list[Any] = list(range(int(points)))
+    else:
+        coords = [float(v) for v in _sequence("points", points, numbers.Real)]
     if len(set(curves)) != len(curves) or (curves and not coords):
         raise ValueError(
             f"Invalid curves/points: {curves}, {points} (allowed: distinct names with points >= 1, "
@@ -230,8 +233,9 @@ def compare(
         optimizers, lrs, replicates=replicates, metrics=metrics, curves=curves, points=points,
         point_label=point_label, name=name, config=config, base_seed=base_seed,
     )  # fmt: skip
-    n_points = points if isinstance(points, int) else len(points)
-    compute = _RunTrials(train, opts, list(metrics), list(curves), n_points, base_seed)
+    extra = spec.extra_coords  # the checked metric, curve and point lists
+    metric_names, curve_names = list(extra["metric"]), list(extra.get("curve", []))
+    compute = _RunTrials(train, opts, metric_names, curve_names, len(extra.get("point", [])), base_seed)
     if workers > 1:
         try:
             pickle.dumps(compute)
@@ -272,7 +276,7 @@ def best_lr(ds: Any, metric: str, *, mode: str = "min", ddof: int = 1) -> Any:
     names = [str(m) for m in ds["metric"].values]
     if metric not in names:
         raise ValueError(f"Unknown metric {metric!r}; stored: {', '.join(names)}")
-    x = ds["metrics"].sel(metric=metric, drop=True)
+    x = ds["metrics"].sel(metric=metric, drop=True).sortby("lr")  # lrs as given; ties: the smallest
     sign = 1.0 if mode == "min" else -1.0
     t = _best_lr(sign * x, ddof=ddof)
     return t.rename(best_loss="best", mean_loss="mean").assign(
@@ -286,6 +290,7 @@ def plot(ds: Any, metric: str, path: str | os.PathLike[str], *, mode: str = "min
     from .plots import color, pyplot, save
 
     plt = pyplot()
+    ds = ds.sortby("lr")  # stored in the order given; lines run left to right
     table = best_lr(ds, metric, mode=mode)
     has_curves = "curves" in ds
     curve_names = [str(c) for c in ds["curve"].values] if has_curves else []
@@ -327,6 +332,22 @@ def plot(ds: Any, metric: str, path: str | os.PathLike[str], *, mode: str = "min
     written = save(fig, path)
     plt.close(fig)
     return written
+
+
+def _sequence(name: str, value: Any, kind: type | tuple[type, ...]) -> list[Any]:
+    """``value`` as a list of ``kind``: a single one (``metrics="loss"``) becomes a list of one."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise ValueError(f"Invalid {name}: {value!r} (allowed: a list of {_kind_name(kind)})")
+    items = list(value)
+    if any(not isinstance(v, kind) or isinstance(v, bool) for v in items):
+        raise ValueError(f"Invalid {name}: {items!r} (allowed: a list of {_kind_name(kind)})")
+    return items
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return "names" if kind is str else "numbers"
 
 
 def _normalise(optimizers: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -100,6 +100,8 @@ def run_comparison(args: argparse.Namespace) -> int:
     optimizers = {}
     for text in args.optimizers:
         spec, hparams = parse_optimizer_spec(text, reserved=("lr",), why="is swept (--lrs)")
+        if text.strip() in optimizers:
+            raise ValueError(f"Invalid --optimizers: {text.strip()!r} twice (allowed: distinct entries)")
         optimizers[text.strip()] = {"optimizer": spec.name, **hparams}
     ds = compare(
         load_target(args.target),

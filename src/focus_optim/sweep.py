@@ -12,7 +12,7 @@ is still stored in its own file, so storage and resume granularity do not depend
 
 Store layout (a directory)::
 
-    manifest.json          name, config, grid, variables, config hash, package version
+    manifest.json          name, config, grid, variables, seed, config hash, format version
     cells/<key>.npz        one file per finished cell, written to a temp name then renamed
 
 A changed configuration refuses to write into an old store. Resume skips cells whose file exists.
@@ -32,7 +32,6 @@ each other's Python and launch overhead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -46,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomic
+from .atomic import create_atomic, write_atomic
 
 FORMAT_VERSION = 1
 
@@ -103,7 +102,14 @@ class SweepSpec:
             "variables": {k: list(v) for k, v in self.variables.items()},
             "extra_coords": {k: _jsonable(list(v)) for k, v in self.extra_coords.items()},
         }
-        body["config_hash"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        try:
+            encoded = json.dumps(body, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"Invalid config of sweep {self.name!r}: {exc} (allowed: JSON values: numbers, strings, "
+                "booleans, None, lists and dicts of them)"
+            ) from None
+        body["config_hash"] = hashlib.sha256(encoded.encode()).hexdigest()[:16]
         return body
 
     def cells(self) -> list[Cell]:
@@ -212,12 +218,8 @@ class Store:
         """Create the store, or check that an existing one holds this configuration."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         target = self.path / "manifest.json"
-        if not target.exists():
-            tmp = self.path / f".manifest.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(self.manifest, indent=1))
-            with contextlib.suppress(FileExistsError):  # another shard won the race
-                os.link(tmp, target)
-            tmp.unlink()
+        if not target.exists():  # several shards may race to create it: one wins, whole
+            create_atomic(target, lambda f: f.write(json.dumps(self.manifest, indent=1).encode()))
         existing = read_manifest(self.path)
         if existing.get("config_hash") != self.manifest["config_hash"]:
             diff = _diff(existing, self.manifest)
@@ -365,6 +367,8 @@ def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("load_results: no results directory given")
     manifest = read_manifest(paths[0])
     for p in paths[1:]:
         if read_manifest(p).get("config_hash") != manifest["config_hash"]:
@@ -382,8 +386,8 @@ def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     for p in paths:
         # (a temp file of a write that was killed starts with a dot: not a cell)
         for f in sorted(f for f in (p / "cells").glob("*.npz") if not f.name.startswith(".")):
-            index = tuple(int(i) for i in f.stem.split("-")) if f.stem != "all" else ()
             try:
+                index = tuple(int(i) for i in f.stem.split("-")) if f.stem != "all" else ()
                 with np.load(f, allow_pickle=False) as z:
                     meta = json.loads(str(z["__meta__"]))
                     if meta.get("config_hash") != manifest["config_hash"]:
@@ -462,11 +466,13 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths of the keys whose values differ (into nested dicts), e.g. ``config.user.width``."""
     out = []
-    for k in sorted((set(a) | set(b)) - {"config_hash"}):
-        if k == "config" and isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += [f"config.{c}" for c in sorted(set(a[k]) | set(b[k])) if a[k].get(c) != b[k].get(c)]
-        elif a.get(k) != b.get(k):
-            out.append(k)
+    for k in sorted((set(a) | set(b)) - ({"config_hash"} if not prefix else set())):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
     return out

@@ -2,12 +2,12 @@
 
 Both ranks train on the same batches, so FSDP's averaged gradients equal the one-process
 gradients exactly: sharded training must then equal one-process training of the same model bit
-for bit, for every optimizer and path. Conda is the one exception by design: it updates a tall
-matrix on its row shards, whose matrix products over fewer rows may round differently, so there
-the match is to float32 rounding. The model has rows split unevenly over the ranks and a
-1-row layer whose shard on rank 1 is empty. The optimizer state goes through torch's own
-distributed state-dict API (full, unsharded state dicts) and training resumed from it must equal
-the uninterrupted run.
+for bit, for every optimizer and path. Conda is the one exception by design: each rank updates
+its own rows of every matrix, and matrix products over fewer rows may round differently, so its
+sharded run must be as close to a float64 run as the one-process float32 run is. The model has
+rows split unevenly over the ranks and a 1-row layer whose shard on rank 1 is empty. The optimizer
+state goes through torch's own distributed state-dict API (full, unsharded state dicts) and
+training resumed from it must equal the uninterrupted run.
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@
 * Matrix optimizers (Muon, ROOT, Conda) need whole matrices for their orthogonalisation, quantiles
   and SVDs. Muon and ROOT have each matrix's rows gathered on one owner rank, which computes and
   scatters the result (:mod:`._owners`); the numbers are those of the unsharded computation.
-  Conda's SVD refreshes go to owners the same way. Its update runs on the row shards of a tall
-  matrix (a rotation on the right keeps rows apart; equal to the unsharded numbers up to the
-  rounding of products over fewer rows), while a wide one is gathered on every rank
-  (:func:`full`), updated whole and cut back to the rank's shard (:func:`like`).
+  Conda's SVD refreshes go to owners the same way. Its update runs on each rank's rows
+  (:func:`own_rows`): a tall matrix's entirely locally (a rotation on the right keeps rows
+  apart), a wide one's from the all-gathered gradient and momentum and the all-gathered
+  normalised rows (:func:`gather_rows`); equal to the unsharded numbers up to the rounding of
+  products over fewer rows. Conda without ``ROTATE_ON_SHARDS`` gathers each matrix on every
+  rank (:func:`full`), updates it whole and keeps the rank's shard (:func:`like`).
 
 ``torch.distributed.tensor`` is never imported here (it costs ~0.6 s): if nobody imported it,
 no ``DTensor`` exists.

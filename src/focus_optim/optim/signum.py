@@ -52,7 +52,9 @@ class Signum(BaseOptimizer):
         weight_decay: decay :math:`\omega` (>= 0).
         decoupled_weight_decay: ``True`` (default): decay the weights directly (MXNet ``wd_lh``);
             ``False``: add :math:`\omega\theta` to the gradient inside the momentum (MXNet ``wd``;
-            with ``maximize``, to the negated gradient, as ``torch.optim.SGD`` does).
+            with ``maximize``, to the negated gradient, as ``torch.optim.SGD`` does). At
+            ``momentum=0`` MXNet runs its signSGD kernel instead, which applies ``wd`` as
+            decoupled decay: use the default there to reproduce it.
         maximize, foreach, fused, fp32_state: as in :class:`~focus_optim.FOCUS`.
 
     Defaults: MXNet's (lr 0.01, momentum 0.9, no decay).
