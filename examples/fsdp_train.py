@@ -15,6 +15,7 @@ next token of sequences that repeat a random 8-token motif (learnable, so the lo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -50,11 +51,19 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(device)
+    train(args, device)
+    # The model, optimizer and state dicts (whose DTensors hold the process group through their
+    # mesh) are gone with train's frame; collect them while the interpreter is alive, or gloo's
+    # worker threads may free tensors during interpreter shutdown and abort a finished run.
+    gc.collect()
+    dist.destroy_process_group()
 
+
+def train(args: argparse.Namespace, device: str) -> None:
+    rank = dist.get_rank()
     torch.manual_seed(0)  # the same initial weights on every rank
     cfg = model_config("tiny")
     model = GPT(cfg).to(device)
@@ -101,7 +110,6 @@ def main() -> None:
                         shutil.rmtree(old)
             log = []
             dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
