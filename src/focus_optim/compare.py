@@ -24,11 +24,12 @@ bar, and an ``xarray.Dataset`` of the results::
 optimizer it is with an ``"optimizer"`` entry (``{"focus-g0.4": {"optimizer": "focus", "gamma":
 0.4}}``). A run may also return per-step curves (``curves=["val_loss"], points=100``: an array of
 ``points`` values each; or ``points=[0, 250, 500]``, the coordinates themselves, e.g. steps),
-stored beside the metrics. The best lr is picked by the mean over
-replicates, as the paper does (:mod:`focus_optim.selection`); a diverged run (inf or NaN) is
-stored as such and its lr can never be the best. Values are stored as float32, as in every store
-of the project (so a finite value beyond 3.4e38 reads as inf); ties between lrs go to the smallest. With ``workers > 1`` the ``train`` function must
-be importable by name (defined at module level), as for any ``spawn`` pool. From the shell:
+stored beside the metrics. The best lr is picked by the mean over replicates, as the paper does
+(:mod:`focus_optim.selection`); a diverged run (inf or NaN) is stored as such and its lr can never
+be the best. Values are stored as float32, as in every store of the project (so a finite value
+beyond 3.4e38 reads as inf); ties between lrs go to the smallest. With ``workers > 1`` the
+``train`` function must be importable by name (defined at module level), as for any ``spawn``
+pool. From the shell:
 ``focus-optim compare run module:train ...``, then ``focus-optim compare summary|plot OUT``
 (:mod:`focus_optim.compare_cli`).
 """

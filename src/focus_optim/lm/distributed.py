@@ -7,6 +7,7 @@ initialises nothing. Several ranks train data-parallel, with DDP (a replica per 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -54,7 +55,11 @@ def init(device_name: str = "auto") -> DistInfo:
 
 
 def shutdown() -> None:
+    """Leave the process group, after collecting what may still hold it (the trainer's model, its
+    DTensors' mesh): freed later, at interpreter shutdown, gloo's worker threads can abort a run
+    that finished (pytorch/pytorch#179291)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
