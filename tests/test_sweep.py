@@ -95,6 +95,13 @@ def test_changed_configuration_refuses_with_clear_error(tmp_path):
         run_sweep(make_spec(model={"width": 9, "depth": 2}), Counting(), tmp_path / "n", progress=False)
 
 
+def test_results_without_their_manifest_are_not_resumed(tmp_path):
+    run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ValueError, match=r"holds results \(.*\.npz, \.\.\.\) but no manifest\.json"):
+        run_sweep(make_spec(steps=5), Counting(), tmp_path, progress=False)
+
+
 def test_a_config_that_is_not_json_is_named():
     with pytest.raises(ValueError, match=r"Invalid config of sweep 'demo': .*PosixPath.*JSON values"):
         make_spec(data=Path("/tmp")).manifest()

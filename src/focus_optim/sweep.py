@@ -219,6 +219,13 @@ class Store:
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         target = self.path / "manifest.json"
         if not target.exists():  # several shards may race to create it: one wins, whole
+            # (every shard writes the manifest before its first cell: cells without one are orphans)
+            orphan = next((p for p in self.cells_dir.glob("*.npz") if not p.name.startswith(".")), None)
+            if orphan is not None:
+                raise ValueError(
+                    f"{self.path} holds results ({orphan.name}, ...) but no manifest.json, so their "
+                    "configuration is unknown. Use a new --out directory, or delete the old one."
+                )
             create_atomic(target, lambda f: f.write(json.dumps(self.manifest, indent=1).encode()))
         existing = read_manifest(self.path)
         if existing.get("config_hash") != self.manifest["config_hash"]:
