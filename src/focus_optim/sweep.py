@@ -221,7 +221,7 @@ class Store:
         if not target.exists():  # several shards may race to create it: one wins, whole
             # (every shard writes the manifest before its first cell: cells without one are orphans)
             orphan = next((p for p in self.cells_dir.glob("*.npz") if not p.name.startswith(".")), None)
-            if orphan is not None:
+            if orphan is not None and not target.exists():  # (not another shard's, just created)
                 raise ValueError(
                     f"{self.path} holds results ({orphan.name}, ...) but no manifest.json, so their "
                     "configuration is unknown. Use a new --out directory, or delete the old one."
