@@ -95,7 +95,7 @@ def _worker(
 
 
 def test_two_processes_match_one(synthetic_data, tmp_path):
-    optimizers, fsdp_optimizers = ("adamw", "focus", "muon"), ("focus", "muon")
+    optimizers, fsdp_optimizers = ("adamw", "focus", "muon"), ("focus", "muon", "conda")
     zero_optimizers = ("focus", "muon")
     for name in {*optimizers, *fsdp_optimizers, *zero_optimizers}:
         train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
