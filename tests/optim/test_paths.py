@@ -58,19 +58,39 @@ def test_fused_cpu_path_equals_single_in_float64(cls, kwargs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_adamw_matches_torch_adamw():
+def test_fused_cpu_path_stays_compiled_across_sizes_and_flags():
+    """Each size's compiled code keeps its own variants (here maximize and gamma): with dynamo's
+    recompile limit lowered to 2 and made an error, 3 sizes x 2 variants compile without hitting
+    it. On one shared code object the third variant would pass the limit and, by default, run
+    eagerly from then on, silently and rounded differently."""
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        for kwargs in (dict(maximize=False), dict(maximize=True, gamma=0.3)):
+            params = [torch.nn.Parameter(torch.randn(n)) for n in (5, 7, 11)]
+            for p in params:
+                p.grad = torch.randn_like(p)
+            FOCUS(params, lr=0.01, fused=True, **kwargs).step()
+
+
+def test_fused_cpu_shape_generic_code_keeps_the_first_step_tie(monkeypatch):
+    """At step 1 FOCUS's average is exactly (1 - beta2) * theta, so sign(theta * bc2 - avg) = 0 and
+    the step is -lr * sign(m). The shape-generic compiled code (sizes past the first few) must keep
+    that tie: once one float had changed between calls (gamma here), dynamo traced the floats as
+    float64 inputs, and the average, computed in float64, no longer tied with theta * bc2."""
+    from focus_optim.optim import _kernels
+
+    monkeypatch.setattr(_kernels, "STATIC_SHAPES", 2)
+    monkeypatch.setattr(_kernels, "_static_sizes", {})
+    torch._dynamo.reset()
     gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn(7, 3, generator=gen, dtype=F64)
-    grads = [torch.randn(7, 3, generator=gen, dtype=F64) for _ in range(15)]
-    for flags in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
-        p, q = torch.nn.Parameter(x0.clone()), torch.nn.Parameter(x0.clone())
-        ours = AdamW([p], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, **flags)
-        ref = torch.optim.AdamW([q], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
-        for g in grads:
-            p.grad, q.grad = g.clone(), g.clone()
-            ours.step()
-            ref.step()
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+    sequence = [(5, dict(gamma=0.1)), (7, dict(gamma=0.1)), (5, dict(gamma=0.3)), (7, dict(gamma=0.3))]
+    sequence += [(n, dict(maximize=True)) for n in (8, 3)] + [(n, dict(maximize=False)) for n in (8, 3)]
+    for n, kwargs in sequence:
+        theta, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+        p = torch.nn.Parameter(theta.clone())
+        p.grad = -g if kwargs.get("maximize") else g
+        FOCUS([p], lr=0.01, betas=(0.9, 0.999), fused=True, **kwargs).step()
+        assert torch.equal(p.detach(), theta - 0.01 * g.sign()), (n, kwargs)
 
 
 @pytest.mark.parametrize("foreach", [False, True])

@@ -106,7 +106,10 @@ class BaseOptimizer(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for key, value in self.defaults.items():
-                group.setdefault(key, value)
+                # torch's __setstate__ adds "differentiable" to the defaults; we have no such option,
+                # and a loaded optimizer's param groups should equal a fresh one's.
+                if key != "differentiable":
+                    group.setdefault(key, value)
 
     # --- paths ------------------------------------------------------------------------------
     def _has_ensemble_hparams(self, group: dict[str, Any]) -> bool:

@@ -85,10 +85,20 @@ _static_sizes: dict[Callable[..., None], set[int]] = {}
 
 
 @functools.cache
-def _compiled(fn: Callable[..., None], dynamic: bool) -> Callable[..., None]:
-    if dynamic:  # a copy with its own code object, so its cache entries don't count against fn's
-        fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
-    return torch.compile(fn, dynamic=dynamic)
+def _compiled(fn: Callable[..., None], numel: int | None) -> Callable[..., None]:
+    """``fn`` compiled for one size (``numel``), or shape-generic (``None``), as a copy of ``fn``
+    with its own code object. Dynamo's recompile limit (8) counts the variants of one code object,
+    so on a shared one the sizes times the variants per size (dtype, ``maximize``, hyperparameter
+    values) would soon pass it and the rest would silently run eagerly, slower and rounded
+    differently; each copy has the whole limit for its own variants.
+
+    Python floats (betas, gamma) stay constants of the compiled code. Dynamo would otherwise trace
+    them as float64 inputs once one has changed between calls (a state it shares between copies),
+    and the shape-generic code then lost FOCUS's exact first-step tie between the parameter
+    average and ``theta * bc2`` (``test_paths.py``)."""
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return torch._dynamo.config.patch(specialize_float=True)(torch.compile(copy, dynamic=numel is None))
 
 
 def _compiled_for(fn: Callable[..., None], numel: int) -> Callable[..., None]:
@@ -96,8 +106,8 @@ def _compiled_for(fn: Callable[..., None], numel: int) -> Callable[..., None]:
     sizes = _static_sizes.setdefault(fn, set())
     if numel in sizes or len(sizes) < STATIC_SHAPES:
         sizes.add(numel)
-        return _compiled(fn, False)
-    return _compiled(fn, True)
+        return _compiled(fn, numel)
+    return _compiled(fn, None)
 
 
 def fused_sign_family_(

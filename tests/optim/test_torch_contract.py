@@ -1,0 +1,252 @@
+"""Every registered optimizer honours the ``torch.optim`` contract a training loop relies on.
+
+Each test runs one behaviour for all of them, built by ``make_optimizer`` on the same small model
+(so the matrix-only optimizers also run their auxiliary AdamW groups), and compares against a
+second run that reaches the same point another way: through ``GradScaler`` against without it, a
+closure against ``backward(); step()``, ``add_param_group`` against building with every group, a
+``weights_only`` checkpoint against an uninterrupted run. Equality is bit for bit: each pair does the
+same arithmetic, so any difference is a defect, not rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from focus_optim import make_optimizer
+from focus_optim.optim import protocol
+from focus_optim.optim.registry import available_optimizers, get_spec
+
+STEPS = 5
+# Every optimizer moves visibly within a few steps at this lr, sign-based ones included.
+HPARAMS = {"lr": 1e-2, "weight_decay": 0.1}
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _batches(n: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+
+
+def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def _cases() -> list:
+    """Every optimizer on each of its paths: per-tensor, foreach and (FOCUS, Signum, AdamW) fused."""
+    cases = []
+    for name in available_optimizers():
+        hparams = get_spec(name).hyperparameters()
+        for path in ("foreach", "fused"):
+            flags = {"foreach": False, path: True} if path in hparams else None
+            if flags is not None:
+                cases.append(pytest.param((name, flags), id=f"{name}-{path}"))
+        cases.append(pytest.param((name, {"foreach": False}), id=f"{name}-single"))
+    return cases
+
+
+Case = tuple[str, dict]
+CASES = _cases()
+
+
+def _optimizer(case: Case, model_or_groups, **overrides) -> torch.optim.Optimizer:
+    name, flags = case
+    return make_optimizer(name, model_or_groups, **{**HPARAMS, **flags, **overrides})
+
+
+def _step(opt: torch.optim.Optimizer, **kw) -> object:
+    return opt.step(**kw, **protocol.step_kwargs(opt, tokens=16))
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, batches) -> None:
+    for batch in batches:
+        opt.zero_grad(set_to_none=True)
+        _loss(model, batch).backward()
+        _step(opt)
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert torch.equal(x, y), f"parameter {i} differs by {(x - y).abs().max().item():.3g}"
+
+
+def _reference(case: Case, batches) -> list[torch.Tensor]:
+    model = _model()
+    _train(model, _optimizer(case, model), batches)
+    return _params(model)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_grad_scaler_trains_as_without_it_and_skips_a_step_with_an_inf(case):
+    """Scaling by a power of two is exact, so a scaled run equals an unscaled one; a step whose
+    gradient holds an inf changes no parameter and no optimizer state."""
+    batches = _batches()
+    model = _model()
+    opt = _optimizer(case, model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10_000)
+    for i, batch in enumerate(batches):
+        if i == 2:  # an overflowing step first: skipped, and the scale halves
+            before = copy.deepcopy(opt.state_dict())
+            params = _params(model)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(_loss(model, batch)).backward()
+            next(model.parameters()).grad[0, 0] = float("inf")
+            scaler.step(opt, **protocol.step_kwargs(opt, tokens=16))
+            scaler.update()
+            assert scaler.get_scale() == 2.0**9
+            _assert_same(_params(model), params)
+            _assert_state_equal(opt.state_dict(), before)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(_loss(model, batch)).backward()
+        scaler.step(opt, **protocol.step_kwargs(opt, tokens=16))
+        scaler.update()
+    _assert_same(_params(model), _reference(case, batches))
+
+
+def _assert_state_equal(a: object, b: object, where: str = "state_dict") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_state_equal(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_state_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_step_with_a_closure_returns_its_loss_and_equals_backward_then_step(case):
+    batches = _batches()
+    model = _model()
+    opt = _optimizer(case, model)
+    for batch in batches:
+
+        def closure(batch=batch):
+            opt.zero_grad(set_to_none=True)
+            loss = _loss(model, batch)
+            loss.backward()
+            return loss
+
+        loss = _step(opt, closure=closure)
+        assert isinstance(loss, torch.Tensor) and loss.requires_grad
+    _assert_same(_params(model), _reference(case, batches))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_scheduled_lr_is_read_at_every_step(case):
+    """LambdaLR sets each group's lr before a step; at a factor of 0 no parameter moves (every
+    update, decay included, is scaled by lr), and the steps around it do."""
+    batches = _batches()
+    model = _model()
+    # 1-bit Adam's first call is the reference's discarded dry run: skip it, so every step moves.
+    opt = _optimizer(case, model, **({"init_dry_run": False} if case[0] == "onebit_adam" else {}))
+    factors = [1.0, 0.0, 1.0, 0.0, 0.5]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: factors[min(t, len(factors) - 1)])
+    for i, batch in enumerate(batches):
+        before = _params(model)
+        opt.zero_grad(set_to_none=True)
+        _loss(model, batch).backward()
+        _step(opt)
+        sched.step()
+        moved = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+        if factors[i] == 0.0:
+            assert not any(moved), f"step {i} at lr 0 moved parameters {moved}"
+        else:
+            assert all(moved), f"step {i} at lr factor {factors[i]} left parameters {moved} in place"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_add_param_group_equals_building_with_every_group(case):
+    batches = _batches()
+    whole = _model()
+    opt = _optimizer(case, whole)
+    _train(whole, opt, batches)
+
+    model = _model()
+    groups = _optimizer(case, model).param_groups  # the registry's split, every key filled in
+    later = _optimizer(case, [{**groups[0]}])
+    for g in groups[1:]:
+        later.add_param_group({**g})
+    assert len(later.param_groups) == len(groups) > 1
+    _train(model, later, batches)
+    _assert_same(_params(model), _params(whole))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_weights_only_checkpoint_resumes_bit_for_bit(case):
+    """``torch.save(opt.state_dict())`` loads with ``weights_only=True`` (no pickled code) into a
+    fresh optimizer, which then continues exactly as the uninterrupted run."""
+    batches = _batches(7)
+    model = _model()
+    opt = _optimizer(case, model)
+    _train(model, opt, batches[:3])
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buf)
+
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed = _model(seed=123)  # other weights and no state until loaded
+    resumed.load_state_dict(saved["model"])
+    opt2 = _optimizer(case, resumed)
+    opt2.load_state_dict(saved["optim"])
+    _train(resumed, opt2, batches[3:])
+    _train(model, opt, batches[3:])
+    _assert_same(_params(resumed), _params(model))
+    _assert_state_equal(opt2.state_dict(), opt.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_maximize_on_the_negated_loss_equals_minimising_and_leaves_grad_alone(case):
+    batches = _batches()
+    model = _model()
+    opt = _optimizer(case, model, maximize=True)
+    for batch in batches:
+        opt.zero_grad(set_to_none=True)
+        (-_loss(model, batch)).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        _step(opt)
+        _assert_same([p.grad for p in model.parameters()], grads)
+    _assert_same(_params(model), _reference(case, batches))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_parameter_without_grad_is_skipped_and_gets_no_state(case):
+    model = _model()
+    opt = _optimizer(case, model)
+    frozen = model[2].weight  # a hidden matrix: the matrix-only optimizers' own update path
+    before = frozen.detach().clone()
+    for batch in _batches():
+        opt.zero_grad(set_to_none=True)
+        _loss(model, batch).backward()
+        frozen.grad = None
+        _step(opt)
+    assert torch.equal(frozen.detach(), before)
+    assert frozen not in opt.state or not opt.state[frozen]
+    assert all(len(opt.state[p]) > 0 for p in model.parameters() if p is not frozen)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_0d_tensor_lr_equals_the_float(case):
+    batches = _batches()
+    model = _model()
+    opt = _optimizer(case, model, lr=torch.tensor(HPARAMS["lr"]))
+    _train(model, opt, batches)
+    torch.testing.assert_close(_params(model), _reference(case, batches), rtol=0, atol=1e-6)
