@@ -26,14 +26,16 @@ STEPS = 5
 HPARAMS = {"lr": 1e-2, "weight_decay": 0.1}
 
 
-def _model(seed: int = 0) -> nn.Module:
+def _model(case: Case, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    return model.to(case[2])
 
 
-def _batches(n: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(case: Case, n: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+    batches = [(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+    return [(x.to(case[2]), y.to(case[2])) for x, y in batches]
 
 
 def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -41,25 +43,31 @@ def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.T
     return nn.functional.cross_entropy(model(x), y)
 
 
+Case = tuple[str, dict, str]  # optimizer name, path flags, device
+
+
 def _cases() -> list:
-    """Every optimizer on each of its paths: per-tensor, foreach and (FOCUS, Signum, AdamW) fused."""
+    """Every optimizer on each of its paths: per-tensor, foreach and (FOCUS, Signum, AdamW) fused
+    on the CPU; on CUDA (skipped without one) its default path (foreach) and fused (Triton)."""
     cases = []
     for name in available_optimizers():
         hparams = get_spec(name).hyperparameters()
         for path in ("foreach", "fused"):
-            flags = {"foreach": False, path: True} if path in hparams else None
-            if flags is not None:
-                cases.append(pytest.param((name, flags), id=f"{name}-{path}"))
-        cases.append(pytest.param((name, {"foreach": False}), id=f"{name}-single"))
+            if path in hparams:
+                cases.append(pytest.param((name, {"foreach": False, path: True}, "cpu"), id=f"{name}-{path}"))
+        cases.append(pytest.param((name, {"foreach": False}, "cpu"), id=f"{name}-single"))
+        gpu = pytest.mark.gpu
+        cases.append(pytest.param((name, {}, "cuda"), id=f"{name}-cuda", marks=gpu))
+        if "fused" in hparams:
+            cases.append(pytest.param((name, {"fused": True}, "cuda"), id=f"{name}-cuda-fused", marks=gpu))
     return cases
 
 
-Case = tuple[str, dict]
 CASES = _cases()
 
 
 def _optimizer(case: Case, model_or_groups, **overrides) -> torch.optim.Optimizer:
-    name, flags = case
+    name, flags, _ = case
     return make_optimizer(name, model_or_groups, **{**HPARAMS, **flags, **overrides})
 
 
@@ -85,7 +93,7 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 
 def _reference(case: Case, batches) -> list[torch.Tensor]:
-    model = _model()
+    model = _model(case)
     _train(model, _optimizer(case, model), batches)
     return _params(model)
 
@@ -94,10 +102,10 @@ def _reference(case: Case, batches) -> list[torch.Tensor]:
 def test_grad_scaler_trains_as_without_it_and_skips_a_step_with_an_inf(case):
     """Scaling by a power of two is exact, so a scaled run equals an unscaled one; a step whose
     gradient holds an inf changes no parameter and no optimizer state."""
-    batches = _batches()
-    model = _model()
+    batches = _batches(case)
+    model = _model(case)
     opt = _optimizer(case, model)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10_000)
+    scaler = torch.amp.GradScaler(case[2], init_scale=2.0**10, growth_interval=10_000)
     for i, batch in enumerate(batches):
         if i == 2:  # an overflowing step first: skipped, and the scale halves
             before = copy.deepcopy(opt.state_dict())
@@ -134,8 +142,8 @@ def _assert_state_equal(a: object, b: object, where: str = "state_dict") -> None
 
 @pytest.mark.parametrize("case", CASES)
 def test_step_with_a_closure_returns_its_loss_and_equals_backward_then_step(case):
-    batches = _batches()
-    model = _model()
+    batches = _batches(case)
+    model = _model(case)
     opt = _optimizer(case, model)
     for batch in batches:
 
@@ -154,8 +162,8 @@ def test_step_with_a_closure_returns_its_loss_and_equals_backward_then_step(case
 def test_a_scheduled_lr_is_read_at_every_step(case):
     """LambdaLR sets each group's lr before a step; at a factor of 0 no parameter moves (every
     update, decay included, is scaled by lr), and the steps around it do."""
-    batches = _batches()
-    model = _model()
+    batches = _batches(case)
+    model = _model(case)
     # 1-bit Adam's first call is the reference's discarded dry run: skip it, so every step moves.
     opt = _optimizer(case, model, **({"init_dry_run": False} if case[0] == "onebit_adam" else {}))
     factors = [1.0, 0.0, 1.0, 0.0, 0.5]
@@ -175,12 +183,12 @@ def test_a_scheduled_lr_is_read_at_every_step(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_add_param_group_equals_building_with_every_group(case):
-    batches = _batches()
-    whole = _model()
+    batches = _batches(case)
+    whole = _model(case)
     opt = _optimizer(case, whole)
     _train(whole, opt, batches)
 
-    model = _model()
+    model = _model(case)
     groups = _optimizer(case, model).param_groups  # the registry's split, every key filled in
     later = _optimizer(case, [{**groups[0]}])
     for g in groups[1:]:
@@ -194,8 +202,8 @@ def test_add_param_group_equals_building_with_every_group(case):
 def test_a_weights_only_checkpoint_resumes_bit_for_bit(case):
     """``torch.save(opt.state_dict())`` loads with ``weights_only=True`` (no pickled code) into a
     fresh optimizer, which then continues exactly as the uninterrupted run."""
-    batches = _batches(7)
-    model = _model()
+    batches = _batches(case, 7)
+    model = _model(case)
     opt = _optimizer(case, model)
     _train(model, opt, batches[:3])
     buf = io.BytesIO()
@@ -203,7 +211,7 @@ def test_a_weights_only_checkpoint_resumes_bit_for_bit(case):
 
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
-    resumed = _model(seed=123)  # other weights and no state until loaded
+    resumed = _model(case, seed=123)  # other weights and no state until loaded
     resumed.load_state_dict(saved["model"])
     opt2 = _optimizer(case, resumed)
     opt2.load_state_dict(saved["optim"])
@@ -215,8 +223,8 @@ def test_a_weights_only_checkpoint_resumes_bit_for_bit(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_maximize_on_the_negated_loss_equals_minimising_and_leaves_grad_alone(case):
-    batches = _batches()
-    model = _model()
+    batches = _batches(case)
+    model = _model(case)
     opt = _optimizer(case, model, maximize=True)
     for batch in batches:
         opt.zero_grad(set_to_none=True)
@@ -229,11 +237,11 @@ def test_maximize_on_the_negated_loss_equals_minimising_and_leaves_grad_alone(ca
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_parameter_without_grad_is_skipped_and_gets_no_state(case):
-    model = _model()
+    model = _model(case)
     opt = _optimizer(case, model)
     frozen = model[2].weight  # a hidden matrix: the matrix-only optimizers' own update path
     before = frozen.detach().clone()
-    for batch in _batches():
+    for batch in _batches(case):
         opt.zero_grad(set_to_none=True)
         _loss(model, batch).backward()
         frozen.grad = None
@@ -245,8 +253,21 @@ def test_a_parameter_without_grad_is_skipped_and_gets_no_state(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_0d_tensor_lr_equals_the_float(case):
-    batches = _batches()
-    model = _model()
+    batches = _batches(case)
+    model = _model(case)
     opt = _optimizer(case, model, lr=torch.tensor(HPARAMS["lr"]))
     _train(model, opt, batches)
     torch.testing.assert_close(_params(model), _reference(case, batches), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_step_and_state_dict_hooks_run_once_in_order(case):
+    model = _model(case)
+    opt = _optimizer(case, model)
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append("state_dict"))
+    _train(model, opt, _batches(case, 2))
+    opt.state_dict()
+    assert calls == ["pre", "post", "pre", "post", "state_dict"]
