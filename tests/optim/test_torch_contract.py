@@ -271,3 +271,74 @@ def test_step_and_state_dict_hooks_run_once_in_order(case):
     _train(model, opt, _batches(case, 2))
     opt.state_dict()
     assert calls == ["pre", "post", "pre", "post", "state_dict"]
+
+
+class _WithOddParams(nn.Module):
+    """The contract model plus a 0-d parameter (a learnt temperature) and a zero-size matrix."""
+
+    def __init__(self, case: Case, empty: bool) -> None:
+        super().__init__()
+        self.body = _model(case)
+        self.temp = nn.Parameter(torch.tensor(1.5, device=case[2]))
+        if empty:
+            self.empty = nn.Parameter(torch.zeros(0, 4, device=case[2]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x) * self.temp
+        return out + self.empty.sum() if hasattr(self, "empty") else out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_0d_parameter_trains_and_a_zero_size_one_changes_nothing(case):
+    """torch.optim steps both; here a zero-size matrix once crashed ROOT's quantile clipping."""
+    results = []
+    for empty in (False, True):
+        model = _WithOddParams(case, empty)
+        _train(model, _optimizer(case, model), _batches(case))
+        results.append({n: p.detach().clone() for n, p in model.named_parameters() if n != "empty"})
+    assert results[1]["temp"] != 1.5  # the 0-d temperature moved
+    _assert_same(list(results[1].values()), list(results[0].values()))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_complex_parameters_update_as_real_pairs_or_are_refused(case):
+    """Element-wise optimizers treat a complex parameter as its (real, imaginary) pairs, as
+    torch.optim does: the same numbers as the optimizer on ``view_as_real`` of it. The matrix and
+    communication optimizers refuse it with a ValueError."""
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(4, 3, dtype=torch.complex64, generator=gen).to(case[2])
+    grads = [torch.randn(4, 3, dtype=torch.complex64, generator=gen).to(case[2]) for _ in range(3)]
+    z = nn.Parameter(z0.clone())
+    if get_spec(case[0]).matrix_only or case[0] == "onebit_adam":
+        with pytest.raises(ValueError, match="complex"):
+            _optimizer(case, [z])
+        return
+    r = nn.Parameter(torch.view_as_real(z0).clone())
+    opts = [_optimizer(case, [z]), _optimizer(case, [r])]
+    for g in grads:
+        z.grad, r.grad = g, torch.view_as_real(g).clone()
+        for opt in opts:
+            _step(opt)
+    _assert_same([torch.view_as_real(z.detach())], [r.detach()])
+
+
+def test_adamw_on_complex_parameters_matches_torch_on_every_path():
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(5, 3, dtype=torch.complex128, generator=gen)
+    grads = [torch.randn(5, 3, dtype=torch.complex128, generator=gen) for _ in range(4)]
+    ref = nn.Parameter(z0.clone())
+    torch_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.1, foreach=False)
+    ours = {}
+    for flags in ({"foreach": False}, {"foreach": True}, {"fused": True}):
+        ours[str(flags)] = (
+            (z := nn.Parameter(z0.clone())),
+            make_optimizer("adamw", [z], lr=0.01, weight_decay=0.1, **flags),
+        )
+    for g in grads:
+        ref.grad = g
+        torch_opt.step()
+        for z, opt in ours.values():
+            z.grad = g
+            opt.step()
+    for z, _ in ours.values():
+        torch.testing.assert_close(z.detach(), ref.detach(), rtol=0, atol=1e-12)

@@ -35,6 +35,7 @@ from ._common import (
     BaseOptimizer,
     V,
     add_scaled_,
+    as_real,
     foreach_add_scaled_,
     foreach_groups,
     is_member,
@@ -298,9 +299,9 @@ def _fused_adamw(
                               beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)  # fmt: skip
         return
     lr, weight_decay = scalar(lr), scalar(weight_decay)
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, state_steps]
-    )
+    # torch's kernel takes real tensors; complex ones update as real pairs, as on torch's other paths
+    rows = [list(as_real(*ts)) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    grouped = Optimizer._group_tensors_by_device_and_dtype([*rows, state_steps])
     for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
         torch._foreach_add_(ds, 1)  # step counts live on the device for this path (see _init_state)
         torch._fused_adamw_(

@@ -267,6 +267,8 @@ def root_direction(
     ensemble_dims: int = 0,
 ) -> Tensor:
     r""":math:`\mathrm{NS}_{a,b,c}(\operatorname{clamp}(X, -\tau, \tau))` of a whole matrix ``X``."""
+    if X.numel() == 0:  # a zero-size matrix: nothing to clip (no quantile exists) or orthogonalise
+        return torch.zeros_like(X)
     rows, cols = member_shape(X, ensemble_dims)
     C = soft_threshold_clip(X, threshold_quantile, ensemble_dims, threshold)
     return newton_schulz(C, root_steps, root_coefficients(rows, cols))
