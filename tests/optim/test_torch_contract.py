@@ -342,3 +342,24 @@ def test_adamw_on_complex_parameters_matches_torch_on_every_path():
             opt.step()
     for z, _ in ours.values():
         torch.testing.assert_close(z.detach(), ref.detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_another_optimizers_state_dict_is_refused_and_nothing_is_loaded(case):
+    """A state dict whose per-parameter state keys differ from this optimizer's (here AdamW's, or
+    FOCUS's for AdamW) is a ValueError naming them, raised before anything is loaded. EXAdam and
+    1-bit Adam keep Adam's keys, so only the keys' meaning would tell them apart: they load it."""
+    model = _model(case)
+    opt = _optimizer(case, model)
+    _train(model, opt, _batches(case, 2))
+    before = copy.deepcopy(opt.state_dict())
+    other_name = "focus" if case[0] == "adamw" else "adamw"
+    other_model = _model(case)
+    other = make_optimizer(other_name, other_model, **HPARAMS)
+    _train(other_model, other, _batches(case, 2))
+    if case[0] in ("exadam", "onebit_adam"):
+        opt.load_state_dict(other.state_dict())
+        return
+    with pytest.raises(ValueError, match=r"parameter 0 \(group 0\) has state .* another optimizer"):
+        opt.load_state_dict(other.state_dict())
+    _assert_state_equal(opt.state_dict(), before)

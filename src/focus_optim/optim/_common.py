@@ -223,6 +223,7 @@ class BaseOptimizer(Optimizer):
         """``torch.optim`` loading, then: ``step`` back on the CPU (torch moves it to the device for
         groups flagged ``fused``) and state dtypes per ``fp32_state``, taken from the saved tensors
         rather than from torch's cast to the parameter dtype (which would round fp32 state)."""
+        self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         live = [(g, p) for g in self.param_groups for p in g["params"]]
@@ -241,6 +242,30 @@ class BaseOptimizer(Optimizer):
 
     def _place_step(self, group: dict[str, Any], p: Tensor, step: Tensor) -> Tensor:
         return step.to(device="cpu", dtype=_get_scalar_dtype(), copy=True)
+
+    def _check_saved_state(self, state_dict: dict[str, Any]) -> None:
+        """Refuse saved state whose keys are not the ones this optimizer keeps for that parameter
+        (a state dict of another optimizer or configuration), before anything is loaded: torch
+        would load it and fail at the next step with a KeyError, or, where the keys overlap (an
+        AdamW state into Lion), carry on silently with the wrong state."""
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            return  # torch's own error names the mismatch
+        for gi, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
+            config = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
+            for pid, p in zip(saved_group["params"], group["params"]):
+                saved = state_dict["state"].get(pid)
+                if not saved:
+                    continue
+                expected: dict[str, Any] = {}  # what a fresh step would create, on meta: no memory
+                self._init_state(config, torch.empty(p.shape, dtype=p.dtype, device="meta"), expected)
+                if set(saved) != set(expected):
+                    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+                    raise ValueError(
+                        f"Invalid state_dict: parameter {pid} (group {gi}) has state {sorted(saved)}, but "
+                        f"{type(self).__name__} keeps {sorted(expected)} for it (missing {missing}, "
+                        f"unexpected {extra}); was it saved by another optimizer or configuration?"
+                    )
 
     # --- step ---------------------------------------------------------------------------------
     @torch.no_grad()
