@@ -35,3 +35,13 @@ def test_public_api():
     for name in ("FOCUS", "Signum", "AdamW", "make_optimizer", "load_results", "available_optimizers"):
         assert hasattr(focus_optim, name)
     assert focus_optim.__version__
+
+
+def test_type_hints_are_marked_for_type_checkers():
+    """PEP 561: ``py.typed`` ships with the package (declared as package data in pyproject.toml)."""
+    import importlib.resources
+    from pathlib import Path
+
+    assert (importlib.resources.files("focus_optim") / "py.typed").is_file()
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '[tool.setuptools.package-data]\nfocus_optim = ["py.typed"]' in pyproject
