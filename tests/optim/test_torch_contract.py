@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -363,3 +366,27 @@ def test_another_optimizers_state_dict_is_refused_and_nothing_is_loaded(case):
     with pytest.raises(ValueError, match=r"parameter 0 \(group 0\) has state .* another optimizer"):
         opt.load_state_dict(other.state_dict())
     _assert_state_equal(opt.state_dict(), before)
+
+
+def test_the_triton_kernels_keep_the_contract_in_interpreter_mode():
+    """The fused cases again, with Triton's CPU interpreter on, so that FOCUS's and Signum's
+    fused steps run the CUDA path's Triton kernel (``use_triton``): the same contract without a GPU."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    select = "fused and not cuda and not interpreter"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "-k",
+        select,
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
