@@ -273,6 +273,9 @@ def test_a_run_that_omits_a_metric_is_named_and_nothing_is_stored(tmp_path) -> N
     assert not list((tmp_path / "c" / "cells").glob("*.npz"))
     with pytest.raises(ValueError, match=r"curve .curve. .* has 150 points, expected 10"):
         run(tmp_path / "d", curves=["curve"], points=10)
+    with pytest.raises(ValueError, match=r"returned float, not a dict of metrics"):
+        compare(lambda trial: 0.5, OPTS, LRS, out=tmp_path / "e", metrics=["loss"], progress=False)
+    assert not list((tmp_path / "e" / "cells").glob("*.npz"))
 
 
 def test_the_example_template_runs_resumes_and_plots(tmp_path, capsys) -> None:

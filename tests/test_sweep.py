@@ -166,6 +166,21 @@ def test_batches_respect_group_by(tmp_path):
     assert all(len(s) == 1 for s in seen) and len(seen) == 2
 
 
+def test_a_corrupt_cell_is_kept_aside_and_recomputed_on_resume(tmp_path, capsys):
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "a", progress=False)
+    run_sweep(spec, Counting(), tmp_path / "b", progress=False)
+    victim = sorted((tmp_path / "a" / "cells").glob("*.npz"))[3]
+    damaged = victim.read_bytes()[: len(victim.read_bytes()) // 2]  # e.g. a full disk, a bad copy
+    victim.write_bytes(damaged)
+    again = Counting()
+    rep = run_sweep(spec, again, tmp_path / "a", progress=False)
+    assert again.cells == [victim.stem] and rep.computed == 1 and rep.skipped == 5
+    assert f"{victim.name} is unreadable" in capsys.readouterr().err
+    assert (victim.parent / f".corrupt-{victim.name}").read_bytes() == damaged  # nothing lost
+    xr.testing.assert_identical(load_results(tmp_path / "a"), load_results(tmp_path / "b"))
+
+
 def test_wrong_shapes_and_corrupt_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"'value' has shape \(3,\), expected \(2, 3, 2\)"):
         run_sweep(make_spec(), lambda cells, d: [{"value": np.zeros(3), "curve": 0} for _ in cells],

@@ -106,7 +106,7 @@ class _RunTrials:
         seconds = time.perf_counter() - t0
         where = f"train({label}, lr={lr:g}, replicate={rep})"
         if not isinstance(result, Mapping):
-            raise TypeError(f"{where} returned {type(result).__name__}, not a dict")
+            raise ValueError(f"{where} returned {type(result).__name__}, not a dict of metrics")
         missing = [k for k in self.metrics + self.curves if k not in result]
         if missing:
             got = ", ".join(sorted(result)) or "nothing"

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_types import device_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="summarise or plot a focus_optim.compare store", description=__doc__)
@@ -36,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of replicate 0")
     r.add_argument("--shard", default=None, help="i/n: every n-th run from the i-th (default: torchrun's)")
     r.add_argument("--workers", type=int, default=1, help="local processes")
-    r.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    r.add_argument(
+        "--device", type=device_arg, default=None, help="default: cuda:LOCAL_RANK if available, else cpu"
+    )
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_comparison)
     commands = (("summary", "each optimizer's best lr and value"), ("plot", "the lr sweep (+ curves)"))

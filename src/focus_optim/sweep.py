@@ -15,7 +15,9 @@ Store layout (a directory)::
     manifest.json          name, config, grid, variables, seed, config hash, format version
     cells/<key>.npz        one file per finished cell, written to a temp name then renamed
 
-A changed configuration refuses to write into an old store. Resume skips cells whose file exists.
+A changed configuration refuses to write into an old store. Resume skips cells whose file exists
+and opens (an unreadable one, e.g. truncated by a full disk, is moved aside to ``.corrupt-<name>``
+and recomputed).
 Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th cell of the grid and
 skip the stored ones (so a shard's cells stay the same when it resumes), so processes, GPUs or
 cluster array jobs can share one directory; ``load_results`` stitches whatever is there into an
@@ -37,7 +39,9 @@ import json
 import multiprocessing as mp
 import os
 import re
+import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +245,22 @@ class Store:
         return self.cells_dir / f"{cell.key}.npz"
 
     def has(self, cell: Cell) -> bool:
-        return self.cell_path(cell).exists()
+        """Whether the cell is stored readably. An unreadable file is moved aside (kept, under a
+        dot name that loading skips) and the cell counts as missing, so it is recomputed."""
+        path = self.cell_path(cell)
+        if not path.exists():
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as z:  # reads the zip's directory, not the data
+                if {"__meta__", *self.spec.variables} <= set(z.files):
+                    return True
+                problem = f"it lacks {sorted({'__meta__', *self.spec.variables} - set(z.files))}"
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            problem = str(exc) or type(exc).__name__
+        aside = path.with_name(f".corrupt-{path.name}")
+        os.replace(path, aside)
+        print(f"{path} is unreadable ({problem}); moved to {aside.name}, recomputing it", file=sys.stderr)
+        return False
 
     def write(self, cell: Cell, result: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         arrays: dict[str, np.ndarray] = {}

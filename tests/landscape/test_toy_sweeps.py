@@ -230,7 +230,9 @@ def test_cli_quick_run_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert ds["theta"].dims == ("optimizer", "replicate", "step", "coord") and ds.sizes["step"] == 31
     assert main(["toy", "run", "--figure", "2a", "--out", str(out), "--optimizers", "adamw"]) == 2  # refuses
     assert main(["toy", "plot", str(tmp_path / "nothing-here")]) == 2
-    assert main(["toy", "run", "--figure", "2a", "--out", str(tmp_path / "k"), "--steps-per-call", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error, before any work
+        main(["toy", "run", "--figure", "2a", "--out", str(tmp_path / "k"), "--steps-per-call", "0"])
+    assert exc.value.code == 2 and "--steps-per-call: 0 (allowed: an integer >= 1)" in capsys.readouterr().err
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     kernels = ["toy", "run", "--figure", "2a", "--out", str(tmp_path / "k"), "--device", "cpu", "--kernels"]
     assert main(kernels) == 2  # the Triton step needs CUDA (or the interpreter): refused before any work

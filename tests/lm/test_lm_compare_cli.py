@@ -65,6 +65,14 @@ def test_a_file_that_is_not_a_run_log_is_named(tmp_path):
     stray.write_text(json.dumps({"runs": []}))
     with pytest.raises(ValueError, match=r"compare\.json: not a run \(a directory holding log\.jsonl"):
         load_curve(stray)
+    binary = _fake_run(tmp_path / "bin", "focus", "b", [4.0, 3.0])
+    (binary / "log.jsonl").write_bytes(gzip.compress(b"not text"))
+    with pytest.raises(ValueError, match=r"bin/log\.jsonl is not a run log \(not UTF-8 text"):
+        load_curve(binary)
+    broken = _fake_run(tmp_path / "cfg", "focus", "c", [4.0, 3.0])
+    (broken / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"cfg/config\.json is corrupt"):
+        load_curve(broken)
 
 
 @pytest.mark.skipif(find_bpe_file() is None, reason="the offline GPT-2 BPE file is not available")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from lm_helpers import tiny_config
 
 from focus_optim.lm.data import DataError, in_val_split, prepare
 from focus_optim.lm.tokenizer import EOT_TOKEN, GPT2_BPE_SHA256, find_bpe_file, gpt2_encoding
+from focus_optim.lm.train import train
 
 pytestmark = pytest.mark.skipif(find_bpe_file() is None, reason="the offline GPT-2 BPE file is not available")
 
@@ -121,3 +124,28 @@ def test_tokenizer_file_is_verified(tmp_path):
     enc = gpt2_encoding(find_bpe_file())
     assert enc.n_vocab == 50257 and enc.eot_token == EOT_TOKEN
     assert enc.encode_ordinary("Hello world") == [15496, 995]  # GPT-2's well-known ids
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "meta.json").write_text("{not json"), r"meta\.json is corrupt"),
+        (
+            lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:100]),
+            r"train\.bin holds 100 bytes",
+        ),
+        (
+            lambda d: (d / "val.bin").write_bytes((d / "val.bin").read_bytes()[:-1]),
+            r"val\.bin holds .* truncated",
+        ),
+        (lambda d: (d / "train.bin").write_bytes(b""), r"train\.bin holds 0 bytes"),
+        (lambda d: (d / "val.bin").unlink(), r"val\.bin is missing"),
+    ],
+)
+def test_a_damaged_dataset_is_named_before_training(synthetic_data, tmp_path, damage, message):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    damage(data)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train(tiny_config(data, tmp_path / "run", "max_steps=1"))
+    assert not (tmp_path / "run" / "ckpt.pt").exists()

@@ -80,6 +80,16 @@ def test_a_finished_run_resumed_reports_its_final_val_loss(synthetic_data, tmp_p
     assert again["val_loss"] == final and again["step"] == 3
 
 
+def test_a_new_run_into_a_used_directory_is_refused_and_changes_nothing(synthetic_data, tmp_path):
+    cfg = tiny_config(synthetic_data, tmp_path / "run", "max_steps=2")
+    train(cfg)
+    files = {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir() if f.is_file()}
+    other = tiny_config(synthetic_data, tmp_path / "run", "max_steps=2", "lr=5e-3")
+    with pytest.raises(ValueError, match=r"already holds a run .* --resume"):
+        train(other)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir() if f.is_file()} == files
+
+
 def test_checkpoint_contents_are_weights_only_and_complete(synthetic_data, tmp_path):
     cfg = tiny_config(synthetic_data, tmp_path / "run", max_steps=2)
     train(cfg)

@@ -18,13 +18,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..atomic import write_json_atomic
+from ..cli_types import device_arg, nonnegative_int, output_file, positive_int
 
 GPT2_SMALL = dict(vocab=50257, block=1024, n_layer=12, n_embd=768)
 QUICK = dict(vocab=8192, block=256, n_layer=2, n_embd=256)
@@ -222,18 +222,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench-step", help="time one optimizer step on GPT-2-small shapes vs the memory roofline"
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
-    p.add_argument("--reps", type=int, default=None, help="timed repeats (median reported)")
-    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--reps", type=positive_int, default=None, help="timed repeats (median reported)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None)
     p.add_argument(
         "--optimizers",
         nargs="*",
         default=None,
         help="'all' adds every registered optimizer; other words filter the rows by name",
     )
-    p.add_argument("--json", type=Path, default=None, help="write the report here (atomically)")
+    p.add_argument("--json", type=output_file, default=None, help="write the report here (atomically)")
     p.set_defaults(func=run)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic
+from ..cli_types import device_arg, output_dir, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,11 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--preset", default="quick", choices=["quick", "paper"], help="grid resolution (default: quick)"
     )
-    r.add_argument("--out", required=True, help="results directory")
+    r.add_argument("--out", type=output_dir, required=True, help="results directory")
     r.add_argument(
         "--shard", default=None, help="i/n: this process computes every n-th cell (default: torchrun's)"
     )
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    r.add_argument(
+        "--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: cuda if available)"
+    )
     r.add_argument(
         "--optimizers", nargs="+", default=["adamw", "signum", "focus"], help="subset of optimizers"
     )
@@ -71,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--steps-per-launch",
-        type=int,
+        type=positive_int,
         default=None,
         help="steps per launch with --kernels fused (default: landscape.simulate.STEPS_PER_LAUNCH)",
     )
@@ -81,34 +84,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="local processes sharing this run (CPU: one per core, e.g. 2; default 1)",
     )
-    r.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: 1)")
+    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads per process (default: 1)")
     r.add_argument(
-        "--batch-cells", type=int, default=None, help="cells per compute call (default: per device)"
+        "--batch-cells", type=positive_int, default=None, help="cells per compute call (default: per device)"
     )
     r.add_argument(
-        "--chunk-rows", type=int, default=None, help="trajectories per chunk (default: per device)"
+        "--chunk-rows", type=positive_int, default=None, help="trajectories per chunk (default: per device)"
     )
     r.add_argument(
         "--steps-per-call",
-        type=int,
+        type=positive_int,
         default=1,
         help="compiled steps unrolled per call (state stays on chip between them; longer compile)",
     )
-    r.add_argument("--max-cells", type=int, default=None, help="stop after this many cells (per figure)")
+    r.add_argument(
+        "--max-cells", type=positive_int, default=None, help="stop after this many cells (per figure)"
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--plot", action="store_true", help="plot OUT when done")
     r.set_defaults(func=run)
 
     pl = tsub.add_parser("plot", help="plot every figure found in one or more results directories")
     pl.add_argument("dirs", nargs="+", help="results directories (stores of one figure are merged)")
-    pl.add_argument("--out", default=None, help="where to write the figures (default: DIR/plots)")
+    pl.add_argument(
+        "--out", type=output_dir, default=None, help="where to write the figures (default: DIR/plots)"
+    )
     pl.add_argument("--formats", nargs="+", default=["png", "pdf"])
     pl.set_defaults(func=plot)
 
     g = tsub.add_parser("regret", help="section 4: FOCUS's average regret vs T on an online convex problem")
-    g.add_argument("--out", default=None, help="write regret.png/pdf and regret.json here")
-    g.add_argument("--steps", type=int, default=10000)
-    g.add_argument("--sequences", type=int, default=32)
+    g.add_argument("--out", type=output_dir, default=None, help="write regret.png/pdf and regret.json here")
+    g.add_argument("--steps", type=positive_int, default=10000, help="T, at least 200 (default 10000)")
+    g.add_argument("--sequences", type=positive_int, default=32)
     g.set_defaults(func=regret)
 
 

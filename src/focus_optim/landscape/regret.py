@@ -63,6 +63,10 @@ def run(
         offset, scale: spread of the sequences' optima and of the data around them (``s``).
         fit_from: the smallest ``T`` used in the fit (early steps are dominated by the start).
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2 * fit_from:
+        raise ValueError(f"Invalid steps: {steps!r} (allowed: an integer >= 2 * fit_from = {2 * fit_from})")
+    if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
+        raise ValueError(f"Invalid sequences: {sequences!r} (allowed: an integer >= 1)")
     gen = torch.Generator().manual_seed(seed)
     mu = offset * torch.randn(sequences, dim, generator=gen, dtype=torch.float64)
     z = mu + scale * torch.randn(steps, sequences, dim, generator=gen, dtype=torch.float64)

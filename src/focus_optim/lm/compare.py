@@ -63,7 +63,10 @@ def load_curve(run: str | os.PathLike[str]) -> Curve:
     label, optimizer = run_dir.name, ""
     cfg_path = run_dir / "config.json"
     if cfg_path.is_file():
-        info = json.loads(cfg_path.read_text())
+        try:
+            info = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{cfg_path} is corrupt ({exc})") from None
         label = info.get("label") or label
         optimizer = info.get("config", {}).get("optimizer", "")
     return Curve(

@@ -379,4 +379,18 @@ def load_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{data_dir} is not a prepared dataset (no meta.json); "
             f"run `focus-optim lm prepare --out {data_dir}`"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is corrupt ({exc}); re-run `focus-optim lm prepare --overwrite`") from None
+    for split in ("train", "val"):  # the token files must hold what meta.json counted
+        bin_path, want = Path(data_dir) / f"{split}.bin", meta.get(f"{split}_tokens")
+        if not bin_path.is_file():
+            raise FileNotFoundError(f"{bin_path} is missing; re-run `focus-optim lm prepare --overwrite`")
+        size = bin_path.stat().st_size
+        if isinstance(want, int) and size != 2 * want:
+            raise DataError(
+                f"{bin_path} holds {size} bytes, but {path} counts {want} uint16 tokens ({2 * want} bytes): "
+                "truncated or replaced; re-run `focus-optim lm prepare --overwrite`"
+            )
+    return meta

@@ -35,6 +35,16 @@ class GPTConfig:
     n_embd: int = 768
     ce_chunk: int = 0  # rows per chunk of the fused head + cross-entropy; 0: plain F.cross_entropy
 
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "ce_chunk"):
+            value, low = getattr(self, name), 0 if name == "ce_chunk" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Invalid model_args.{name}: {value!r} (allowed: an integer >= {low})")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"Invalid model_args.n_embd: {self.n_embd} (allowed: a multiple of n_head = {self.n_head})"
+            )
+
 
 PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32),  # CPU tests

@@ -87,8 +87,12 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         p = p / LOG_NAME
     if not p.is_file():
         raise FileNotFoundError(f"no run log at {p}")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p} is not a run log (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     out = []
-    for line in p.read_text().splitlines():
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

@@ -75,6 +75,11 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.out_dir / CKPT_NAME
+        if not resume and self.ckpt_path.exists():  # never overwrite a run's checkpoint by accident
+            raise ValueError(
+                f"{self.out_dir} already holds a run ({self.ckpt_path}): continue it with --resume, "
+                "or train into a new --out-dir"
+            )
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -15,6 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..cli_types import device_arg, positive_int
+
 PRESET_NAMES = ("quick", "paper")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -32,14 +34,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--preset", choices=PRESET_NAMES, default="quick")
     r.add_argument("--out", required=True, help="results directory (resumed if it exists)")
     r.add_argument("--shard", default=None, help="i/n: this process takes every n-th cell from the i-th")
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument(
+        "--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
     r.add_argument(
         "--workers",
         type=int,
         default=0,
         help="local processes sharing the work (default 0 = auto: one per CPU core on a CPU, 1 on a GPU)",
     )
-    r.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    r.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
     r.add_argument(
         "--compile",
         nargs="?",
@@ -88,7 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--batch-sizes", nargs="+", type=int, default=None)
     g.add_argument("--lrs", nargs="+", type=float, default=None, help="explicit learning rates")
-    g.add_argument("--num-lrs", type=int, default=None, help="N learning rates in logspace(-4, 0, N)")
+    g.add_argument(
+        "--num-lrs", type=positive_int, default=None, help="N learning rates in logspace(-4, 0, N)"
+    )
     g.add_argument("--replicates", type=int, default=None)
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--eval-every", type=int, default=None, help="test metrics every N steps (and the last)")
@@ -188,8 +194,14 @@ def _auto_workers(device: str | None) -> int:
 
 def plot(args: argparse.Namespace) -> int:
     from ..sweep import load_results
+    from .scan import SWEEP_NAME
 
     ds = load_results(args.dirs)
+    if ds.attrs.get("name") != SWEEP_NAME:
+        raise ValueError(
+            f"{args.dirs[0]} is not an MNIST scan (its sweep is {ds.attrs.get('name')!r}); "
+            "`focus-optim toy plot` draws toy stores"
+        )
     _plot(ds, Path(args.out) if args.out else Path(args.dirs[0]) / "figures")
     return 0
 

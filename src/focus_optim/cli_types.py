@@ -1,0 +1,77 @@
+"""Argument checks shared by the command lines: each turns bad input into a one-line error.
+
+``positive_int`` and friends are ``argparse`` types (argparse prints ``argument --x: ...``);
+``check_device`` raises a ``ValueError`` naming the device, for config values as well as flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} (allowed: an integer >= {low})")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """A device string this machine has: ``cpu``, ``cuda``, ``cuda:1``, ... (``auto`` passes)."""
+    try:
+        check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def check_device(name: str) -> None:
+    """Raise a ValueError unless ``name`` parses as a torch device that is available here."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Invalid device {name!r} (allowed: cpu, cuda, cuda:N, mps or auto)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Invalid device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Invalid device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Invalid device {name!r}: MPS is not available on this machine")
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: absent (it is created) or a directory, not a file."""
+    from pathlib import Path
+
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write: absent or a file, not a directory (checked before any work is done)."""
+    from pathlib import Path
+
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    return text
