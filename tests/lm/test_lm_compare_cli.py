@@ -49,6 +49,8 @@ def test_steps_to_target_and_ratios(tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "FOCUS 6e-4" in out and "1.67x" in out and "target val loss 3.0000" in out
+    with pytest.raises(ValueError, match=r"Invalid target: nan \(allowed: a finite val loss\)"):
+        compare([str(ref), str(fast)], out_dir=tmp_path / "cmp2", target=float("nan"))
 
 
 def test_crossing_interpolates_between_evaluations(tmp_path):

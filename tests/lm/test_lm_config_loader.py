@@ -18,6 +18,7 @@ def test_toml_and_overrides(tmp_path):
     assert cfg.optimizer_args == {"betas": (0.9, 0.99), "gamma": 0.3}
     assert isinstance(load_config(path).lr, float)  # TOML `lr = 1` is an int
     assert parse_value("adamw") == "adamw" and parse_value("[1, 2]") == [1, 2] and parse_value('"3"') == "3"
+    assert parse_value("(0.9,0.95)") == [0.9, 0.95] and parse_value("(a") == "(a"  # --optimizers' tuple form
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):

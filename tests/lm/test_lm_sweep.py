@@ -129,5 +129,7 @@ def test_cli_sweep_and_its_errors(synthetic_data, tmp_path, capsys) -> None:
     assert "reserved hyperparameter(s) lr (lr is swept (--lrs)" in capsys.readouterr().err
     assert main([*argv, "--optimizers", "focus:gama=1"]) == 2
     assert "valid for focus:" in capsys.readouterr().err
+    assert main([*argv, "--optimizers", "adamw", "adamw"]) == 2
+    assert "Duplicate optimizer label 'adamw'" in capsys.readouterr().err
     assert main([*argv, "--optimizers", "adamw", "--set", "bogus=1"]) == 2
     assert "Unknown config key 'bogus'; valid: data_dir" in capsys.readouterr().err

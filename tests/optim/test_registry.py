@@ -93,6 +93,7 @@ def test_list_optimizers_cli(capsys):
         ("focus:betas=(0.9,2.0)", r"Invalid optimizer 'focus:betas=\(0.9,2.0\)': Invalid betas\[1\]: 2.0"),
         ("muon:momentum=1.5", r"Invalid momentum: 1.5 \(allowed: 0 <= beta < 1\)"),
         ("conda:update_proj_gap=0", r"Invalid update_proj_gap: 0 \(allowed: an integer >= 1\)"),
+        ("focus:gamma=0.4,gamma=0.5", r"gamma is given twice"),
     ],
 )
 def test_command_line_specs_check_values_before_any_work(text, match):
@@ -103,7 +104,7 @@ def test_command_line_specs_check_values_before_any_work(text, match):
     assert key in parse_optimizer_spec(f"{name}:{key}={_VALID[key]}")[1]
 
 
-_VALID = {"betas": "(0.9,0.99)", "momentum": "0.9", "update_proj_gap": "10"}
+_VALID = {"betas": "(0.9,0.99)", "momentum": "0.9", "update_proj_gap": "10", "gamma": "0.4"}
 
 
 WRONG_VALUES = [-1, "a", (1,), (0.9, 0.9, 0.9), [0.9, "x"], None, math.nan, {}, 1.5, True, torch.ones(2)]

@@ -109,7 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pl.add_argument(
         "--out", type=output_dir, default=None, help="where to write the figures (default: DIR/plots)"
     )
-    pl.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    pl.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
     pl.set_defaults(func=plot)
 
     g = tsub.add_parser("regret", help="section 4: FOCUS's average regret vs T on an online convex problem")

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from ..cli_types import positive_int
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``focus-optim lm`` and its sub-commands (called by :mod:`focus_optim.cli`)."""
@@ -63,7 +65,9 @@ def _add_prepare(sub: Any) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=0.25, help="fraction of eligible documents in val")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    p.add_argument("--workers", type=int, default=None, help="tokeniser processes (default: cores, max 16)")
+    p.add_argument(
+        "--workers", type=positive_int, default=None, help="tokeniser processes (default: cores, max 16)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a finished dataset")
     p.set_defaults(func=_prepare)
 

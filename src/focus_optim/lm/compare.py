@@ -108,6 +108,8 @@ def compare(
     """Print the steps-to-target table, write ``compare.json`` (and ``compare.png/pdf``)."""
     curves = [load_curve(r) for r in runs]
     ref = load_curve(reference) if reference is not None else curves[0]
+    if target is not None and not math.isfinite(target):
+        raise ValueError(f"Invalid target: {target} (allowed: a finite val loss)")
     if target is None:
         target = ref.best
     if not math.isfinite(target):

@@ -176,11 +176,18 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value: TOML if it parses (numbers, booleans, arrays, quoted strings), else a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    """A ``--set`` value: TOML if it parses (numbers, booleans, arrays, quoted strings), else a string.
+    A parenthesised tuple, ``(0.9,0.95)``, reads as the array ``[0.9, 0.95]``, as in ``--optimizers``."""
+    stripped = text.strip()
+    candidates = [text]
+    if stripped.startswith("(") and stripped.endswith(")"):
+        candidates.insert(0, f"[{stripped[1:-1]}]")
+    for candidate in candidates:
+        try:
+            return tomllib.loads(f"v = {candidate}")["v"]
+        except tomllib.TOMLDecodeError:
+            continue
+    return text
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

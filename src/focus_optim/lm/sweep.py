@@ -100,6 +100,8 @@ def sweep(
     runs = {}
     for label in optimizers:
         spec, hparams = parse_optimizer_spec(label, reserved=("lr",), why="is swept (--lrs)")
+        if label.strip() in runs:
+            raise ValueError(f"Duplicate optimizer label {label.strip()!r}")
         runs[label.strip()] = {"optimizer": spec.name, **hparams}
     values = {k: v for k, v in base.to_dict().items() if k not in REPLACED}
     values["progress"] = False

@@ -125,6 +125,8 @@ def parse_optimizer_spec(
         key = key.strip()
         if not eq or not key:
             raise ValueError(f"Invalid optimizer {text!r}: expected NAME:KEY=VALUE,..., got {item!r}")
+        if key in hparams:
+            raise ValueError(f"Invalid optimizer {text!r}: {key} is given twice")
         hparams[key] = _literal(value.strip())
     valid = set(spec.hyperparameters())
     bad = sorted(k for k in hparams if k not in valid or k in reserved)
