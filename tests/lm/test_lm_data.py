@@ -105,7 +105,7 @@ def test_prepare_bad_input_names_the_file(tmp_path, name, content, message):
     with pytest.raises(DataError, match=message) as err:
         prepare([str(wiki), str(bad)], tmp_path / "out", val_fraction=0.5, workers=1, show_progress=False)
     assert name in str(err.value)
-    assert not (tmp_path / "out" / "meta.json").exists()
+    assert not (tmp_path / "out").exists()  # a failed first prepare leaves no empty directory
 
 
 def test_prepare_missing_input_and_empty_val(tmp_path):

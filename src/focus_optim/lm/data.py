@@ -268,6 +268,7 @@ def prepare(
     bpe = find_bpe_file(tokenizer_file)
     bpe_arg = str(bpe.resolve()) if bpe is not None else None
     workers = workers or min(os.cpu_count() or 1, 16)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -308,6 +309,8 @@ def prepare(
     finally:
         for p in tmp.values():
             p.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):  # a failed first prepare leaves no empty directory
+            out.rmdir()
     return meta
 
 
