@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -61,8 +62,6 @@ def check_device(name: str) -> None:
 
 def output_dir(text: str) -> str:
     """A directory to write into: absent (it is created) or a directory, not a file."""
-    from pathlib import Path
-
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
     return text
@@ -70,8 +69,6 @@ def output_dir(text: str) -> str:
 
 def output_file(text: str) -> str:
     """A file to write: absent or a file, not a directory (checked before any work is done)."""
-    from pathlib import Path
-
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
     return text

@@ -250,11 +250,13 @@ class Store:
         path = self.cell_path(cell)
         if not path.exists():
             return False
+        required = {"__meta__", *self.spec.variables}
         try:
             with np.load(path, allow_pickle=False) as z:  # reads the zip's directory, not the data
-                if {"__meta__", *self.spec.variables} <= set(z.files):
-                    return True
-                problem = f"it lacks {sorted({'__meta__', *self.spec.variables} - set(z.files))}"
+                missing = required - set(z.files)
+            if not missing:
+                return True
+            problem = f"it lacks {sorted(missing)}"
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             problem = str(exc) or type(exc).__name__
         aside = path.with_name(f".corrupt-{path.name}")
