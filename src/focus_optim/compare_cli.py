@@ -24,7 +24,11 @@ from .cli_types import device_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="summarise or plot a focus_optim.compare store", description=__doc__)
+    p = sub.add_parser(
+        "compare",
+        help="run, summarise or plot a comparison of optimizers on your training function",
+        description=__doc__,
+    )
     csub = p.add_subparsers(dest="compare_command", required=True)
     r = csub.add_parser("run", help="run (or resume) a comparison of a training function")
     r.add_argument("target", help="the training function: module:function or path/to/file.py:function")

@@ -84,7 +84,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="local processes sharing this run (CPU: one per core, e.g. 2; default 1)",
     )
-    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads per process (default: 1)")
+    r.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads per process (default: 1 on CPU, torch's choice on CUDA)",
+    )
     r.add_argument(
         "--batch-cells", type=positive_int, default=None, help="cells per compute call (default: per device)"
     )

@@ -3,7 +3,8 @@
 Examples::
 
     focus-optim mnist run --preset quick --out runs/mnist-quick          # CPU, minutes
-    focus-optim mnist run --preset paper --out runs/mnist --device cuda --workers 2 --fused --cuda-graphs
+    focus-optim mnist run --preset paper --out runs/mnist --device cuda --workers 2 --fused --cuda-graphs \
+        --eval-precision bf16
     focus-optim mnist run --preset paper --out runs/mnist --shard 0/4    # one of four processes
     focus-optim mnist plot runs/mnist
     focus-optim mnist fetch --data-dir ~/data/mnist
