@@ -166,15 +166,16 @@ def test_compiled_cell_matches_eager(device_data: DeviceData, label: str) -> Non
     """The compiled steps (forward + backward, optimizer, test pass) compute what the eager ones do:
     to rounding on these few steps (over many steps, sign-like updates and batch norm over tiny
     batches amplify it), and a second cell of the same shapes reuses the compiled graphs with its
-    own parameters. A step that did not update (lr 0) differs by ~60% here."""
+    own parameters. A step that did not update (lr 0) differs by ~60% here. The rounding depends
+    on the CPU's vector width: 2.5e-5 apart on an AVX2-only CPU, so the tolerance is 1e-4."""
     s = TrainSettings(steps=4, eval_every=2)
     lrs = [1e-4, 1e-3]
     eager = train_cell(parse_optimizer(label), 32, lrs, device_data, s, seed=5)
     compiled = train_cell(parse_optimizer(label), 32, lrs, device_data, s, seed=5, compile="default")
     np.testing.assert_array_equal(np.isfinite(compiled), np.isfinite(eager))
-    np.testing.assert_allclose(compiled, eager, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, equal_nan=True)
     other = train_cell(parse_optimizer(label), 32, lrs, device_data, s, seed=6, compile="default")
     np.testing.assert_allclose(
-        other, train_cell(parse_optimizer(label), 32, lrs, device_data, s, seed=6), rtol=1e-5, equal_nan=True
+        other, train_cell(parse_optimizer(label), 32, lrs, device_data, s, seed=6), rtol=1e-4, equal_nan=True
     )
     assert not np.allclose(other, compiled, rtol=1e-2, equal_nan=True)
