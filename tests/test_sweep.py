@@ -259,3 +259,25 @@ def test_local_workers_fill_one_store_like_a_single_process(tmp_path):
     xr.testing.assert_identical(load_results(tmp_path / "single"), load_results(tmp_path / "pool"))
     with pytest.raises(ValueError, match="Invalid workers"):
         run_sweep(spec, compute, tmp_path / "pool", workers=0)
+
+
+def test_temp_files_of_killed_writes_are_removed_once_an_hour_old(tmp_path):
+    """Other shards may be writing into the store: only a temp file untouched for an hour goes."""
+    import os
+    import time
+
+    from focus_optim.atomic import temp_name
+
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "a", max_cells=2, progress=False)
+    cells = tmp_path / "a" / "cells"
+    stale, busy = temp_name(cells / "1-2.npz"), temp_name(cells / "0-1.npz")
+    stale_manifest = temp_name(tmp_path / "a" / "manifest.json")
+    for p in (stale, busy, stale_manifest):
+        p.write_bytes(b"PK\x03\x04 torn")
+    two_hours_ago = time.time() - 7200
+    for p in (stale, stale_manifest):
+        os.utime(p, (two_hours_ago, two_hours_ago))
+    run_sweep(spec, Counting(), tmp_path / "a", progress=False)
+    assert not stale.exists() and not stale_manifest.exists() and busy.exists()
+    assert int(load_results(tmp_path / "a").attrs["cells_done"]) == 6

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         print(f"focus-optim {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        from .cli_types import interrupted
+
+        sub = getattr(args, "lm_command", None) if args.command == "lm" else None
+        name = f"lm {sub}" if sub else args.command
+        print(interrupted(name, "--resume" if sub == "train" else ""), file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

@@ -10,6 +10,12 @@ import argparse
 from pathlib import Path
 
 
+def interrupted(command: str, resume_flag: str = "") -> str:
+    """The one line printed when Ctrl-C stops ``command`` (instead of a traceback)."""
+    again = f"the same command with {resume_flag}" if resume_flag else "the same command"
+    return f"focus-optim {command}: interrupted; what was stored is kept, and {again} resumes it"
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     return _int_at_least(text, 1)

@@ -125,7 +125,10 @@ def run_comparison(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
-    print(f"{ds.attrs['cells_done']}/{ds.attrs['cells_total']} runs stored in {args.out}")
+    print(
+        f"{ds.attrs['runs_computed']} runs computed, {ds.attrs['runs_skipped']} already stored; "
+        f"{ds.attrs['cells_done']}/{ds.attrs['cells_total']} runs stored in {args.out}"
+    )
     return 0
 
 

@@ -17,7 +17,7 @@ Store layout (a directory)::
 
 A changed configuration refuses to write into an old store. Resume skips cells whose file exists
 and opens (an unreadable one, e.g. truncated by a full disk, is moved aside to ``.corrupt-<name>``
-and recomputed).
+and recomputed); the temp file of a write that was killed is removed once it is an hour old.
 Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th cell of the grid and
 skip the stored ones (so a shard's cells stay the same when it resumes), so processes, GPUs or
 cluster array jobs can share one directory; ``load_results`` stitches whatever is there into an
@@ -39,6 +39,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import signal
 import sys
 import time
 import zipfile
@@ -49,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import create_atomic, write_atomic
+from .atomic import create_atomic, remove_stale_temps, write_atomic
 
 FORMAT_VERSION = 1
 
@@ -206,6 +207,11 @@ class Deferred:
         return {"factory": self.factory, "args": self.args, "kwargs": self.kwargs, "_fn": None}
 
 
+#: A temp file in a store untouched for this long was left by a killed writer (other shards may
+#: be writing theirs into the same store right now; a cell's write takes seconds).
+STALE_TEMP_SECONDS = 3600.0
+
+
 class Store:
     """The results directory of one sweep."""
 
@@ -239,6 +245,8 @@ class Store:
                 f"(hash {existing.get('config_hash')} != {self.manifest['config_hash']}; differs in {diff}). "
                 "Use a new --out directory, or delete the old one."
             )
+        for directory in (self.path, self.cells_dir):
+            remove_stale_temps(directory, older_than=STALE_TEMP_SECONDS)
         return self
 
     def cell_path(self, cell: Cell) -> Path:
@@ -369,6 +377,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(spec: SweepSpec, out: str, compute: ComputeFn, device: str, threads: int | None) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         _set_threads(threads)
     _WORKER.update(store=Store(out, spec), compute=compute, device=device)

@@ -84,8 +84,11 @@ def test_cli_prepare_train_compare(tmp_path, capsys):
     corpus.write_bytes(gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in texts).encode()))
     data = tmp_path / "data"
     assert main(["lm", "prepare", str(corpus), "--out", str(data), "--workers", "1"]) == 0
-    assert main(["lm", "prepare", str(corpus), "--out", str(data), "--workers", "1"]) == 2  # refuses
-    assert "--overwrite" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["lm", "prepare", str(corpus), "--out", str(data), "--workers", "1"]) == 0  # re-run: a no-op
+    assert "already holds this dataset (same inputs and settings)" in capsys.readouterr().out
+    assert main(["lm", "prepare", str(corpus), "--out", str(data), "--val-fraction", "0.5"]) == 2  # refuses
+    assert "val_fraction: 0.25 then, 0.5 now" in capsys.readouterr().err
 
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(

@@ -72,15 +72,38 @@ def test_prepare_multiprocess_equals_inprocess(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_prepare_refuses_to_overwrite(tmp_path):
+def test_prepare_refuses_to_overwrite_other_inputs_and_is_a_no_op_for_the_same(tmp_path):
     inputs, out = _corpus(tmp_path), tmp_path / "out"
-    prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False)
-    before = (out / "train.bin").read_bytes()
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    meta = prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False)
+    files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    again = prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False)  # e.g. a re-run script
+    assert again.pop("up_to_date") is True and again == meta
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == files
+    with pytest.raises(FileExistsError, match=r"val_fraction: 0.5 then, 0.25 now.*--overwrite"):
+        prepare(inputs, out, val_fraction=0.25, workers=1, show_progress=False)
+    with pytest.raises(
+        FileExistsError, match=r"inputs \['docs.jsonl', 'wiki.jsonl.gz'\] then, \['wiki.jsonl.gz'\] now"
+    ):
+        prepare(inputs[1:], out, val_fraction=0.5, workers=1, show_progress=False)
+    _jsonl(Path(inputs[0]), [*DOCS, "One more document."])
+    with pytest.raises(FileExistsError, match=r"contents changed: \['docs.jsonl'\]"):
         prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False)
-    prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False, overwrite=True)
-    assert (out / "train.bin").read_bytes() == before
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == files
+    redone = prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False, overwrite=True)
+    assert redone["train_docs"] + redone["val_docs"] == meta["train_docs"] + meta["val_docs"] + 1
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_a_prepare_killed_midway_leaves_temp_files_the_next_one_removes(tmp_path):
+    from focus_optim.atomic import temp_name
+
+    inputs, out = _corpus(tmp_path), tmp_path / "out"
+    out.mkdir()
+    torn = [temp_name(out / "train.bin"), temp_name(out / "val.bin")]  # SIGKILL skips all cleanup
+    for p in torn:
+        p.write_bytes(b"\x00\x01" * 100)
+    prepare(inputs, out, val_fraction=0.5, workers=1, show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
 @pytest.mark.parametrize(

@@ -307,3 +307,55 @@ def test_steps_the_grad_scaler_skips_are_logged_as_skipped(synthetic_data, tmp_p
     assert skipped and skipped == [r["step"] for r in train_recs if not math.isfinite(float(r["grad_norm"]))]
     events = [r for r in records(tmp_path / "run", "event") if r["event"] == "skip"]
     assert [e["step"] for e in events] == skipped and {e["by"] for e in events} == {"grad_scaler"}
+
+
+def test_resuming_a_finished_run_keeps_one_end_event_and_drops_a_killed_checkpoint_write(
+    synthetic_data, tmp_path
+):
+    from focus_optim.atomic import temp_name
+
+    out = tmp_path / "run"
+    cfg = tiny_config(synthetic_data, out, "max_steps=3")
+    train(cfg)
+    torn = temp_name(out / "ckpt.pt")  # a checkpoint write killed midway (SIGKILL: no cleanup)
+    torn.write_bytes(b"PK\x03\x04 half a checkpoint")
+    train(cfg, resume=True)
+    train(cfg, resume=True)
+    events = [r["event"] for r in records(out, "event")]
+    assert events.count("end") == 1 and events[-1] == "end"
+    assert events[0] == "start" and events.count("resume") == 2
+    assert not torn.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_resumed_run_tells_tensorboard_to_drop_what_the_killed_run_logged_past_its_checkpoint(
+    synthetic_data, tmp_path, monkeypatch
+):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    opts = ("tensorboard=true", "max_steps=8", "ckpt_interval=3", "eval_interval=3")
+    out = tmp_path / "cut"
+    restore = kill_after_batches(monkeypatch, 7 * 2)  # dies fetching step 8's batch; checkpoint at 6
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(synthetic_data, out, *opts))
+    restore()
+    first = sorted((out / "tb").glob("events.out.tfevents.*"))
+    train(tiny_config(synthetic_data, out, *opts), resume=True)
+    resumed = [p for p in sorted((out / "tb").glob("events.out.tfevents.*")) if p not in first]
+    assert len(resumed) == 1
+    marks = [
+        (e.step, e.session_log.status)
+        for e in EventFileLoader(str(resumed[0])).Load()
+        if e.HasField("session_log")
+    ]
+    assert marks[0] == (7, 1)  # SessionLog.START at step 7: TensorBoard drops the old run's steps >= 7
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == [r["step"] for r in records(out, "train")] == list(range(1, 9))
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(
+        [r["loss"] for r in records(out, "train")]
+    )

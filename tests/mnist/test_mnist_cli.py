@@ -107,3 +107,35 @@ def test_run_on_real_mnist_one_cell(tmp_path: Path) -> None:
     assert json.loads(ds.attrs["config"])["data"] == "mnist"
     final = ds["history"].sel(metric="test_acc").isel(step=-1).values
     assert final.shape == (1, 1, 1, 2) and (final > 0.5).all()  # 20 steps of signum: well above chance
+
+
+def test_plot_of_a_partial_store_without_a_batch_size_both_optimizers_finished(
+    tmp_path: Path, idx_dir_session: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A killed or sharded scan can hold AdamW at one batch size and Signum at another only:
+    ``plot`` still draws 2c and an empty 2d, and writes the summary with the missing cells n/a."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    args = [
+        "mnist",
+        "run",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(idx_dir_session),
+        "--no-verify",
+        "--no-progress",
+    ]
+    assert main([*args, *TINY, "--device", "cpu", "--workers", "1"]) == 0
+    for cell in (out / "cells").glob("*.npz"):
+        with np.load(cell, allow_pickle=False) as z:
+            coords = json.loads(str(z["__meta__"]))["coords"]
+        if (coords["optimizer"], coords["batch_size"]) in {("adamw", 8), ("signum", 4)}:
+            cell.unlink()
+    capsys.readouterr()
+    assert main(["mnist", "plot", str(out), "--out", str(tmp_path / "figs")]) == 0
+    for name in ("fig2c.png", "fig2d.png", "summary.json", "summary.txt"):
+        assert (tmp_path / "figs" / name).stat().st_size > 0
+    summary = json.loads((tmp_path / "figs" / "summary.json").read_text())
+    assert summary["batch_sizes"] == [4, 8] and not summary.get("complete", False)

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from ..cli_types import positive_int
+from ..cli_types import interrupted, positive_int
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"focus-optim lm {args.lm_command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = "--resume" if args.lm_command == "train" else ""
+        print(interrupted(f"lm {args.lm_command}", resume), file=sys.stderr)
+        return 130
 
 
 def _add_prepare(sub: Any) -> None:
@@ -85,6 +89,12 @@ def _prepare(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
     )
+    if meta.get("up_to_date"):
+        print(
+            f"{args.out or DEFAULT_OUT_DIR} already holds this dataset (same inputs and settings): "
+            f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens; nothing to do"
+        )
+        return 0
     print(
         f"wrote {args.out or DEFAULT_OUT_DIR}: {meta['train_tokens']:,} train / "
         f"{meta['val_tokens']:,} val tokens ({meta['train_docs']:,} / {meta['val_docs']:,} documents) "

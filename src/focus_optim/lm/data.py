@@ -6,7 +6,9 @@ Output (in ``out_dir``), as nanoGPT's ``prepare.py``:
   ``<|endoftext|>`` (50256), so EOT separates consecutive documents;
 * ``meta.json``: vocabulary, token/document counts, per-source sha256 and the split rule.
   ``meta.json`` is written last; its presence marks a finished dataset, which is never
-  overwritten without ``overwrite=True``. Every file is written to a temp name and renamed.
+  overwritten without ``overwrite=True`` (the same command again, on the same files by content
+  and settings, finds it up to date and does nothing). Every file is written to a temp name and
+  renamed; the temp files of a prepare killed midway are removed by the next one.
 
 Sources: local ``.txt``/``.md`` files (one document each), ``.jsonl``/``.jsonl.gz`` files (one JSON
 object per line, text in field ``text``), or ``hf:NAME[:CONFIG]`` (a Hugging Face dataset,
@@ -29,6 +31,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 import zlib
 from collections import deque
@@ -39,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_json_atomic
+from ..atomic import remove_stale_temps, temp_name, write_json_atomic
 from .progress import progress
 from .tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, describe, find_bpe_file, gpt2_encoding, sha256_file
 
@@ -213,6 +216,11 @@ def _init_worker(bpe_file: str | None) -> None:
     _ENCODING = gpt2_encoding(bpe_file)
 
 
+def _init_pool_worker(bpe_file: str | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the pool
+    _init_worker(bpe_file)
+
+
 def in_val_split(text: str, val_fraction: float) -> bool:
     """The hash split rule for a val-eligible document (see the module docstring)."""
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
@@ -254,15 +262,25 @@ def prepare(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Tokenise ``inputs`` into ``out_dir``; returns the ``meta.json`` contents."""
+    """Tokenise ``inputs`` into ``out_dir``; returns the ``meta.json`` contents.
+
+    A finished dataset in ``out_dir`` is kept as it is when it was prepared from the same files
+    (by content) with the same settings: the returned meta then has ``"up_to_date": True``, so the
+    command can be re-run. Other inputs or settings need ``overwrite=True``.
+    """
     out = Path(out_dir)
-    if (out / "meta.json").exists() and not overwrite:
-        raise FileExistsError(
-            f"{out} already holds a prepared dataset (meta.json); pass --overwrite to redo it"
-        )
     if not 0.0 < val_fraction <= 1.0:
         raise ValueError(f"Invalid val_fraction: {val_fraction} (allowed: (0, 1])")
     sources = resolve_sources(inputs, val_source)
+    if (out / "meta.json").exists() and not overwrite:
+        done = load_meta(out)  # also checks that the token files hold what it counts
+        differs = _differs(done, sources, tokenizer_file, val_source, val_fraction, text_field)
+        if differs is None:
+            return {**done, "up_to_date": True}
+        raise FileExistsError(
+            f"{out} already holds a dataset prepared from other inputs or settings ({differs}); "
+            "pass --overwrite to redo it, or use another --out"
+        )
     if not any(s.val_eligible for s in sources):
         raise DataError(f"no input matches val_source {val_source!r}: {[s.name for s in sources]}")
     bpe = find_bpe_file(tokenizer_file)
@@ -270,6 +288,7 @@ def prepare(
     workers = workers or min(os.cpu_count() or 1, 16)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # of a prepare killed midway (one writer a dataset)
     t0 = time.time()
 
     counts = [dict.fromkeys(("train_tokens", "val_tokens", "train_docs", "val_docs"), 0) for _ in sources]
@@ -278,7 +297,7 @@ def prepare(
         for i, s in enumerate(sources)
         for docs, nbytes in iter_chunks(s, text_field)
     )
-    tmp = {split: out / f".{split}.bin.{os.getpid()}.tmp" for split in ("train", "val")}
+    tmp = {split: temp_name(out / f"{split}.bin") for split in ("train", "val")}
     total_bytes = sum(s.nbytes for s in sources) or None
     bar = progress(total_bytes, desc="tokenising", unit="B", unit_scale=True, enabled=show_progress)
     try:
@@ -301,7 +320,9 @@ def prepare(
                     f"the {split} split is empty (val_source={val_source!r}, val_fraction={val_fraction}); "
                     "add documents or change the split"
                 )
-        meta = _meta(sources, counts, totals, tokenizer_file, val_source, val_fraction, time.time() - t0)
+        meta = _meta(
+            sources, counts, totals, tokenizer_file, val_source, val_fraction, text_field, time.time() - t0
+        )
         (out / "meta.json").unlink(missing_ok=True)  # an unfinished dataset from here on
         for split in ("train", "val"):
             os.replace(tmp[split], out / f"{split}.bin")
@@ -321,7 +342,7 @@ def _run_tasks(tasks: Iterator[Any], workers: int, bpe_file: str | None) -> Iter
         yield from map(_encode_task, tasks)
         return
     ctx = mp.get_context("spawn")  # safe whatever the parent imported (torch, CUDA)
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(bpe_file,)) as pool:
+    with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(bpe_file,)) as pool:
         pending: deque[Any] = deque()  # at most 2 tasks per worker in flight: bounded memory
         for task in tasks:
             pending.append(pool.apply_async(_encode_task, (task,)))
@@ -338,6 +359,7 @@ def _meta(
     tokenizer_file: str | os.PathLike[str] | None,
     val_source: str,
     val_fraction: float,
+    text_field: str,
     seconds: float,
 ) -> dict[str, Any]:
     return {
@@ -347,6 +369,7 @@ def _meta(
         "eot_token": EOT_TOKEN,
         "separator": "<|endoftext|> (50256) after every document",
         "tokenizer": describe(tokenizer_file),
+        "text_field": text_field,
         **totals,
         "split": {
             "rule": "hash",
@@ -372,6 +395,35 @@ def _meta(
         "seconds": round(seconds, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _differs(
+    meta: dict[str, Any],
+    sources: list[Source],
+    tokenizer_file: str | os.PathLike[str] | None,
+    val_source: str,
+    val_fraction: float,
+    text_field: str,
+) -> str | None:
+    """What makes ``meta`` (a finished dataset) differ from preparing ``sources`` now, or None."""
+    if any(s.path is None for s in sources):
+        return "a Hugging Face source cannot be checked for changes"
+    split = meta.get("split", {})
+    settings = {
+        "val_source": (split.get("val_source"), val_source),
+        "val_fraction": (split.get("val_fraction"), val_fraction),
+        "text_field": (meta.get("text_field", "text"), text_field),  # datasets written before it was kept
+        "tokenizer": (meta.get("tokenizer", {}).get("sha256"), describe(tokenizer_file)["sha256"]),
+    }
+    changed = [f"{k}: {old!r} then, {new!r} now" for k, (old, new) in settings.items() if old != new]
+    if changed:
+        return "; ".join(changed)
+    then = [(s.get("name"), s.get("sha256")) for s in meta.get("sources", [])]
+    now = [(s.name, sha256_file(s.path)) for s in sources if s.path is not None]
+    if [n for n, _ in then] != [n for n, _ in now]:
+        return f"inputs {[n for n, _ in then]} then, {[n for n, _ in now]} now"
+    edited = [n for (n, a), (_, b) in zip(then, now) if a != b]
+    return f"contents changed: {edited}" if edited else None
 
 
 def load_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

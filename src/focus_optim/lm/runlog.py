@@ -23,8 +23,15 @@ class RunLogger:
     """Appends records to ``out_dir/log.jsonl`` (and TensorBoard scalars); a no-op when disabled."""
 
     def __init__(
-        self, out_dir: str | os.PathLike[str], *, enabled: bool = True, tensorboard: bool = True
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        purge_after: int | None = None,
     ) -> None:
+        """``purge_after``: a resumed run's step; TensorBoard drops the scalars an interrupted run
+        logged after it (``log.jsonl`` is cut by :meth:`truncate_after`)."""
         self.path = Path(out_dir) / LOG_NAME
         self.enabled = enabled
         self._tb: Any = None
@@ -32,7 +39,8 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+                purge = None if purge_after is None else purge_after + 1
+                self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=purge)
             except ImportError:
                 self._tb = None
 
@@ -72,7 +80,7 @@ def _keep(line: str, step: int) -> bool:
         rec = json.loads(line)
     except json.JSONDecodeError:
         return False  # a line cut by the interruption
-    return rec.get("step", -1) <= step and rec.get("kind") != "end"
+    return rec.get("step", -1) <= step and rec.get("event") != "end"
 
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..atomic import write_json_atomic
+from ..atomic import remove_stale_temps, write_json_atomic
 from ..optim import _dtensor, make_optimizer, protocol, zero_redundancy
 from ..optim.registry import get_spec
 from . import checkpoint, distributed
@@ -80,6 +80,8 @@ class Trainer:
                 f"{self.out_dir} already holds a run ({self.ckpt_path}): continue it with --resume, "
                 "or train into a new --out-dir"
             )
+        if self.dist.is_main:  # a checkpoint write killed midway left its temp file (one writer a run)
+            remove_stale_temps(self.out_dir)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -153,7 +155,12 @@ class Trainer:
         self.val_tokens = open_tokens(Path(cfg.data_dir) / "val.bin")
         self.val_starts = val_windows(len(self.val_tokens), T, cfg.eval_sequences)
         self.flops_per_token = self.raw_model.flops_per_token()
-        self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
+        self.logger = RunLogger(
+            self.out_dir,
+            enabled=self.dist.is_main,
+            tensorboard=cfg.tensorboard,
+            purge_after=self.step if self.resumed else None,
+        )
         self._pending: list[tuple[int, float, torch.Tensor, torch.Tensor, bool]] = []
 
     # --- the loop --------------------------------------------------------------------------------

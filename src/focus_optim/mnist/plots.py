@@ -28,6 +28,8 @@ def plot_results(ds: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
     fig, ax = plt.subplots(figsize=(4.2, 3.4))
     for lab in labels:
         t = table.sel(optimizer=lab)
+        if not np.isfinite(t["best_loss"].values).any():
+            continue  # not one cell of it stored yet (a partial, sharded or killed scan)
         ax.errorbar(
             bs,
             t["best_loss"].values,
@@ -38,9 +40,9 @@ def plot_results(ds: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
             color=shared.color(lab),
             label=_pretty(lab),
         )
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="best test loss")
-    ax.set_xscale("log", base=2)
-    ax.legend(frameon=False, fontsize=8)
+    drawn = bool(ax.lines)
+    ax.set(yscale="log" if drawn else "linear", xlabel="batch size", ylabel="best test loss")
+    _batch_axis(ax, bs, drawn)
     title = f"MNIST MLP, {ds.sizes['step']} steps"
     ax.set_title(title + ("" if ds.attrs.get("complete", True) else " (incomplete)"), fontsize=9)
     written += shared.save(fig, out / "fig2c")
@@ -49,11 +51,15 @@ def plot_results(ds: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
     adam, signum = find_label(labels, "adamw"), find_label(labels, "signum")
     if adam is not None and signum is not None:
         fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        drawn = False
         for lab in labels:
             if lab == adam:
                 continue
             main = lab == signum
             imp = improvement(table["best_loss"], lab, adam)
+            if not np.isfinite(imp).any():
+                continue  # no batch size where both are stored yet
+            drawn = True
             ax.plot(
                 bs,
                 100 * imp.values,
@@ -67,9 +73,8 @@ def plot_results(ds: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
         for y in (5, -5):
             ax.axhline(y, color="grey", ls="--", lw=0.8)
         ax.axhline(0, color="black", lw=0.5)
-        ax.set_xscale("log", base=2)
         ax.set(xlabel="batch size", ylabel="improvement over Adam (%)")
-        ax.legend(frameon=False, fontsize=8)
+        _batch_axis(ax, bs, drawn)
         written += shared.save(fig, out / "fig2d")
         plt.close(fig)
 
@@ -106,6 +111,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not summary["complete"]:
         lines.append("(incomplete results: missing cells are n/a)")
     return "\n".join(lines) + "\n"
+
+
+def _batch_axis(ax: Any, bs: np.ndarray, drawn: bool) -> None:
+    """A log2 batch-size axis over the scanned sizes (set, not autoscaled: a partial store may
+    have nothing finite to scale to); a note where no result is stored yet."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(bs.min() / 1.5, bs.max() * 1.5)
+    if drawn:
+        ax.legend(frameon=False, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no results stored yet", transform=ax.transAxes, ha="center", color="grey")
 
 
 def _pretty(label: str) -> str:
