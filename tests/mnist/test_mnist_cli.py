@@ -14,18 +14,13 @@ from focus_optim.cli import main
 TINY = ["--batch-sizes", "4", "8", "--num-lrs", "2", "--replicates", "2", "--steps", "3", "--eval-every", "3"]
 
 
+def run_args(out: Path, data_dir: Path) -> list[str]:
+    return ["mnist", "run", "--out", str(out), "--data-dir", str(data_dir), "--no-verify", "--no-progress"]
+
+
 def test_run_and_plot_tiny_grid(tmp_path: Path, idx_dir_session: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    args = [
-        "mnist",
-        "run",
-        "--out",
-        str(out),
-        "--data-dir",
-        str(idx_dir_session),
-        "--no-verify",
-        "--no-progress",
-    ]
+    args = run_args(out, idx_dir_session)
     assert main([*args, *TINY, "--device", "cpu", "--workers", "1", "--plot"]) == 0
     text = capsys.readouterr().out
     assert "4 cells computed" in text and "I_Signum (%)" in text
@@ -117,16 +112,7 @@ def test_plot_of_a_partial_store_without_a_batch_size_both_optimizers_finished(
     import numpy as np
 
     out = tmp_path / "run"
-    args = [
-        "mnist",
-        "run",
-        "--out",
-        str(out),
-        "--data-dir",
-        str(idx_dir_session),
-        "--no-verify",
-        "--no-progress",
-    ]
+    args = run_args(out, idx_dir_session)
     assert main([*args, *TINY, "--device", "cpu", "--workers", "1"]) == 0
     for cell in (out / "cells").glob("*.npz"):
         with np.load(cell, allow_pickle=False) as z:
