@@ -371,3 +371,24 @@ def test_cli_runs_a_training_function_by_name(tmp_path, capsys) -> None:
     assert main(["compare", "run", "test_compare:least_squares", "--out", str(tmp_path / "e"),
                  *args[:1], "adamw", "adamw", *args[3:]]) == 2  # fmt: skip
     assert "Invalid --optimizers: 'adamw' twice" in capsys.readouterr().err
+
+
+def test_cli_threads_reach_the_training_function(tmp_path, capsys) -> None:
+    from focus_optim import load_results
+    from focus_optim.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            argv = ["compare", "run", "test_compare:threads_seen", "--optimizers", "adamw", "--lrs", "1e-3",
+                    "--replicates", "1", "--metrics", "threads", "--threads", str(threads),
+                    "--out", str(tmp_path / f"t{threads}"), "--no-progress"]  # fmt: skip
+            assert main(argv) == 0
+            assert load_results(tmp_path / f"t{threads}")["metrics"].values.item() == threads
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "run", "test_compare:threads_seen", "--optimizers", "adamw", "--lrs", "1e-3",
+              "--metrics", "threads", "--out", str(tmp_path / "x"), "--threads", "0"])  # fmt: skip
+    assert exit_.value.code == 2 and "--threads: 0 (allowed: an integer >= 1)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_types import device_arg
+from .cli_types import device_arg, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--replicates", type=int, default=3, help="paired seeds per (optimizer, lr)")
     r.add_argument("--seed", type=int, default=0, help="seed of replicate 0")
     r.add_argument("--shard", default=None, help="i/n: every n-th run from the i-th (default: torchrun's)")
-    r.add_argument("--workers", type=int, default=1, help="local processes")
+    r.add_argument("--workers", type=positive_int, default=1, help="local processes")
+    r.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per process (default: 1 with several workers, else torch's choice)",
+    )
     r.add_argument(
         "--device", type=device_arg, default=None, help="default: cuda:LOCAL_RANK if available, else cpu"
     )
@@ -123,6 +129,7 @@ def run_comparison(args: argparse.Namespace) -> int:
         shard=args.shard,
         device=args.device,
         workers=args.workers,
+        threads=args.threads,
         progress=not args.no_progress,
     )
     print(
