@@ -359,3 +359,37 @@ def test_a_resumed_run_tells_tensorboard_to_drop_what_the_killed_run_logged_past
     assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(
         [r["loss"] for r in records(out, "train")]
     )
+
+
+def test_sophia_hessian_pass_in_float16_is_scaled_like_the_training_backward(
+    synthetic_data, tmp_path, monkeypatch
+):
+    """Small sampled-label gradients underflow in a float16 backward unless it is scaled: the
+    refreshed Hessian then matches float32's (here with the sampled loss scaled down by 1e-4)."""
+    import focus_optim.optim.sophia as sophia
+
+    real = sophia.sampled_label_loss
+    monkeypatch.setattr(sophia, "sampled_label_loss", lambda logits: real(logits) * 1e-4)
+    hessians = {}
+    for dtype in ("float32", "float16"):
+        opts = ("optimizer=sophia", f"dtype='{dtype}'", "max_steps=10", "ckpt_interval=0", "eval_interval=0")
+        trainer = Trainer(tiny_config(synthetic_data, tmp_path / dtype, *opts))
+        trainer.run()
+        hessians[dtype] = [
+            float(trainer.optimizer.state[p]["hessian"].norm()) for p in trainer.raw_model.parameters()
+        ]
+    want, got = hessians["float32"], hessians["float16"]
+    assert all(w > 0 for w in want)
+    assert all(0.5 * w < g < 2 * w for w, g in zip(want, got, strict=True))
+    assert sum(got) == pytest.approx(sum(want), rel=0.05)
+
+
+def test_an_overflowing_float16_hessian_pass_is_skipped_and_logged(synthetic_data, tmp_path):
+    opts = ("optimizer=sophia", "dtype='float16'", "max_steps=10", "ckpt_interval=0", "eval_interval=0")
+    trainer = Trainer(tiny_config(synthetic_data, tmp_path / "run", *opts))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # still overflowing at step 10
+    trainer.run()
+    skips = [r for r in records(tmp_path / "run", "event") if r.get("by") == "hessian_overflow"]
+    assert [r["step"] for r in skips] == [9]  # the refresh after the 10th step (step counted after it)
+    states = [trainer.optimizer.state.get(p, {}) for p in trainer.raw_model.parameters()]
+    assert all("hessian" not in st or not st["hessian"].any() for st in states)  # never refreshed

@@ -244,6 +244,28 @@ def test_simulated_workers_compress_after_the_freeze_with_per_worker_errors():
     )
 
 
+@pytest.mark.parametrize("stash", [True, False])
+def test_one_simulated_worker_is_one_process_without_compression(stash):
+    """n = 1 compresses nothing (the reference's rule), stashed gradient or ``.grad`` alike."""
+    plain_model, x, y = _problem()
+    plain = OneBitAdam(plain_model.parameters(), freeze_step=3, **HP)
+    model, _, _ = _problem()
+    sim = OneBitAdam(model.parameters(), freeze_step=3, simulate_workers=1, **HP)
+    for t in range(1, 8):
+        _grad_step(plain_model, x, y, t)
+        plain.step()
+        _grad_step(model, x, y, t)
+        if stash:
+            sim.stash_worker_grads()
+        sim.step()
+    assert sim.frozen and sim.comm_stats["phase"] == plain.comm_stats["phase"] == "local"
+    assert sim.comm_stats["compressed_bytes"] == 0
+    for a, b in zip(plain_model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(plain.state[a]["exp_avg"], sim.state[b]["exp_avg"])
+        assert "worker_error" not in sim.state[b]
+
+
 def test_simulated_compression_of_a_large_tensor_sends_under_a_25th_of_fp32():
     w = torch.zeros(1 << 16, requires_grad=True)
     opt = OneBitAdam([w], freeze_step=2, simulate_workers=4)

@@ -280,16 +280,34 @@ class Trainer:
 
     def hessian_step(self) -> None:
         """Sophia-G's Gauss-Newton-Bartlett refresh: labels sampled from the model on fresh batches,
-        the same accumulation divisor, the same grad-norm clip, then ``update_hessian()``."""
+        the same accumulation divisor, the same grad-norm clip, then ``update_hessian()``.
+
+        In float16 the backward is scaled by the ``GradScaler``'s current scale, as the training
+        backward is (unscaled, small sampled-label gradients underflow to zero in float16), and
+        unscaled before the clip; a refresh whose gradients overflow is skipped and logged. The
+        scaler's own state is left alone: its skip-and-halve logic belongs to the training step."""
         from ..optim.sophia import sampled_label_loss  # written alongside Sophia; imported lazily
 
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         for k in range(self.local_accum):
             x, _ = self.loader.next()
             with self._grad_sync(k == self.local_accum - 1), self.autocast:
                 loss = sampled_label_loss(self.model(x)) / self.local_accum
-            loss.backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+            (loss * scale if scale != 1.0 else loss).backward()
+        params = list(self.raw_model.parameters())
+        if scale != 1.0:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / scale)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
+            if not math.isfinite(float(_dtensor.full(gnorm))):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.logger.log(
+                    {"kind": "event", "event": "skip", "step": self.step, "by": "hessian_overflow"}
+                )
+                return
+        elif self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         protocol.update_hessian(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
 

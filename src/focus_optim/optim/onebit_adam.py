@@ -40,7 +40,8 @@ Reference conventions kept, and the options for the other side:
 * ``init_dry_run=False`` skips the discarded first step (the first call is a warm-up step).
 * One process: no compression (the reference's n = 1); ``simulate_workers=n`` runs the n-worker
   compressed all-reduce on one device, each simulated worker with its own δ, plus the server
-  errors (bit-identical to n real processes on the same gradients).
+  errors (bit-identical to n real processes on the same gradients; n = 1 compresses nothing, as
+  one process).
 * The reference resets δ and δ̄ when loading a checkpoint (it could only save rank 0's); here
   ``state_dict()`` holds this rank's δ and δ̄ and :func:`save_rank_state` /
   :func:`load_rank_state` write one file per rank. :meth:`OneBitAdam.reset_compression_errors`
@@ -488,8 +489,9 @@ class OneBitAdam(BaseOptimizer):
             beta1 = group["betas"][0]
             for p, grad, state in items:
                 m = state["exp_avg"]
-                if real:
-                    g = -grad if group["maximize"] else grad
+                if real or n == 1:  # one worker, real or simulated: nothing to compress (as n = 1)
+                    g = self._mean_grad(p, grad)
+                    g = -g if group["maximize"] else g
                     m.lerp_(g.to(m.dtype), 1 - beta1)
                     if n > 1:
                         self._ensure_errors(p, state, n)
