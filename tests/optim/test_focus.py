@@ -408,3 +408,37 @@ def test_reference_mode_equals_the_authors_loop():
         ours.step()
         theirs.step()
     torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["single", "foreach"])
+def test_matches_pytorch_optimizer_focus_and_differs_only_on_first_step_ties(path):
+    """``pytorch_optimizer.FOCUS`` is the paper's Algorithm 1, as ``decay_mode="algorithm1"``.
+    With decay, equal to rounding. Without it, their θ − θ̄/(1 − β₂) at step 1 is a rounding of
+    0 whose sign moves a coordinate by ±lr·γ; here θ̂ = θ exactly, so the first step has no
+    attraction."""
+    po = pytest.importorskip("pytorch_optimizer")
+    torch.manual_seed(0)
+    x0 = [torch.randn(6, 5, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
+    lr, gamma, foreach = 0.01, 0.2, path == "foreach"
+    for wd in (0.1, 0.0):
+        ps = [torch.nn.Parameter(x.clone()) for x in x0]
+        qs = [torch.nn.Parameter(x.clone()) for x in x0]
+        ours = FOCUS(ps, lr=lr, betas=(0.9, 0.99), gamma=gamma, weight_decay=wd, foreach=foreach)
+        theirs = po.FOCUS(qs, lr=lr, betas=(0.9, 0.99), gamma=gamma, weight_decay=wd, foreach=foreach)
+        for t in range(10):
+            for p, q in zip(ps, qs):
+                g = torch.randn_like(p)
+                p.grad, q.grad = g.clone(), g.clone()
+            ours.step()
+            theirs.step()
+            if wd == 0.0 and t == 0:
+                for p, q, x in zip(ps, qs, x0):
+                    assert torch.equal(p.detach(), x - lr * torch.sign(p.grad))  # no attraction
+                    gap = (q - p).detach().abs()
+                    assert bool(
+                        ((gap == 0) | torch.isclose(gap, torch.tensor(lr * gamma, dtype=gap.dtype))).all()
+                    )
+                break
+        else:
+            for p, q in zip(ps, qs):
+                torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
