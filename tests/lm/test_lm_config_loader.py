@@ -156,3 +156,40 @@ def test_val_windows_are_fixed_and_in_range():
     w = val_windows(n_tokens=1000, block_size=10, max_sequences=7)
     assert len(w) == 7 and w[0] == 0 and w[-1] == 980 and np.all(np.diff(w) > 0)
     assert len(val_windows(1000, 10, 10_000)) == 99
+
+
+def test_every_shipped_config_builds_its_model_and_optimizer():
+    from pathlib import Path
+
+    from focus_optim.lm.model import model_config
+    from focus_optim.optim.registry import check_values
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs" / "lm").glob("*.toml"))
+    assert len(configs) >= 10
+    for path in configs:
+        cfg = load_config(path)
+        model_config(cfg.model, **cfg.model_args)
+        args = {k: v for k, v in cfg.optimizer_args.items() if k != "fused"}  # fused: CUDA in the configs
+        check_values(cfg.optimizer, {"lr": cfg.lr, **args})
+
+
+def test_paper_configs_are_appendix_a3_and_the_authors_model():
+    """480 x 1024-token batches, 2000 warmup steps, 1e5 steps, clip 1.0, float16, and the model of
+    the authors' GPT-2 code; FOCUS lr 6e-4, betas (0.9, 0.99), gamma 0.2, wd 0.2 in the code's order."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "lm"
+    for name in ("gpt2_paper_focus", "gpt2_paper_adamw"):
+        cfg = load_config(root / f"{name}.toml")
+        assert (cfg.model, cfg.batch_size * cfg.grad_accum, cfg.max_steps, cfg.warmup_steps) == (
+            "gpt2",
+            480,
+            100_000,
+            2000,
+        )
+        assert (cfg.grad_clip, cfg.dtype, cfg.decay_embeddings) == (1.0, "float16", False)
+        assert cfg.model_args == {"scale_attn_by_inverse_layer_idx": True, "gelu": "tanh"}
+    focus = load_config(root / "gpt2_paper_focus.toml")
+    assert focus.optimizer == "focus" and focus.lr == 6e-4
+    want = {"betas": (0.9, 0.99), "gamma": 0.2, "weight_decay": 0.2, "decay_mode": "reference"}
+    assert {k: focus.optimizer_args[k] for k in want} == want

@@ -67,10 +67,13 @@ def test_causal_future_tokens_do_not_affect_past_logits():
     assert not torch.allclose(a[:, 12:], b[:, 12:])
 
 
-def test_block_matches_an_independent_restatement():
-    """One block against explicit math: LN (no bias) -> masked softmax attention -> GELU MLP."""
-    model = _tiny()
-    block, c = model.transformer.h[0], model.config
+@pytest.mark.parametrize("authors", [False, True], ids=["nanogpt", "authors-code"])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_block_matches_an_independent_restatement(layer, authors):
+    """A block against explicit math: LN (no bias) -> masked softmax attention -> GELU MLP. The
+    FOCUS/Sophia authors' options divide layer i's scores by i + 1 as well and use tanh GELU."""
+    model = _tiny(scale_attn_by_inverse_layer_idx=True, gelu="tanh") if authors else _tiny()
+    block, c = model.transformer.h[layer], model.config
     x = torch.randn(2, 9, c.n_embd)
     B, T, C, H = 2, 9, c.n_embd, c.n_head
 
@@ -81,14 +84,28 @@ def test_block_matches_an_independent_restatement():
     h = ln(x, block.ln_1.weight)
     q, k, v = (h @ block.attn.c_attn.weight.T).split(C, dim=2)
     q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(C // H)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(C // H) / ((layer + 1) if authors else 1)
     att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf")).softmax(-1)
     y = (att @ v).transpose(1, 2).reshape(B, T, C) @ block.attn.c_proj.weight.T
     x1 = x + y
     h2 = ln(x1, block.ln_2.weight) @ block.mlp.c_fc.weight.T
-    gelu = 0.5 * h2 * (1 + torch.erf(h2 / math.sqrt(2)))
+    if authors:  # new_gelu
+        gelu = 0.5 * h2 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h2 + 0.044715 * h2**3)))
+    else:
+        gelu = 0.5 * h2 * (1 + torch.erf(h2 / math.sqrt(2)))
     want = x1 + gelu @ block.mlp.c_proj.weight.T
     torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_authors_options_are_checked_and_change_nothing_by_default():
+    with pytest.raises(ValueError, match=r"model_args\.gelu: 'fast' \(allowed: 'none' or 'tanh'\)"):
+        model_config("tiny", gelu="fast")
+    with pytest.raises(ValueError, match=r"scale_attn_by_inverse_layer_idx: 1 \(allowed: true or false\)"):
+        model_config("tiny", scale_attn_by_inverse_layer_idx=1)
+    idx = torch.randint(0, 512, (2, 16))
+    plain, explicit = _tiny(), _tiny(scale_attn_by_inverse_layer_idx=False, gelu="none")
+    assert torch.equal(plain(idx), explicit(idx))
+    assert not torch.allclose(plain(idx), _tiny(scale_attn_by_inverse_layer_idx=True)(idx))
 
 
 def test_loss_equals_cross_entropy_of_logits():

@@ -4,6 +4,9 @@
 * causal self-attention through ``F.scaled_dot_product_attention(is_causal=True)``;
 * MLP ``c_fc -> GELU (exact) -> c_proj`` with width ``4 * n_embd``;
 * no biases anywhere (LayerNorms have a gain only), no dropout;
+* two options of the FOCUS and Sophia authors' GPT-2 code (off by default, on in the paper
+  configs): ``scale_attn_by_inverse_layer_idx`` divides layer ``i``'s attention scores by
+  ``i + 1`` as well as by ``sqrt(head_dim)``, and ``gelu="tanh"`` is their ``new_gelu``;
 * token and position embeddings; the output head shares the token embedding (tied);
 * init N(0, 0.02) for every Linear and Embedding; the residual projections (``c_proj``) use
   std ``0.02 / sqrt(2 * n_layer)``.
@@ -34,6 +37,8 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     ce_chunk: int = 0  # rows per chunk of the fused head + cross-entropy; 0: plain F.cross_entropy
+    scale_attn_by_inverse_layer_idx: bool = False  # the FOCUS/Sophia GPT-2 code's attention scale
+    gelu: str = "none"  # "tanh": the FOCUS/Sophia code's new_gelu; "none": exact, as nanoGPT
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "ce_chunk"):
@@ -44,6 +49,13 @@ class GPTConfig:
             raise ValueError(
                 f"Invalid model_args.n_embd: {self.n_embd} (allowed: a multiple of n_head = {self.n_head})"
             )
+        if not isinstance(self.scale_attn_by_inverse_layer_idx, bool):
+            value = self.scale_attn_by_inverse_layer_idx
+            raise ValueError(
+                f"Invalid model_args.scale_attn_by_inverse_layer_idx: {value!r} (allowed: true or false)"
+            )
+        if self.gelu not in ("none", "tanh"):
+            raise ValueError(f"Invalid model_args.gelu: {self.gelu!r} (allowed: 'none' or 'tanh')")
 
 
 PRESETS: dict[str, GPTConfig] = {
@@ -68,9 +80,12 @@ def model_config(preset: str, **overrides: Any) -> GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.n_head, self.n_embd = config.n_head, config.n_embd
+        head_dim = config.n_embd // config.n_head
+        # None: SDPA's own 1/sqrt(head_dim), the nanoGPT model (bit for bit)
+        self.scale = 1 / math.sqrt(head_dim) / (layer + 1) if config.scale_attn_by_inverse_layer_idx else None
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
@@ -80,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.c_proj(y)
 
@@ -89,7 +104,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,10 +112,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
         self.mlp = MLP(config)
 
@@ -117,7 +132,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, bias=False),
             )
         )
