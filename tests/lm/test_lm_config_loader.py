@@ -174,21 +174,26 @@ def test_every_shipped_config_builds_its_model_and_optimizer():
 
 
 def test_paper_configs_are_appendix_a3_and_the_authors_model():
-    """480 x 1024-token batches, 2000 warmup steps, 1e5 steps, clip 1.0, float16, and the model of
-    the authors' GPT-2 code; FOCUS lr 6e-4, betas (0.9, 0.99), gamma 0.2, wd 0.2 in the code's order."""
+    """480 x 1024-token batches, 2000 warmup steps, clip 1.0, float16 and the model of the authors'
+    GPT-2 code for every run of Figures 3a-d and 7; FOCUS betas (0.9, 0.99), gamma 0.2, wd 0.2 in
+    the code's order."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "configs" / "lm"
-    for name in ("gpt2_paper_focus", "gpt2_paper_adamw"):
-        cfg = load_config(root / f"{name}.toml")
-        assert (cfg.model, cfg.batch_size * cfg.grad_accum, cfg.max_steps, cfg.warmup_steps) == (
-            "gpt2",
-            480,
-            100_000,
-            2000,
-        )
+    runs = {}  # every run of the paper's Figures 3a-d and 7: (optimizer, lr, steps, weight decay)
+    for path in sorted(root.glob("gpt2_paper_*.toml")):
+        cfg = load_config(path)
+        runs[path.stem] = (cfg.optimizer, cfg.lr, cfg.max_steps, cfg.optimizer_args["weight_decay"])
+        assert cfg.out_dir == f"runs/lm/{path.stem}"
+        assert (cfg.model, cfg.batch_size * cfg.grad_accum, cfg.warmup_steps) == ("gpt2", 480, 2000)
         assert (cfg.grad_clip, cfg.dtype, cfg.decay_embeddings) == (1.0, "float16", False)
         assert cfg.model_args == {"scale_attn_by_inverse_layer_idx": True, "gelu": "tanh"}
+    assert sorted(runs.values()) == sorted(
+        [("focus", 6e-4, 100_000, 0.2), ("focus", 6e-4, 50_000, 0.2), ("focus", 1e-3, 20_000, 0.2)]
+        + [("signum", lr, 100_000, 0.2) for lr in (6e-4, 1e-4)]
+        + [("adamw", lr, 100_000, 0.1) for lr in (6e-4, 3e-4, 1e-4)]
+        + [("adamw", 6e-4, 100_000, 0.2)]
+    )
     focus = load_config(root / "gpt2_paper_focus.toml")
     assert focus.optimizer == "focus" and focus.lr == 6e-4
     want = {"betas": (0.9, 0.99), "gamma": 0.2, "weight_decay": 0.2, "decay_mode": "reference"}
