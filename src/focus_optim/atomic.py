@@ -19,6 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+#: Names of the temp files :func:`_write_temp` makes: ``.<name>.<pid>.<12 hex digits>.tmp``.
+TEMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp$")
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temp file name next to ``path`` (unique across processes and nodes)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
 
 def _write_temp(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """``write(f)`` into a new, uniquely named temp file next to ``path``, flushed to disk."""
@@ -33,15 +41,6 @@ def _write_temp(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
-
-
-#: Names of the temp files :func:`_write_temp` makes: ``.<name>.<pid>.<12 hex digits>.tmp``.
-TEMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp$")
-
-
-def temp_name(path: Path) -> Path:
-    """A fresh temp file name next to ``path`` (unique across processes and nodes)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
 
 
 def remove_stale_temps(directory: str | os.PathLike[str], older_than: float = 0.0) -> int:
