@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         from .cli_types import interrupted
 
-        sub = getattr(args, "lm_command", None) if args.command == "lm" else None
-        name = f"lm {sub}" if sub else args.command
-        print(interrupted(name, "--resume" if sub == "train" else ""), file=sys.stderr)
+        name = f"lm {args.lm_command}" if args.command == "lm" else args.command
+        print(interrupted(name), file=sys.stderr)
         return 130
     return int(result or 0)
 

@@ -10,9 +10,10 @@ import argparse
 from pathlib import Path
 
 
-def interrupted(command: str, resume_flag: str = "") -> str:
-    """The one line printed when Ctrl-C stops ``command`` (instead of a traceback)."""
-    again = f"the same command with {resume_flag}" if resume_flag else "the same command"
+def interrupted(command: str) -> str:
+    """The one line printed when Ctrl-C stops ``command`` (instead of a traceback); ``lm train``
+    continues a run only with ``--resume``, every other command resumes as it is."""
+    again = "the same command with --resume" if command == "lm train" else "the same command"
     return f"focus-optim {command}: interrupted; what was stored is kept, and {again} resumes it"
 
 

@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"focus-optim lm {args.lm_command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resume = "--resume" if args.lm_command == "train" else ""
-        print(interrupted(f"lm {args.lm_command}", resume), file=sys.stderr)
+        print(interrupted(f"lm {args.lm_command}"), file=sys.stderr)
         return 130
 
 
