@@ -61,9 +61,20 @@ def trajectory_steps(spec: Any) -> float:
     return float(cells) * float(np.prod(spec.inner_shape)) * spec.config["steps"]
 
 
-def run_one(key: str, store: Path, device: str, run: F.RunOptions, preset: str) -> dict[str, Any]:
+def build(key: str, preset: str, steps: int | None = None) -> Any:
+    """The figure's sweep; ``steps`` shortens Figures 1c and 4 (smoke runs)."""
     fig = F.figure(key)
-    spec = fig.build(preset, F.OPTIMIZERS)
+    if steps and fig.kind == "trajectories":
+        return F.trajectory_spec(fig.key, preset, F.OPTIMIZERS, steps)
+    if steps and fig.kind == "curves":
+        return F.curves_spec(fig.key, preset, steps=steps)
+    return fig.build(preset, F.OPTIMIZERS)
+
+
+def run_one(
+    key: str, store: Path, device: str, run: F.RunOptions, preset: str, figure_steps: int | None = None
+) -> dict[str, Any]:
+    spec = build(key, preset, figure_steps)
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
@@ -103,13 +114,15 @@ def checks(
     rows: int = 512,
     steps: int = 200,
     fuse_update: bool = False,
+    compile: bool = True,
 ) -> dict[str, Any]:
-    """Packed == alone on the GPU (bit for bit); GPU vs CPU eager within 3 standard errors."""
+    """Packed == alone on the GPU (bit for bit); GPU vs CPU eager within 3 standard errors. The GPU
+    side takes the timed figures' path: kernels, compiled, or eager."""
     out: dict[str, Any] = {}
     blocks = [S.Rows.make(seed, a, 1.0, np.full(rows, 0.01), 0.1) for seed, a in [(31, 10.0), (32, 100.0)]]
     for land in (V.rotated(), V.random_axis(100)):
-        gpu = S.Options(device=device, compile=not kernels, pack_cells=True, fixed_order=fixed_order,
-                        kernels=kernels, fuse_update=fuse_update)  # fmt: skip
+        gpu = S.Options(device=device, compile=compile and not kernels, pack_cells=True,
+                        fixed_order=fixed_order, kernels=kernels, fuse_update=fuse_update)  # fmt: skip
         packed = S.simulate("adamw", blocks, land, steps, gpu)
         alone = [S.simulate("adamw", [b], land, steps, gpu)[0] for b in blocks]
         cpu = S.simulate("adamw", blocks, land, steps, S.Options(compile=False))
@@ -165,6 +178,12 @@ def main() -> int:
         default=None,
         help="hand-written Triton steps, nothing compiled (overrides --compile): two launches a step "
         "(valley kernel, fused optimizer step), or 'fused': one (the valley kernel applying the update)",
+    )
+    ap.add_argument(
+        "--trajectory-steps",
+        type=int,
+        default=None,
+        help="steps of Figures 1c and 4 instead of the paper's 1000 and 3000 (CPU smoke runs)",
     )
     ap.add_argument("--no-warm", action="store_true", help="skip the warm re-run of 2a")
     ap.add_argument("--no-checks", action="store_true")
@@ -223,6 +242,7 @@ def main() -> int:
         "steps_per_launch": args.steps_per_launch if fuse else None,
         "fixed_order": not args.free_order,
         "steps_per_call": args.steps_per_call,
+        "trajectory_steps": args.trajectory_steps,
     }
     print(json.dumps(info))
     run = F.RunOptions(
@@ -237,7 +257,9 @@ def main() -> int:
     rows = []
     t_suite = time.perf_counter()
     for key in args.figures:
-        rows.append(run_one(key, store / F.figure(key).store, args.device, run, args.preset))
+        rows.append(
+            run_one(key, store / F.figure(key).store, args.device, run, args.preset, args.trajectory_steps)
+        )
     suite_s = time.perf_counter() - t_suite
     print(f"{'suite':<10s} {suite_s:>8.2f} s", flush=True)
     if "2a" in args.figures and not args.no_warm:
@@ -255,7 +277,7 @@ def main() -> int:
         print(f"plots: {len(written)} files in {info['plot_seconds']:.1f} s -> {out / 'plots'}")
     if not args.no_checks:
         info["checks"] = checks(args.device, False if args.free_order else None, kernels, args.check_rows,
-                                args.check_steps, fuse)  # fmt: skip
+                                args.check_steps, fuse, run.compile)  # fmt: skip
     if args.fresh_process:
         info["fresh_process_2a"] = fresh_process(args.device, args.preset, store, args.kernels,
                                                  args.steps_per_launch)  # fmt: skip

@@ -23,13 +23,15 @@ def test_gpu_suite_script_with_kernels_in_the_interpreter(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "toy_gpu_suite.py"), "--device", "cpu", "--preset", "quick",
-           "--figures", "1c", "--no-warm", "--no-plots", "--kernels", "fused", "--check-rows", "24",
-           "--check-steps", "20", "--steps-per-launch", "7", "--store", str(tmp_path / "s")]  # fmt: skip
+           "--figures", "1c", "--trajectory-steps", "40", "--no-warm", "--no-plots", "--kernels", "fused",
+           "--check-rows", "24", "--check-steps", "20", "--steps-per-launch", "7",
+           "--store", str(tmp_path / "s")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"toy_gpu_suite.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "toy_gpu_suite.json").read_text())
     assert info["kernels"] is True and info["fuse_update"] is True and info["steps_per_launch"] == 7
-    assert [f["figure"] for f in info["figures"]] == ["1c"]
+    assert [f["figure"] for f in info["figures"]] == ["1c"] and info["trajectory_steps"] == 40
+    assert info["figures"][0]["trajectory_steps"] == 3 * 4 * 40  # optimizers x replicates x steps
     assert set(info["checks"]) == {"rotated2", "random100"}
     assert all(c["packed_equals_alone"] for c in info["checks"].values())
 
@@ -38,13 +40,16 @@ def test_gpu_suite_script_on_cpu(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(BENCHMARKS / "toy_gpu_suite.py"), "--device", "cpu", "--preset", "quick",
-           "--figures", "1c", "4", "--no-warm", "--no-plots", "--compile", "off",
+           "--figures", "1c", "4", "--trajectory-steps", "300", "--no-warm", "--no-plots", "--compile", "off",
+           "--check-rows", "64", "--check-steps", "50",
            "--store", str(tmp_path / "s")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"toy_gpu_suite.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     info = json.loads((out / "toy_gpu_suite.json").read_text())
     assert [f["figure"] for f in info["figures"]] == ["1c", "4"]
     assert all(f["seconds"] > 0 and f["traj_steps_per_s"] > 0 for f in info["figures"])
+    # 3 optimizers x 4 replicates; Adam and FOCUS x 3 noises x 8 replicates; 300 steps each
+    assert [f["trajectory_steps"] for f in info["figures"]] == [3 * 4 * 300, 2 * 3 * 8 * 300]
     # the suite's own checks: a trajectory packed with others equals the same trajectory alone
     assert info["checks"] and all(c["packed_equals_alone"] for c in info["checks"].values())
 
