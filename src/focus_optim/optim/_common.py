@@ -46,6 +46,9 @@ class BaseOptimizer(Optimizer):
     _hparam_checks: dict[str, Callable[[str, Any], None]] = {}
     _state_keys: tuple[str, ...] = ()
     _ensemble_hparams: tuple[str, ...] = ("lr", "weight_decay")
+    #: hyperparameters that may be 1-D per-member tensors without being ``_ensemble_hparams``
+    #: (Muon's ``adamw_lr``, copied into ``lr`` of its AdamW groups)
+    _member_sources: tuple[str, ...] = ()
     _supports_fused: bool = False
     #: whether the foreach path takes 1-D (per-member) hyperparameters (see :func:`member_views`)
     _foreach_ensemble: bool = False
@@ -64,13 +67,10 @@ class BaseOptimizer(Optimizer):
         for name, check in self._hparam_checks.items():
             if name in group:
                 check(where + name, group[name])
-        for name in self._ensemble_hparams:
-            value = group.get(name)
-            if isinstance(value, Tensor) and value.ndim > 1:
-                raise ValueError(
-                    f"Invalid {where}{name}: a tensor hyperparameter must be 0-d or 1-D (one value per "
-                    f"ensemble member along dim 0), got shape {tuple(value.shape)}"
-                )
+        for name in self._hparam_checks.keys() | self._ensemble_hparams:
+            if name in group:
+                per_member = name in self._ensemble_hparams or name in self._member_sources
+                V.check_scalar_tensors(where + name, group[name], per_member)
         flags = (("foreach", True), ("fused", True), ("maximize", False), ("fp32_state", False))
         for name, optional in flags:  # (name, may be None)
             value = group.get(name)
@@ -90,14 +90,7 @@ class BaseOptimizer(Optimizer):
             if p.is_complex() and not self._supports_complex():
                 raise ValueError(f"{type(self).__name__} does not support complex parameters")
             for name in self._ensemble_hparams:
-                value = group.get(name)
-                if isinstance(value, Tensor) and value.ndim == 1:
-                    _check_ensemble_len(name, value, p)
-                    if _dtensor.is_dtensor(p):
-                        raise ValueError(
-                            f"Invalid {name}: 1-D (per-member) tensor hyperparameters need plain tensors, "
-                            "got a DTensor parameter"
-                        )
+                check_member_hparam(name, group.get(name), p)
 
     def _supports_complex(self) -> bool:
         return True
@@ -266,6 +259,19 @@ class BaseOptimizer(Optimizer):
                         f"{type(self).__name__} keeps {sorted(expected)} for it (missing {missing}, "
                         f"unexpected {extra}); was it saved by another optimizer or configuration?"
                     )
+                for key, want in expected.items():
+                    got = saved[key]
+                    if torch.is_tensor(want) and torch.is_tensor(got) and got.shape != want.shape:
+                        raise ValueError(
+                            f"Invalid state_dict: parameter {pid} (group {gi}) has {key} of shape "
+                            f"{tuple(got.shape)}, but a parameter of shape {tuple(p.shape)} keeps "
+                            f"{tuple(want.shape)}; was it saved for another model?"
+                        )
+            # the saved hyperparameters replace the live ones: held to the constructor's rules
+            self._validate_group(config, where=f"state_dict param_groups[{gi}].")
+            for name in self._ensemble_hparams:
+                for p in group["params"]:
+                    check_member_hparam(f"state_dict param_groups[{gi}].{name}", config.get(name), p)
 
     # --- step ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -287,11 +293,19 @@ class BaseOptimizer(Optimizer):
         raise NotImplementedError
 
 
-def _check_ensemble_len(name: str, value: Tensor, p: Tensor) -> None:
+def check_member_hparam(name: str, value: Any, p: Tensor) -> None:
+    """A 1-D (per-member) hyperparameter fits parameter ``p``: one value per slice along dim 0."""
+    if not is_member(value):
+        return
     if p.ndim == 0 or p.shape[0] != value.shape[0]:
         raise ValueError(
             f"Invalid {name}: a 1-D tensor of length {value.shape[0]} needs every parameter of its group "
             f"to have that many members along dim 0, got a parameter of shape {tuple(p.shape)}"
+        )
+    if _dtensor.is_dtensor(p):
+        raise ValueError(
+            f"Invalid {name}: 1-D (per-member) tensor hyperparameters need plain tensors, got a DTensor "
+            "parameter"
         )
 
 

@@ -16,6 +16,9 @@ import torch
 from torch import Tensor
 
 Number = float | int | Tensor
+#: Upper bound on inner iteration counts (Muon's ``ns_steps``, ROOT's ``root_steps``; the papers
+#: use 5 to 10): a typo such as ``1e30`` should fail at construction, not hang in ``step``.
+MAX_ITERATIONS = 1000
 
 
 def _real(name: str, value: Number, allowed: str) -> float | Tensor:
@@ -30,6 +33,9 @@ def _real(name: str, value: Number, allowed: str) -> float | Tensor:
         return value.detach() if value.is_floating_point() else value.detach().float()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"Invalid {name}: {value!r} (allowed: a number or a real tensor, {allowed})")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        # torch takes a Python int scalar as int64; a larger one would overflow in ``step``
+        raise ValueError(f"Invalid {name}: {value} (allowed: {allowed}; an int within int64, or a float)")
     return float(value)
 
 
@@ -91,9 +97,26 @@ def check_betas(name: str, betas: Sequence[Number], count: int = 2) -> None:
         check_beta(f"{name}[{i}]", b)
 
 
-def check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r} (allowed: an integer >= {minimum})")
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """An ``int`` (not a bool) in ``[minimum, maximum]``."""
+    too_big = maximum is not None and isinstance(value, int) and value > maximum
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or too_big:
+        allowed = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        raise ValueError(f"Invalid {name}: {value!r} (allowed: {allowed})")
+
+
+def check_scalar_tensors(name: str, value: object, per_member: bool) -> None:
+    """A tensor hyperparameter (or a tensor inside a tuple such as ``betas``) is 0-d, or 1-D where
+    ``per_member`` (one value per ensemble member; the group's parameters check its length)."""
+    items = value if isinstance(value, tuple) else (value,)
+    for i, v in enumerate(items):
+        if not isinstance(v, Tensor) or v.ndim == 0 or (per_member and v.ndim == 1):
+            continue
+        shown = f"{name}[{i}]" if isinstance(value, tuple) else name
+        allowed = "a number, a 0-d tensor" + (
+            " or a 1-D tensor with one value per ensemble member along dim 0" if per_member else ""
+        )
+        raise ValueError(f"Invalid {shown}: a tensor of shape {tuple(v.shape)} (allowed: {allowed})")
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from . import _dtensor, _owners
-from ._common import V, add_scaled_, is_zero, per_member
+from ._common import V, add_scaled_, check_member_hparam, is_zero, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 
 MUON_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
@@ -117,7 +117,7 @@ class Muon(MatrixOptimizer):
         "momentum": V.check_beta,
         "weight_decay": V.check_nonneg,
         "nesterov": check_bool,
-        "ns_steps": lambda n, v: V.check_int(n, v, 0),
+        "ns_steps": lambda n, v: V.check_int(n, v, 0, V.MAX_ITERATIONS),
         "ns_coefficients": lambda n, v: _check_coefficients(n, v),
         "adamw_lr": V.check_nonneg,
         "adamw_betas": V.check_betas,
@@ -125,6 +125,7 @@ class Muon(MatrixOptimizer):
         "adamw_wd": V.check_nonneg,
         "distributed": _owners.check_distributed,
     }
+    _member_sources = ("adamw_lr", "adamw_wd")
     _matrix_state_keys = ("momentum_buffer",)
     _state_keys = ("momentum_buffer", "exp_avg", "exp_avg_sq")  # all floating state (load casts)
     _max_matrix_ndim = None
@@ -172,8 +173,16 @@ class Muon(MatrixOptimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not param_group.get("matrix", self.defaults["matrix"]):
-            param_group.setdefault("lr", param_group.get("adamw_lr", self.defaults["adamw_lr"]))
-            param_group.setdefault("weight_decay", param_group.get("adamw_wd", self.defaults["adamw_wd"]))
+            params = param_group["params"]
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group["params"] = params
+            for source, key in (("adamw_lr", "lr"), ("adamw_wd", "weight_decay")):
+                if key not in param_group:  # checked under the name the caller gave it
+                    value = param_group.get(source, self.defaults[source])
+                    V.check_scalar_tensors(source, value, per_member=True)
+                    for p in params:
+                        check_member_hparam(source, value, p)
+                    param_group[key] = value
         super().add_param_group(param_group)
 
     def _update_matrices(

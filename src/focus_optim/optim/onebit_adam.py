@@ -227,6 +227,11 @@ class OneBitAdam(BaseOptimizer):
                 "DDP's gradient all-reduce and needs every parameter whole on every worker"
             )
         mask = group.get("exp_avg_mask")
+        if mask is not None and not isinstance(mask, Tensor):
+            raise ValueError(
+                f"Invalid exp_avg_mask: {type(mask).__name__} (allowed: a tensor broadcastable to every "
+                "parameter of its group)"
+            )
         if mask is not None:
             for p in group["params"]:
                 try:

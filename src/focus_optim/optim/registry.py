@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _validate as V
+
 ExcludeFn = Callable[[str, torch.Tensor], bool]
 
 
@@ -80,6 +82,8 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
 
 
 def get_spec(name: str) -> OptimizerSpec:
+    if not isinstance(name, str):
+        raise ValueError(f"Invalid optimizer name: {name!r} (allowed: {', '.join(sorted(REGISTRY))})")
     key = name.lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in REGISTRY:
@@ -206,6 +210,9 @@ def make_optimizer(
             code decay every parameter with the one value (``decay_norms_and_biases=True``).
     """
     spec = check_hyperparameters(name, hparams)
+    V.check_int("ensemble_dims", ensemble_dims, 0)
+    V.check_bool("decay_embeddings", decay_embeddings)
+    V.check_bool("decay_norms_and_biases", decay_norms_and_biases)
     cls = spec.load()
     kwargs = {**spec.defaults, **hparams}
     groups = param_groups(
@@ -251,6 +258,11 @@ def param_groups(
     for n, p, role in named:
         if not p.requires_grad:
             continue
+        if p.ndim < ensemble_dims:
+            raise ValueError(
+                f"Invalid ensemble_dims: {ensemble_dims}, but parameter {n} has only {p.ndim} dim(s) "
+                "(allowed: at most every parameter's number of dims)"
+            )
         element_ndim = p.ndim - ensemble_dims
         if role == "embedding":
             decay = decay_embeddings
@@ -297,7 +309,12 @@ def _exclusion(spec: ExcludeFn | Iterable[str] | None) -> ExcludeFn:
         return lambda n, p: False
     if callable(spec):
         return spec
-    names = set(spec)
+    names = set(spec) if not isinstance(spec, str | bytes) and isinstance(spec, Iterable) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"Invalid exclude_from_matrix: {spec!r} (allowed: None, a predicate on (name, param), or an "
+            "iterable of parameter names such as ['0.weight'])"
+        )
     return lambda n, p: n in names
 
 

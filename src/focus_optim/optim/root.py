@@ -136,7 +136,7 @@ class ROOT(MatrixOptimizer):
         "weight_decay": V.check_nonneg,
         "momentum": V.check_beta,
         "nesterov": check_bool,
-        "root_steps": lambda n, v: V.check_int(n, v, 0),
+        "root_steps": lambda n, v: V.check_int(n, v, 0, V.MAX_ITERATIONS),
         "adamw_betas": V.check_betas,
         "adamw_eps": V.check_positive,
         "threshold": lambda n, v: v is None or V.check_positive(n, v),
