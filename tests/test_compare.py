@@ -222,6 +222,19 @@ def test_curves_are_stored_and_plotted(tmp_path) -> None:
         (["adamw"], {"lrs": "1e-3"}, r"Invalid lrs: '1e-3' \(allowed: a list of numbers\)"),
         (["adamw"], {"curves": ["c"], "points": "10"}, r"Invalid points: '10'"),
         (["adamw"], {"config": {"data": object()}}, r"Invalid config of sweep 'compare'.*JSON values"),
+        (["adamw"], {"max_runs": -1}, r"Invalid max_runs: -1 \(allowed: an integer >= 0, or None for all\)"),
+        (["adamw"], {"max_runs": 2.0}, r"Invalid max_runs: 2\.0 \(allowed: an integer >= 0"),
+        (["adamw"], {"threads": -1}, r"Invalid threads: -1 \(allowed: an integer >= 1, or None"),
+        (["adamw"], {"threads": 0}, r"Invalid threads: 0 \(allowed: an integer >= 1, or None"),
+        (["adamw"], {"workers": "2"}, r"Invalid workers: '2' \(allowed: an integer >= 1\)"),
+        (
+            ["adamw"],
+            {"base_seed": "x"},
+            r"Invalid base_seed: 'x' \(allowed: an integer in 0 \.\. 2\*\*63 - 1",
+        ),
+        (["adamw"], {"base_seed": -1}, r"Invalid base_seed: -1 \(allowed: an integer in 0 \.\. 2\*\*63 - 1"),
+        (["adamw"], {"base_seed": 2**63}, r"Invalid base_seed: 9223372036854775808 \(allowed"),
+        (["adamw"], {"base_seed": 1.5}, r"Invalid base_seed: 1\.5"),
     ],
 )
 def test_bad_input_is_named_before_any_run(tmp_path, optimizers, kwargs, match) -> None:
@@ -329,6 +342,25 @@ def test_cli_summarises_and_plots_the_union_of_shards(tmp_path, capsys) -> None:
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert main(["compare", "summary", str(tmp_path / "full"), "--metric", "acc"]) == 2
     assert "Unknown metric 'acc'; stored: loss, w_sum, seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content", [b"[]", b"null", b'{"a": 1}', b'{"name": "compare", "config": {}}', b'{"name": "\xff"}']
+)
+def test_cli_names_a_malformed_manifest_and_leaves_the_store_alone(tmp_path, capsys, content) -> None:
+    from focus_optim.cli import main
+
+    run(tmp_path / "c", max_runs=1)
+    manifest = tmp_path / "c" / "manifest.json"
+    manifest.write_bytes(content)
+    before = {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    for command in ("summary", "plot"):
+        assert main(["compare", command, str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"focus-optim compare: error: {manifest} is corrupt: ")
+    with pytest.raises(ValueError, match=f"{manifest} is corrupt: "):
+        run(tmp_path / "c")
+    assert {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()} == before
 
 
 def test_cli_runs_a_training_function_by_name(tmp_path, capsys) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -202,6 +204,91 @@ def test_wrong_shapes_and_corrupt_files_are_named(tmp_path):
         load_results(tmp_path / "ok")
     with pytest.raises(FileNotFoundError, match="not a results store"):
         load_results(tmp_path / "nowhere")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (names and bytes), to show that a refusal changed nothing."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def _manifest_with(**changes):
+    body = make_spec().manifest()
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"[]", "it holds a JSON list, not an object"),
+        (b'"x"', "it holds a JSON str, not an object"),
+        (b"null", "it holds a JSON NoneType, not an object"),
+        (b'{"config": 5}', "it lacks name, format, seed, config_hash"),
+        (b'{"a": 1}', "it lacks name, format"),
+        (b'{"name": "toy-2a", "config": {"figure": "2a"}}', "it lacks format, seed, config_hash, outer_dims"),
+        (_manifest_with(config=5), "its 'config' is 5, not a JSON object"),
+        (_manifest_with(variables={"value": ["nope"]}), "variable 'value' has dim 'nope' with no entry"),
+        (_manifest_with(outer_dims=["optimizer", "lr"]), "its outer_dims names 'lr', which has no list"),
+        (_manifest_with(format=2), "its format is 2; this version of focus_optim reads format 1"),
+        (b'{"name": "\xff\xfe"}', "can't decode byte 0xff"),  # not UTF-8
+    ],
+)
+def test_a_malformed_manifest_is_named_and_the_store_untouched(tmp_path, content, problem):
+    run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
+    (tmp_path / "manifest.json").write_bytes(content)
+    before = snapshot(tmp_path)
+    where = re.escape(f"{tmp_path / 'manifest.json'} is corrupt: ")
+    for attempt in (
+        lambda: run_sweep(make_spec(), Counting(), tmp_path, progress=False),
+        lambda: load_results(tmp_path),
+        lambda: load_results([tmp_path, tmp_path]),
+    ):
+        with pytest.raises(ValueError, match=where + ".*" + re.escape(problem)):
+            attempt()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_malformed_manifest_is_refused_before_a_missing_cells_dir_is_made(tmp_path):
+    run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
+    shutil.rmtree(tmp_path / "cells")
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"manifest\.json is corrupt"):
+        run_sweep(make_spec(), Counting(), tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_a_cell_that_is_an_npy_array_is_kept_aside_and_recomputed(tmp_path, capsys):
+    spec = make_spec()
+    run_sweep(spec, Counting(), tmp_path / "a", progress=False)
+    run_sweep(spec, Counting(), tmp_path / "b", progress=False)
+    victim = tmp_path / "a" / "cells" / "0-0.npz"
+    with victim.open("wb") as f:  # (np.save to a path would append .npy)
+        np.save(f, np.arange(5.0))
+    npy = victim.read_bytes()
+    with pytest.raises(ValueError, match=rf"corrupt results file .*{victim.name}"):
+        load_results(tmp_path / "a")
+    again = Counting()
+    rep = run_sweep(spec, again, tmp_path / "a", progress=False)
+    assert again.cells == ["0-0"] and (rep.computed, rep.skipped) == (1, 5)
+    err = capsys.readouterr().err
+    assert f"{victim} is unreadable (it holds a single ndarray, not an .npz archive" in err
+    assert (victim.parent / f".corrupt-{victim.name}").read_bytes() == npy  # nothing lost
+    xr.testing.assert_identical(load_results(tmp_path / "a"), load_results(tmp_path / "b"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_cells": -1}, r"Invalid max_cells: -1 \(allowed: an integer >= 0, or None for all\)"),
+        ({"max_cells": 1.5}, r"Invalid max_cells: 1.5 \(allowed: an integer >= 0"),
+        ({"threads": -1}, r"Invalid threads: -1 \(allowed: an integer >= 1, or None"),
+        ({"threads": 0}, r"Invalid threads: 0 \(allowed: an integer >= 1, or None"),
+    ],
+)
+def test_run_sweep_range_checks_before_creating_the_store(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run_sweep(make_spec(), Counting(), tmp_path / "s", progress=False, **kwargs)
+    assert not (tmp_path / "s").exists()
 
 
 def test_seeds_depend_on_cell_coordinates_not_order():

@@ -15,8 +15,9 @@ Store layout (a directory)::
     manifest.json          name, config, grid, variables, seed, config hash, format version
     cells/<key>.npz        one file per finished cell, written to a temp name then renamed
 
-A changed configuration refuses to write into an old store. Resume skips cells whose file exists
-and opens (an unreadable one, e.g. truncated by a full disk, is moved aside to ``.corrupt-<name>``
+A changed configuration refuses to write into an old store, and a malformed manifest is refused
+(the error names it; nothing in the store is touched). Resume skips cells whose file exists and
+opens (an unreadable one, e.g. truncated by a full disk, is moved aside to ``.corrupt-<name>``
 and recomputed); the temp file of a write that was killed is removed once it is an hour old.
 Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th cell of the grid and
 skip the stored ones (so a shard's cells stay the same when it resumes), so processes, GPUs or
@@ -226,9 +227,9 @@ class Store:
 
     def open(self) -> Store:
         """Create the store, or check that an existing one holds this configuration."""
-        self.cells_dir.mkdir(parents=True, exist_ok=True)
         target = self.path / "manifest.json"
         if not target.exists():  # several shards may race to create it: one wins, whole
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
             # (every shard writes the manifest before its first cell: cells without one are orphans)
             orphan = next((p for p in self.cells_dir.glob("*.npz") if not p.name.startswith(".")), None)
             if orphan is not None and not target.exists():  # (not another shard's, just created)
@@ -245,6 +246,7 @@ class Store:
                 f"(hash {existing.get('config_hash')} != {self.manifest['config_hash']}; differs in {diff}). "
                 "Use a new --out directory, or delete the old one."
             )
+        self.cells_dir.mkdir(exist_ok=True)  # (only once the manifest is known to be this sweep's)
         for directory in (self.path, self.cells_dir):
             remove_stale_temps(directory, older_than=STALE_TEMP_SECONDS)
         return self
@@ -260,11 +262,15 @@ class Store:
             return False
         required = {"__meta__", *self.spec.variables}
         try:
-            with np.load(path, allow_pickle=False) as z:  # reads the zip's directory, not the data
-                missing = required - set(z.files)
-            if not missing:
-                return True
-            problem = f"it lacks {sorted(missing)}"
+            loaded = np.load(path, allow_pickle=False)  # of an .npz: the zip's directory, not the data
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # e.g. an .npy array under a cell's name
+                problem = f"it holds a single {type(loaded).__name__}, not an .npz archive of arrays"
+            else:
+                with loaded as z:
+                    missing = required - set(z.files)
+                if not missing:
+                    return True
+                problem = f"it lacks {sorted(missing)}"
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             problem = str(exc) or type(exc).__name__
         aside = path.with_name(f".corrupt-{path.name}")
@@ -314,6 +320,10 @@ def run_sweep(
     """
     if workers < 1:
         raise ValueError(f"Invalid workers: {workers} (allowed: an integer >= 1)")
+    if max_cells is not None and not _is_int(max_cells, minimum=0):
+        raise ValueError(f"Invalid max_cells: {max_cells!r} (allowed: an integer >= 0, or None for all)")
+    if threads is not None and not _is_int(threads, minimum=1):
+        raise ValueError(f"Invalid threads: {threads!r} (allowed: an integer >= 1, or None for the default)")
     start = time.perf_counter()
     store = Store(out, spec).open()
     device = device or default_device()
@@ -389,13 +399,73 @@ def _worker_run(batch: list[Cell]) -> int:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of the store at ``path``, checked; a malformed one raises a ValueError naming it."""
     target = Path(path) / "manifest.json"
     if not target.exists():
         raise FileNotFoundError(f"{path} is not a results store (no manifest.json)")
     try:
-        return json.loads(target.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(target.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{target} is corrupt: {exc}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(
+            f"{target} is corrupt: {problem} (expected the manifest a sweep writes: a JSON object with "
+            f"{', '.join(_MANIFEST_KEYS)})"
+        )
+    return manifest
+
+
+#: The keys of a manifest and the JSON type of each value.
+_MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "format": int,
+    "seed": (int, float),  # (an int from every writer here; a number is enough to read the store)
+    "config": dict,
+    "config_hash": str,
+    "outer_dims": list,
+    "inner_dims": list,
+    "outer": dict,
+    "inner": dict,
+    "variables": dict,
+    "extra_coords": dict,
+}
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(m, dict):
+        return f"it holds a JSON {type(m).__name__}, not an object"
+    missing = [k for k in _MANIFEST_KEYS if k not in m]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(m[key], kind) or isinstance(m[key], bool):
+            return f"its {key!r} is {json.dumps(m[key])[:60]}, not a JSON {_JSON_NAMES[kind]}"
+    if m["format"] != FORMAT_VERSION:
+        return f"its format is {m['format']}; this version of focus_optim reads format {FORMAT_VERSION}"
+    for dims, axes in (("outer_dims", "outer"), ("inner_dims", "inner")):
+        for d in m[dims]:
+            if not isinstance(d, str) or not isinstance(m[axes].get(d), list):
+                return f"its {dims} names {d!r}, which has no list of values in {axes!r}"
+    for key in ("variables", "extra_coords"):
+        bad = next((k for k, v in m[key].items() if not isinstance(v, list)), None)
+        if bad is not None:
+            return f"its {key}[{bad!r}] is not a list"
+    for var, dims in m["variables"].items():
+        for d in dims:
+            if not isinstance(d, str) or d not in m["extra_coords"]:
+                return f"variable {var!r} has dim {d!r} with no entry in extra_coords"
+    return None
+
+
+_JSON_NAMES: dict[type | tuple[type, ...], str] = {
+    str: "string",
+    int: "integer",
+    (int, float): "number",
+    dict: "object",
+    list: "array",
+}
 
 
 def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Any:
@@ -482,6 +552,10 @@ def _progress(total: int, initial: int, *, enabled: bool, desc: str) -> Any:
     except ImportError:  # pragma: no cover - tqdm is a lab dependency
         return _NoBar()
     return tqdm(total=total, initial=initial, desc=desc, unit="cell", dynamic_ncols=True)
+
+
+def _is_int(x: Any, *, minimum: int) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= minimum
 
 
 def _plain(x: Any) -> Any:

@@ -273,3 +273,39 @@ def test_fig6_scaled_variant_is_6r_with_a_per_transverse_direction() -> None:
     assert rs.config["sharpness"] == pytest.approx(10.0 / 99, rel=1e-15)
     assert rs.outer == r.outer and rs.inner == r.inner and rs.name != r.name
     assert F.figure("6rs").store != F.figure("6r").store and "6rs" not in F.SUITE
+
+
+@pytest.mark.parametrize("optimizers", [["focus", "focus"], ["adam", "adamw"], ["signum", "signum"]])
+def test_cli_refuses_a_repeated_optimizer_before_any_store(tmp_path: Path, capsys, optimizers) -> None:
+    """A repeated optimizer would be a repeated coordinate of the store (which then cannot be plotted);
+    ``signum signum`` is refused for Figure 4 too, although that figure leaves signum out."""
+    out = tmp_path / "o"
+    for figure in ("2a", "4"):
+        args = ["toy", "run", "--figure", figure, "--optimizers", *optimizers, "--out", str(out)]
+        assert main([*args, "--device", "cpu", "--max-cells", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"focus-optim toy: error: Invalid optimizers: {optimizers} (each at most once" in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="each at most once"):
+        F.phase_spec("2b", "quick", ["focus", "adamw", "focus"], grid=TINY)
+
+
+@pytest.mark.parametrize(
+    "content", [b"[]", b'"x"', b"null", b'{"config": 5}', b'{"name": "toy-2a", "config": {"figure": "2a"}}']
+)
+def test_cli_names_a_malformed_manifest_and_leaves_the_store_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, content: bytes
+) -> None:
+    monkeypatch.setitem(F.GRIDS, "quick", TINY)
+    out = tmp_path / "o"
+    run = ["toy", "run", "--figure", "2a", "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main([*run, "--max-cells", "1"]) == 0
+    manifest = out / "fig2a" / "manifest.json"
+    manifest.write_bytes(content)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for args in (run, ["toy", "plot", str(out)], ["toy", "plot", str(out / "fig2a")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"focus-optim toy: error: {manifest} is corrupt: ") and "Traceback" not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -71,6 +71,31 @@ def test_cli_refuses_fused_eval_without_bf16_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--lrs", "nan"], "Invalid lrs: (nan,)"),
+        (["--lrs", "inf"], "Invalid lrs: (inf,)"),
+        (["--lrs", "0.01", "0.01"], "Invalid lrs: (0.01, 0.01)"),
+        (
+            ["--batch-sizes", "100000"],
+            "Invalid batch_sizes: (100000,) (allowed: distinct integers in 2 .. 60000, the training",
+        ),
+        (["--batch-sizes", "4", "4"], "Invalid batch_sizes: (4, 4)"),
+        (["--batch-sizes", "256"], "Invalid batch_sizes: 256 exceeds the 200 training images"),
+    ],
+)
+def test_cli_refuses_bad_grids_before_creating_the_store(
+    tmp_path: Path, idx_dir_session: Path, capsys: pytest.CaptureFixture, override: list[str], message: str
+) -> None:
+    """A refused command leaves no store behind, which would block the corrected command."""
+    out = tmp_path / "r"
+    code = main([*run_args(out, idx_dir_session), *TINY, *override, "--device", "cpu", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"focus-optim mnist: error: {message}")
+    assert not out.exists()
+
+
 @pytest.mark.skipif(real_mnist_dir() is None, reason="../shared/data/mnist not present")
 def test_run_on_real_mnist_one_cell(tmp_path: Path) -> None:
     out = tmp_path / "real"

@@ -121,6 +121,28 @@ def test_corrupt_files_name_the_file(idx_dir: Path, how: str, message: str) -> N
     assert str(target) in str(exc.value) and message in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("dims", "shape", "need"),
+    [
+        ((65536,) * 4, "65536 x 65536 x 65536 x 65536", 18446744073709551616),  # 2**64
+        ((2**32 - 1,) * 2, "4294967295 x 4294967295", 18446744065119617025),  # (2**32 - 1)**2
+    ],
+)
+def test_a_header_whose_size_overflows_int64_is_named_with_the_true_byte_count(
+    idx_dir: Path, dims: tuple[int, ...], shape: str, need: int
+) -> None:
+    """The declared size is a Python int: 65536**4 bytes is 2**64, which an int64 product wraps to 0."""
+    target = idx_dir / "train-images-idx3-ubyte.gz"
+    header = b"\x00\x00\x08" + bytes([len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+    target.write_bytes(gzip.compress(header))  # no payload
+    with pytest.raises(MnistDataError) as exc:
+        load_mnist(idx_dir, verify=False, download=False)
+    assert str(exc.value) == (
+        f"{target}: truncated: the header declares {shape} items ({need} bytes) but only 0 bytes follow; "
+        "delete it and download again"
+    )
+
+
 def test_missing_file_named(idx_dir: Path) -> None:
     (idx_dir / "t10k-images-idx3-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\.gz: missing"):

@@ -64,6 +64,43 @@ def test_config_errors_list_valid_keys() -> None:
     assert len(lr_grid(20)) == 20 and lr_grid(3) == (1e-4, 1e-2, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"lrs": (float("nan"),)}, r"Invalid lrs: \(nan,\) \(allowed: a non-empty list of distinct finite"),
+        ({"lrs": (1e-3, float("inf"))}, r"Invalid lrs: \(0\.001, inf\)"),
+        ({"lrs": (0.01, 0.01)}, r"Invalid lrs: \(0\.01, 0\.01\) \(allowed: .*distinct"),
+        ({"lrs": (-0.1,)}, r"Invalid lrs: \(-0\.1,\)"),
+        (
+            {"batch_sizes": (100000,)},
+            r"Invalid batch_sizes: \(100000,\) \(allowed: distinct integers in 2 \.\. 60000, the training",
+        ),
+        ({"batch_sizes": (4, 4)}, r"Invalid batch_sizes: \(4, 4\) \(allowed: distinct"),
+        ({"batch_sizes": (1, 4)}, r"Invalid batch_sizes: \(1, 4\)"),
+        ({"batch_sizes": (4.5,)}, r"Invalid batch_sizes: \(4\.5,\)"),
+    ],
+)
+def test_bad_grids_are_refused_by_the_config(changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TINY.replace(**changes)
+
+
+@pytest.mark.parametrize(
+    ("batch_sizes", "match"),
+    [
+        ((4, 256), r"Invalid batch_sizes: 256 exceeds the 200 training images in .* \(allowed: 2 \.\. 200\)"),
+        ((199,), r"Invalid batch_sizes: 199 leaves a last batch of 1 of the 200 training images"),
+    ],
+)
+def test_batch_sizes_beyond_the_loaded_data_are_refused_before_the_store(
+    tmp_path: Path, idx_dir_session: Path, batch_sizes: tuple[int, ...], match: str
+) -> None:
+    cfg = TINY.replace(batch_sizes=batch_sizes)
+    with pytest.raises(ValueError, match=match):
+        run_scan(cfg, tmp_path / "s", data_dir=idx_dir_session, verify=False, progress=False, device="cpu")
+    assert not (tmp_path / "s").exists()
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, idx_dir_session: Path) -> None:
     full = _run(tmp_path / "full", idx_dir_session)
     assert full.computed == 4

@@ -175,9 +175,15 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     t_all = time.perf_counter()
-    for fig in F.expand(args.figure):
+    F.check_optimizers(args.optimizers)
+    figures = F.expand(args.figure)
+    specs = {}
+    for fig in figures:  # every figure's sweep is checked before any store is created
         assert fig.build is not None and fig.store is not None
-        spec = fig.build(args.preset, args.optimizers)
+        specs[fig.key] = fig.build(args.preset, args.optimizers)
+    for fig in figures:
+        assert fig.store is not None
+        spec = specs[fig.key]
         batch = args.batch_cells or F.batch_cells(spec, device)
         t0 = time.perf_counter()
         report = F.run_figure(

@@ -136,11 +136,20 @@ def _base_config(fig: str, preset: str, grid_steps: int) -> dict[str, Any]:
     }
 
 
+def check_optimizers(optimizers: Sequence[str]) -> None:
+    """Known names, each optimizer at most once (``adam`` is ``adamw``): a sweep's optimizer axis
+    cannot repeat a coordinate."""
+    if isinstance(optimizers, str):
+        raise ValueError(f"Invalid optimizers: {optimizers!r} (allowed: a list of {', '.join(OPTIMIZERS)})")
+    labels = [S.setup(o).label for o in optimizers]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"Invalid optimizers: {list(optimizers)} (each at most once; adam is adamw)")
+
+
 def _check(preset: str, optimizers: Sequence[str]) -> None:
     if preset not in PRESETS:
         raise ValueError(f"Invalid preset: {preset!r} (allowed: {', '.join(PRESETS)})")
-    for o in optimizers:
-        S.setup(o)
+    check_optimizers(optimizers)
 
 
 def phase_spec(
@@ -407,6 +416,7 @@ __all__ = [
     "Grid",
     "RunOptions",
     "batch_cells",
+    "check_optimizers",
     "curves_spec",
     "expand",
     "figure",

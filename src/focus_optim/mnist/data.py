@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import urllib.error
@@ -121,7 +122,7 @@ def parse_idx(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> np.ndarr
         raise MnistDataError(f"{path}: truncated IDX header ({len(data)} bytes; {ndim} dims need {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
-    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    need = math.prod(dims) * dtype.itemsize  # (Python ints: an int64 product of big dims wraps)
     have = len(data) - header
     shape = " x ".join(str(d) for d in dims)
     if have < need:

@@ -13,6 +13,7 @@ crossover it shows).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..sweep import Cell, Deferred, Shard, SweepReport, SweepSpec, default_device, run_sweep
-from .data import MNIST
+from .data import FILES, MNIST
 from .optimizers import PAPER_OPTIMIZERS, parse_optimizer
 from .train import METRICS, DeviceData, TrainSettings, check_compile_mode, train_cell
 
@@ -60,10 +61,28 @@ class ScanConfig:
             parse_optimizer(lab)  # raises on unknown names / hyperparameters
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"Invalid optimizers: {self.optimizers} (each at most once)")
-        if not self.batch_sizes or min(self.batch_sizes) < 2:
-            raise ValueError(f"Invalid batch_sizes: {self.batch_sizes} (allowed: integers >= 2)")
-        if not self.lrs or min(self.lrs) < 0:
-            raise ValueError(f"Invalid lrs: {self.lrs} (allowed: a non-empty list of numbers >= 0)")
+        most = FILES["train_images"].count
+        bs = self.batch_sizes
+        if (
+            not bs
+            or any(not isinstance(b, int | np.integer) or isinstance(b, bool) for b in bs)
+            or any(not 2 <= b <= most for b in bs)
+            or len(set(bs)) != len(bs)
+        ):
+            raise ValueError(
+                f"Invalid batch_sizes: {bs} (allowed: distinct integers in 2 .. {most}, the training images "
+                "a minibatch of each member draws from)"
+            )
+        lrs = self.lrs
+        if (
+            not lrs
+            or any(not isinstance(v, float | int | np.number) or isinstance(v, bool) for v in lrs)
+            or any(not math.isfinite(v) or v < 0 for v in lrs)
+            or len(set(lrs)) != len(lrs)
+        ):
+            raise ValueError(
+                f"Invalid lrs: {lrs} (allowed: a non-empty list of distinct finite numbers >= 0)"
+            )
         if self.replicates < 1:
             raise ValueError(f"Invalid replicates: {self.replicates} (allowed: >= 1)")
         self.settings()  # validates the training settings
@@ -92,6 +111,21 @@ class ScanConfig:
     @property
     def members(self) -> int:
         return len(self.lrs) * self.replicates
+
+    def check_data(self, data: MNIST) -> None:
+        """Check the batch sizes against the loaded training set (before any results are written)."""
+        n = len(data.train_labels)
+        for b in self.batch_sizes:
+            if b > n:
+                raise ValueError(
+                    f"Invalid batch_sizes: {b} exceeds the {n} training images in {data.directory} "
+                    f"(allowed: 2 .. {n})"
+                )
+            if not self.drop_last and n % b == 1:  # (train.DataOrder's rule, checked before the store)
+                raise ValueError(
+                    f"Invalid batch_sizes: {b} leaves a last batch of 1 of the {n} training images per "
+                    "epoch, which batch norm cannot train on (allowed: sizes that do not, or drop_last)"
+                )
 
 
 PRESETS: dict[str, ScanConfig] = {
@@ -220,7 +254,9 @@ def run_scan(
         raise ValueError(f"fused_eval needs eval_precision 'bf16', not {cfg.eval_precision!r}")
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
-    cfg = cfg.replace(data=load_data(data_dir, verify=verify).data_id)  # which data, in the manifest
+    data = load_data(data_dir, verify=verify)
+    cfg.check_data(data)
+    cfg = cfg.replace(data=data.data_id)  # which data, in the manifest
     return run_sweep(
         sweep_spec(cfg),
         Deferred(
