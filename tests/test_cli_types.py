@@ -89,3 +89,13 @@ def test_mnist_plot_names_a_store_of_another_sweep(tmp_path, capsys):
     run_sweep(spec, lambda cells, d: [{"v": np.zeros(1)} for _ in cells], tmp_path / "s", progress=False)
     assert main(["mnist", "plot", str(tmp_path / "s")]) == 2
     assert "is not an MNIST scan (its sweep is 'toy-fig2a')" in capsys.readouterr().err
+
+
+def test_errors_name_the_subcommand_as_typed(tmp_path, capsys):
+    """``focus-optim lm train: error: ...``, not ``focus-optim lm: error:``, for input errors
+    raised inside the command (here a config path that is a directory)."""
+    assert main(["lm", "train", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("focus-optim lm train: error: ") and "Traceback" not in err, err
+    assert main(["toy", "plot", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("focus-optim toy plot: error: ")

@@ -357,7 +357,7 @@ def test_cli_names_a_malformed_manifest_and_leaves_the_store_alone(tmp_path, cap
     for command in ("summary", "plot"):
         assert main(["compare", command, str(tmp_path / "c")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"focus-optim compare: error: {manifest} is corrupt: ")
+        assert err.startswith(f"focus-optim compare {command}: error: {manifest} is corrupt: ")
     with pytest.raises(ValueError, match=f"{manifest} is corrupt: "):
         run(tmp_path / "c")
     assert {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()} == before

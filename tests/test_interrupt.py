@@ -41,7 +41,7 @@ def test_ctrl_c_stops_the_workers_quietly_and_the_same_command_resumes(tmp_path:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    said = "focus-optim compare: interrupted; what was stored is kept, and the same command resumes it"
+    said = "focus-optim compare run: interrupted; what was stored is kept, and the same command resumes it"
     assert said in stderr
     stored = {p.name for p in out.glob("cells/*.npz")}
     assert 1 <= len(stored) < 24

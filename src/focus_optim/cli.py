@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .cli_types import INPUT_ERRORS, command_name, interrupted
+
 # (subcommand, module providing add_parser)
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("bench-step", "focus_optim.bench.step"),
@@ -39,14 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-        print(f"focus-optim {args.command}: error: {exc}", file=sys.stderr)
+    except INPUT_ERRORS as exc:
+        print(f"focus-optim {command_name(args)}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        from .cli_types import interrupted
-
-        name = f"lm {args.lm_command}" if args.command == "lm" else args.command
-        print(interrupted(name), file=sys.stderr)
+        print(interrupted(command_name(args)), file=sys.stderr)
         return 130
     return int(result or 0)
 

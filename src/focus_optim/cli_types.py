@@ -9,6 +9,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: Bad input, reported by every command line as one ``error:`` line with exit code 2.
+INPUT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``toy run``, ``lm train``, ...: the command as the user typed it, for messages."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
 
 def interrupted(command: str) -> str:
     """The one line printed when Ctrl-C stops ``command`` (instead of a traceback); ``lm train``

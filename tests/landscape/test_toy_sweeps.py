@@ -284,7 +284,7 @@ def test_cli_refuses_a_repeated_optimizer_before_any_store(tmp_path: Path, capsy
         args = ["toy", "run", "--figure", figure, "--optimizers", *optimizers, "--out", str(out)]
         assert main([*args, "--device", "cpu", "--max-cells", "1", "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert f"focus-optim toy: error: Invalid optimizers: {optimizers} (each at most once" in err
+        assert f"focus-optim toy run: error: Invalid optimizers: {optimizers} (each at most once" in err
     assert not out.exists()
     with pytest.raises(ValueError, match="each at most once"):
         F.phase_spec("2b", "quick", ["focus", "adamw", "focus"], grid=TINY)
@@ -307,5 +307,6 @@ def test_cli_names_a_malformed_manifest_and_leaves_the_store_alone(
     for args in (run, ["toy", "plot", str(out)], ["toy", "plot", str(out / "fig2a")]):
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"focus-optim toy: error: {manifest} is corrupt: ") and "Traceback" not in err
+        assert err.startswith(f"focus-optim toy {args[1]}: error: {manifest} is corrupt: "), err
+        assert "Traceback" not in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -34,7 +34,18 @@ def write_synthetic(data_dir: Path, n_train: int = 20_000, n_val: int = 3_000, s
 
 def tiny_config(data_dir: Path, out_dir: Path, *overrides: str, **values: Any) -> TrainConfig:
     """A CPU-sized run: tiny model, float32, no progress bar or TensorBoard."""
-    base = [
+    extra = []
+    for k, v in values.items():
+        if isinstance(v, dict):  # tables as dotted keys
+            extra += [f"{k}.{sub}={json.dumps(x)}" for sub, x in v.items()]
+        else:
+            extra.append(f"{k}={json.dumps(v)}")
+    return load_config(None, tiny_overrides(data_dir, out_dir) + list(overrides) + extra)
+
+
+def tiny_overrides(data_dir: Path, out_dir: Path) -> list[str]:
+    """:func:`tiny_config`'s settings as ``key=value`` overrides (``--set`` on a command line)."""
+    return [
         "model=tiny",
         f"data_dir={json.dumps(str(data_dir))}",
         f"out_dir={json.dumps(str(out_dir))}",
@@ -53,13 +64,6 @@ def tiny_config(data_dir: Path, out_dir: Path, *overrides: str, **values: Any) -
         "tensorboard=false",
         "device=cpu",
     ]
-    extra = []
-    for k, v in values.items():
-        if isinstance(v, dict):  # tables as dotted keys
-            extra += [f"{k}.{sub}={json.dumps(x)}" for sub, x in v.items()]
-        else:
-            extra.append(f"{k}={json.dumps(v)}")
-    return load_config(None, base + list(overrides) + extra)
 
 
 def records(out_dir: Path, kind: str) -> list[dict[str, Any]]:

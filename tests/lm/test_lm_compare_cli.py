@@ -77,6 +77,53 @@ def test_a_file_that_is_not_a_run_log_is_named(tmp_path):
         load_curve(broken)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("log.jsonl", "[1]\n", r"r/log\.jsonl:5: not a run-log record \(a JSON list, expected an object\)"),
+        (
+            "log.jsonl",
+            '{"kind": "val", "step": 300}\n',
+            r"r/log\.jsonl:5: a val record needs a step and a val_loss",
+        ),
+        ("log.jsonl", '{"kind": "val", "val_loss": 1.0}\n', r"r/log\.jsonl:5: a val record needs a step"),
+        ("log.jsonl", '{"kind": "val", "step": 3, "val_loss": "x"}\n', r"r/log\.jsonl:5: a val record"),
+        ("log.jsonl", '{"kind": "val", "step": null, "val_loss": 1}\n', r"r/log\.jsonl:5: .*\(step None"),
+        (
+            "config.json",
+            "[]",
+            r"r/config\.json is corrupt \(expected a JSON object whose 'config' is an object\)",
+        ),
+        (
+            "config.json",
+            '{"config": 5}',
+            r"r/config\.json is corrupt \(expected a JSON object whose 'config'",
+        ),
+        ("config.json", '{"label": 1, "config": {}}', r"r/config\.json is corrupt \(label and config"),
+    ],
+)
+def test_malformed_run_files_are_named_with_the_line(tmp_path, capsys, name, content, message):
+    run = _fake_run(tmp_path / "r", "focus", "r", [4.0, 3.0])  # log.jsonl: 4 lines
+    if name == "log.jsonl":
+        with open(run / name, "a") as f:
+            f.write(content)
+    else:
+        (run / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_curve(run)
+    assert main(["lm", "compare", str(run), "--out", str(tmp_path), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert ": error: " in err and str(run / name) in err and "Traceback" not in err
+    assert not (tmp_path / "compare.json").exists()
+
+
+def test_a_line_cut_by_an_interruption_is_still_skipped(tmp_path):
+    run = _fake_run(tmp_path / "r", "focus", "r", [4.0, 3.0])
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"kind": "val", "step": 2')
+    assert load_curve(run).val_loss.tolist() == [4.0, 3.0]
+
+
 @pytest.mark.skipif(find_bpe_file() is None, reason="the offline GPT-2 BPE file is not available")
 def test_cli_prepare_train_compare(tmp_path, capsys):
     corpus = tmp_path / "wiki.jsonl.gz"

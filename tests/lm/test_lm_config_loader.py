@@ -69,6 +69,71 @@ def test_out_of_range_values_name_the_key_and_the_range(override):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64])
+def test_a_seed_out_of_range_names_seed_and_the_range(seed):
+    with pytest.raises(
+        ValueError, match=rf"Invalid seed {seed} \(allowed: an integer in 0 \.\. 2\*\*63 - 1\)"
+    ):
+        load_config(None, [f"seed={seed}"])
+
+
+def test_the_largest_seed_is_one_every_seeded_generator_takes():
+    from focus_optim.lm.train import _seed_all
+
+    cfg = load_config(None, [f"seed={2**63 - 1}"])
+    _seed_all(cfg.seed + 1 + 7)  # what rank 7 of a run seeds its streams with
+    for sampling in ("shuffle", "random"):
+        WindowSampler(100, 8, cfg.seed, sampling).starts(0, 4)
+
+
+@pytest.mark.parametrize("key", ["lr", "decay_embeddings"])
+def test_optimizer_args_cannot_hold_what_the_trainer_passes_itself(tmp_path, key):
+    want = rf"Invalid optimizer_args key '{key}': it is set by the config key '{key}' \({key} = "
+    with pytest.raises(ValueError, match=want):
+        load_config(None, [f"optimizer_args.{key}=0.1"])
+    path = tmp_path / "c.toml"
+    path.write_text(f"optimizer_args = {{ {key} = 0.1, weight_decay = 0.1 }}\n")
+    with pytest.raises(ValueError, match=want):
+        load_config(path)
+
+
+def test_config_files_base_chains_are_checked(tmp_path):
+    own = tmp_path / "self.toml"
+    own.write_text('base = "self.toml"\nlr = 1e-3\n')
+    with pytest.raises(
+        ValueError, match=r"self\.toml: the base files form a cycle \(.*self\.toml -> .*self\.toml\)"
+    ):
+        load_config(own)
+    (tmp_path / "a.toml").write_text('base = "sub/b.toml"\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.toml").write_text('base = "../a.toml"\n')
+    with pytest.raises(ValueError, match=r"a\.toml -> .*b\.toml -> .*a\.toml\)"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "ok.toml").write_text('base = "sub/c.toml"\nlr = 2e-3\n')
+    (tmp_path / "sub" / "c.toml").write_text('base = "d.toml"\nlr = 1e-3\nseed = 3\n')
+    (tmp_path / "sub" / "d.toml").write_text("seed = 4\nmax_steps = 5\n")
+    ok = load_config(tmp_path / "ok.toml")  # a chain without a cycle still works
+    assert (ok.lr, ok.seed, ok.max_steps) == (2e-3, 3, 5)
+    for text in ("base = 5\n", "[base]\nfile = 'x.toml'\n", 'base = ""\n'):
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(
+            ValueError, match=r"bad\.toml: invalid base .* \(allowed: the path of another TOML"
+        ):
+            load_config(path)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"latin1\.toml: not a TOML file \(not UTF-8 text: invalid continuation byte"
+    ):
+        load_config(path)
+    path.write_bytes('name = "caf\xe9"\n'.encode())
+    assert load_config(path).name == "caf\xe9"
+
+
 def test_cli_flags_keep_strings_strings():
     import argparse
 

@@ -117,6 +117,11 @@ def test_a_prepare_killed_midway_leaves_temp_files_the_next_one_removes(tmp_path
         ("latin1.txt", "caf\xe9".encode("latin-1"), "not valid UTF-8"),
         ("broken.jsonl", b'{"text": "ok"}\nnot json\n', r"broken\.jsonl:2: not valid JSON"),
         ("nofield.jsonl", b'{"body": "x"}\n', "string field 'text'"),
+        (
+            "surrogate.jsonl",
+            b'{"text": "fine \\ud83d\\ude00"}\n{"text": "a \\ud800 b"}\n',
+            r"surrogate\.jsonl:2: field 'text' holds an unpaired surrogate \(\\ud800 at character 2\)",
+        ),
         ("fake.jsonl.gz", b"plain text, not gzip", "not a valid gzip file"),
         ("data.bin", b"\x00\x00", "unsupported file type"),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -133,3 +134,31 @@ def test_cli_sweep_and_its_errors(synthetic_data, tmp_path, capsys) -> None:
     assert "Duplicate optimizer label 'adamw'" in capsys.readouterr().err
     assert main([*argv, "--optimizers", "adamw", "--set", "bogus=1"]) == 2
     assert "Unknown config key 'bogus'; valid: data_dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer_args.foo=1", r"--set optimizer_args\.foo=1: lm sweep sets optimizer_args for each run"),
+        ("out_dir=/x", r"--set out_dir=/x: lm sweep sets out_dir for each run \(from OUT/runs/"),
+        ("lr=1e-2", r"--set lr=1e-2: lm sweep sets lr for each run \(from --lrs\)"),
+        (
+            "optimizer=lion",
+            r"--set optimizer=lion: lm sweep sets optimizer for each run \(from --optimizers\)",
+        ),
+        ("name=x", r"--set name=x: lm sweep sets name for each run"),
+        ("optimizer_args=5", r"Invalid optimizer_args: 5"),  # the config's own checks come first
+    ],
+)
+def test_cli_sweep_refuses_overrides_each_run_replaces(synthetic_data, tmp_path, capsys, override, message):
+    cfg = tmp_path / "base.toml"  # a quick run: without the check, the sweep would train it and say 0
+    cfg.write_text(
+        f'model = "tiny"\ndata_dir = {json.dumps(str(synthetic_data))}\nbatch_size = 2\nmax_steps = 1\n'
+        'dtype = "float32"\neval_sequences = 2\ndevice = "cpu"\ntensorboard = false\n'
+    )
+    argv = ["lm", "sweep", "--config", str(cfg), "--set", override, "--out", str(tmp_path / "o")]
+    argv += ["--lrs", "1e-3", "--optimizers", "adamw", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (tmp_path / "o").exists()  # refused before anything was trained or written

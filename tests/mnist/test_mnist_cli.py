@@ -92,7 +92,7 @@ def test_cli_refuses_bad_grids_before_creating_the_store(
     out = tmp_path / "r"
     code = main([*run_args(out, idx_dir_session), *TINY, *override, "--device", "cpu", "--workers", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"focus-optim mnist: error: {message}")
+    assert code == 2 and err.startswith(f"focus-optim mnist run: error: {message}")
     assert not out.exists()
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from ..cli_types import interrupted, positive_int
+from ..cli_types import INPUT_ERRORS, interrupted, positive_int
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except INPUT_ERRORS as exc:
         print(f"focus-optim lm {args.lm_command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -115,17 +115,13 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=_train)
 
 
-def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+SET_HELP = "override a config key (repeatable); dotted keys for optimizer_args./model_args."
+
+
+def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...], set_help: str = SET_HELP) -> None:
     """``--config``, ``--set`` and the shortcut flags shared by ``train`` and ``sweep``."""
     p.add_argument("--config", default=None, help="TOML config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable); dotted keys for optimizer_args./model_args.",
-    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     for key in flags:
         p.add_argument("--" + key.replace("_", "-"), dest=key, default=None, help=f"same as --set {key}=...")
     p.add_argument(
@@ -215,7 +211,12 @@ def _add_sweep(sub: Any) -> None:
         "run in OUT/runs/, results in OUT (focus-optim compare summary|plot OUT). Under torchrun every "
         "rank trains its own runs on its own GPU. Optimizers: NAME:KEY=VALUE,... from registry defaults.",
     )
-    _config_args(p, SWEEP_FLAGS)
+    _config_args(
+        p,
+        SWEEP_FLAGS,
+        SET_HELP + " Not optimizer, lr, optimizer_args, out_dir or name: each run sets them (from "
+        "--optimizers, --lrs, --out), so setting one is an error; a --config file's are ignored.",
+    )
     p.add_argument("--out", required=True, help="results directory (resumed if it exists)")
     p.add_argument(
         "--optimizers", nargs="+", required=True, help='e.g. "adamw:betas=(0.9,0.95),weight_decay=0.1"'
@@ -232,10 +233,12 @@ def _add_sweep(sub: Any) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from ..compare import best_lr
-    from .sweep import sweep
+    from .sweep import check_overrides, sweep
 
+    base = _load(args, SWEEP_FLAGS)  # unknown keys and bad values first, naming the valid ones
+    check_overrides(args.overrides)
     ds = sweep(
-        _load(args, SWEEP_FLAGS),
+        base,
         args.optimizers,
         args.lrs,
         args.out,

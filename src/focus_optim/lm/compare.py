@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json_atomic
-from .runlog import LOG_NAME, read_log
+from .runlog import LOG_NAME, read_records
 
 
 @dataclass
@@ -54,21 +54,21 @@ def load_curve(run: str | os.PathLike[str]) -> Curve:
         raise ValueError(f"{run}: not a run (a directory holding {LOG_NAME}, or that file)")
     run_dir = Path(run).parent if Path(run).is_file() else Path(run)
     by_step: dict[int, dict[str, Any]] = {}
-    for rec in read_log(run):
+    log, records = read_records(run)
+    for lineno, rec in records:
         if rec.get("kind") == "val":
-            by_step[int(rec["step"])] = rec  # a resumed run may repeat a step: keep the last
+            if "step" not in rec or not _is_loss(rec.get("val_loss")):
+                raise ValueError(
+                    f"{log}:{lineno}: a val record needs a step and a val_loss (a number, or 'nan'/'inf')"
+                )
+            by_step[rec["step"]] = rec  # a resumed run may repeat a step: keep the last
     if not by_step:
         raise ValueError(f"{run}: no validation records in its log")
     recs = [by_step[s] for s in sorted(by_step)]
     label, optimizer = run_dir.name, ""
     cfg_path = run_dir / "config.json"
     if cfg_path.is_file():
-        try:
-            info = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{cfg_path} is corrupt ({exc})") from None
-        label = info.get("label") or label
-        optimizer = info.get("config", {}).get("optimizer", "")
+        label, optimizer = _read_run_config(cfg_path, label)
     return Curve(
         label=label,
         optimizer=optimizer,
@@ -78,6 +78,32 @@ def load_curve(run: str | os.PathLike[str]) -> Curve:
         time=np.array([r.get("train_time", math.nan) for r in recs], dtype=float),
         val_loss=np.array([float(r["val_loss"]) for r in recs], dtype=float),
     )
+
+
+def _is_loss(value: Any) -> bool:
+    """A logged loss: a number, or a non-finite one as JSON cannot hold it ('nan', 'inf')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        float(value)
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+def _read_run_config(path: Path, label: str) -> tuple[str, str]:
+    """(label, optimizer) from a run's ``config.json`` (``label``: the default)."""
+    try:
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is corrupt ({exc})") from None
+    config = info.get("config", {}) if isinstance(info, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is corrupt (expected a JSON object whose 'config' is an object)")
+    label, optimizer = info.get("label") or label, config.get("optimizer", "")
+    if not isinstance(label, str) or not isinstance(optimizer, str):
+        raise ValueError(f"{path} is corrupt (label and config.optimizer must be strings)")
+    return label, optimizer
 
 
 def crossing(curve: Curve, target: float) -> dict[str, float] | None:

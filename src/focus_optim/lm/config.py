@@ -37,6 +37,11 @@ SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE_POLICIES = ("stop", "skip")
 PARALLEL_MODES = ("ddp", "fsdp")
+#: Seeds below 2**63 leave room for the per-rank and per-replicate offsets below 2**64, the
+#: largest seed ``torch.manual_seed`` takes (``numpy.random.default_rng`` takes no negative one).
+MAX_SEED = 2**63
+#: Config keys the trainer passes to ``make_optimizer`` itself: never in ``optimizer_args``.
+OWN_KEYS = ("lr", "decay_embeddings")
 
 
 @dataclass
@@ -138,10 +143,17 @@ class TrainConfig:
             (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio {self.min_lr_ratio} (allowed: [0, 1])"),
             (self.log_interval >= 1, f"log_interval {self.log_interval} (allowed: >= 1)"),
             (self.lr >= 0, f"lr {self.lr} (allowed: >= 0)"),
+            (0 <= self.seed < MAX_SEED, f"seed {self.seed} (allowed: an integer in 0 .. 2**63 - 1)"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Invalid {msg}")
+        own = [k for k in OWN_KEYS if k in self.optimizer_args]
+        if own:
+            raise ValueError(
+                f"Invalid optimizer_args key {own[0]!r}: it is set by the config key {own[0]!r} "
+                f"({own[0]} = ... in the file, or --set {own[0]}=...), not by optimizer_args"
+            )
         if self.inductor_args:
             import torch._inductor.config as inductor_config
 
@@ -210,13 +222,21 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
-def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str], _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's values; ``base = "other.toml"`` (relative to the file) is read first and
     every key the file sets replaces the base's (a table as a whole). Unknown keys raise a
-    ValueError listing the valid ones."""
+    ValueError listing the valid ones; so do a file that is not UTF-8 TOML, a ``base`` that is not
+    a path string, and files whose ``base`` chain comes back to one of them."""
     path = Path(path)
+    chain = (*_chain, path)
+    if path.resolve() in {p.resolve() for p in _chain}:
+        raise ValueError(f"{path}: the base files form a cycle ({' -> '.join(map(str, chain))})")
     try:
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not a TOML file (not UTF-8 text: {exc.reason} at byte {exc.start})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: invalid TOML ({exc})") from None
     base = values.pop("base", None)
@@ -228,7 +248,11 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if base is None:
         return values
-    return {**read_toml(path.parent / base), **values}
+    if not isinstance(base, str) or not base:
+        raise ValueError(
+            f"{path}: invalid base {base!r} (allowed: the path of another TOML file, relative to this one)"
+        )
+    return {**read_toml(path.parent / base, chain), **values}
 
 
 def load_config(

@@ -190,7 +190,16 @@ def _parse_line(path: Path, lineno: int, line: bytes, text_field: str) -> str:
         raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
         raise DataError(f"{path}:{lineno}: expected a JSON object with a string field {text_field!r}")
-    return obj[text_field]
+    text = obj[text_field]
+    if b"\\u" in line:  # only a \uXXXX escape can make an unpaired surrogate (raw bytes are UTF-8)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"{path}:{lineno}: field {text_field!r} holds an unpaired surrogate "
+                f"(\\u{ord(text[exc.start]):04x} at character {exc.start}): not valid Unicode text"
+            ) from None
+    return text
 
 
 def _iter_hf(source: Source, text_field: str) -> Iterator[tuple[str, int]]:
@@ -426,26 +435,54 @@ def _differs(
     return f"contents changed: {edited}" if edited else None
 
 
+#: ``meta.json`` keys every reader needs: (type, least value).
+META_FIELDS: dict[str, tuple[type, int]] = {
+    "vocab_size": (int, 1),
+    "train_tokens": (int, 0),
+    "val_tokens": (int, 0),
+}
+#: Keys that need not be there (datasets written by hand, or before they were kept), but typed.
+META_OPTIONAL: dict[str, type] = {"split": dict, "tokenizer": dict, "sources": list, "text_field": str}
+
+
 def load_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``meta.json`` of a prepared dataset, with a clear error when it is missing."""
+    """The ``meta.json`` of a prepared dataset; a clear error naming it when it is missing, is not
+    a JSON object with the required keys (:data:`META_FIELDS`) and types, or does not match the
+    token files' sizes."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"{data_dir} is not a prepared dataset (no meta.json); "
             f"run `focus-optim lm prepare --out {data_dir}`"
         )
+    redo = "re-run `focus-optim lm prepare --overwrite`"
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is corrupt ({exc}); re-run `focus-optim lm prepare --overwrite`") from None
+        raise DataError(f"{path} is corrupt ({exc}); {redo}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is corrupt (a JSON {type(meta).__name__}, expected an object); {redo}")
+    for key, (want_type, low) in META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, want_type) or isinstance(value, bool) or value < low:
+            what = "missing" if key not in meta else f"{value!r}"
+            raise DataError(f"{path} is corrupt ({key}: {what}; expected an integer >= {low}); {redo}")
+    for key, want_type in META_OPTIONAL.items():
+        if key in meta and not isinstance(meta[key], want_type):
+            raise DataError(
+                f"{path} is corrupt ({key}: a {type(meta[key]).__name__}, expected a {want_type.__name__}); "
+                f"{redo}"
+            )
+    if not all(isinstance(s, dict) for s in meta.get("sources", [])):
+        raise DataError(f"{path} is corrupt (sources: expected a list of objects); {redo}")
     for split in ("train", "val"):  # the token files must hold what meta.json counted
-        bin_path, want = Path(data_dir) / f"{split}.bin", meta.get(f"{split}_tokens")
+        bin_path, want = Path(data_dir) / f"{split}.bin", meta[f"{split}_tokens"]
         if not bin_path.is_file():
-            raise FileNotFoundError(f"{bin_path} is missing; re-run `focus-optim lm prepare --overwrite`")
+            raise FileNotFoundError(f"{bin_path} is missing; {redo}")
         size = bin_path.stat().st_size
-        if isinstance(want, int) and size != 2 * want:
+        if size != 2 * want:
             raise DataError(
                 f"{bin_path} holds {size} bytes, but {path} counts {want} uint16 tokens ({2 * want} bytes): "
-                "truncated or replaced; re-run `focus-optim lm prepare --overwrite`"
+                f"truncated or replaced; {redo}"
             )
     return meta

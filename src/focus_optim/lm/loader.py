@@ -85,9 +85,25 @@ def _mix64(x: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def gather(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) int64 tensors of shape (len(starts), block_size)."""
+class TokenError(ValueError):
+    """A token file holds an id outside the vocabulary; the message names the file."""
+
+
+def gather(
+    tokens: np.ndarray, starts: np.ndarray, block_size: int, *, vocab_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) int64 tensors of shape (len(starts), block_size). ``vocab_size``: raise a
+    :class:`TokenError` naming the file for a token id outside it (the embedding would fail with
+    an IndexError; checking each batch, not the whole file, keeps opening a large file free)."""
     rows = np.stack([np.asarray(tokens[s : s + block_size + 1]) for s in starts]).astype(np.int64)
+    if vocab_size is not None and rows.size and rows.max() >= vocab_size:
+        r, c = np.argwhere(rows >= vocab_size)[0]
+        name = getattr(tokens, "filename", None) or "the token array"
+        raise TokenError(
+            f"{name} holds token id {rows[r, c]} at token {int(starts[r]) + int(c)}, outside the "
+            f"vocabulary (vocab_size {vocab_size}): corrupt or from another tokenizer; "
+            "re-run `focus-optim lm prepare --overwrite`"
+        )
     xy = torch.from_numpy(rows)
     return xy[:, :-1], xy[:, 1:]
 
@@ -105,6 +121,7 @@ class TrainLoader:
         device: where batches go; pinned memory and non-blocking copies on CUDA.
         consumed: micro-batches this rank has already consumed (from a checkpoint).
         prefetch: batches the background thread keeps ready.
+        vocab_size: token ids must be below it (else :class:`TokenError`, see :func:`gather`).
     """
 
     def __init__(
@@ -121,6 +138,7 @@ class TrainLoader:
         device: torch.device | str = "cpu",
         consumed: int = 0,
         prefetch: int = 4,
+        vocab_size: int | None = None,
     ) -> None:
         if grad_accum % world_size:
             raise ValueError(f"grad_accum ({grad_accum}) must be a multiple of the world size ({world_size})")
@@ -133,6 +151,7 @@ class TrainLoader:
         self.pin = self.device.type == "cuda"
         self.consumed = consumed
         self.path = Path(path)
+        self.vocab_size = vocab_size
         self._queue: queue.Queue[_Batch | BaseException] = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(consumed,), daemon=True)
@@ -147,7 +166,8 @@ class TrainLoader:
     def cpu_batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's ``j``-th micro-batch on the CPU (no prefetching; used by tests)."""
         first = self.global_micro_index(j) * self.batch_size
-        return gather(self.tokens, self.sampler.starts(first, self.batch_size), self.block_size)
+        starts = self.sampler.starts(first, self.batch_size)
+        return gather(self.tokens, starts, self.block_size, vocab_size=self.vocab_size)
 
     def _produce(self, j: int) -> None:
         try:
@@ -174,6 +194,8 @@ class TrainLoader:
         item = self._queue.get()
         if isinstance(item, BaseException):
             self._queue.put(item)  # every later call fails the same way
+            if isinstance(item, TokenError):  # bad data, not a failing reader: the caller's error
+                raise TokenError(str(item)) from item
             raise RuntimeError(f"reading batches from {self.path} failed: {item!r}") from item
         return item
 

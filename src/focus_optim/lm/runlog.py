@@ -64,10 +64,12 @@ class RunLogger:
             os.replace(self.path, self.path.with_name(self.path.name + ".prev"))
 
     def truncate_after(self, step: int) -> None:
-        """Drop records logged after ``step`` (a run interrupted past its last checkpoint)."""
+        """Drop records logged after ``step`` (a run interrupted past its last checkpoint). A log
+        that is not a run log (see :func:`read_records`) raises a ValueError and stays as it is."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if _keep(line, step)]
+        lines = _read_text(self.path).splitlines()
+        kept = [line for i, line in enumerate(lines, 1) if _keep(parse_line(self.path, i, line), step)]
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
@@ -75,12 +77,36 @@ class RunLogger:
             self._tb.close()
 
 
-def _keep(line: str, step: int) -> bool:
+def _keep(rec: dict[str, Any] | None, step: int) -> bool:
+    if rec is None:
+        return False  # a line cut by the interruption
+    return rec.get("step", -1) <= step and rec.get("event") != "end"
+
+
+def parse_line(path: Path, lineno: int, line: str) -> dict[str, Any] | None:
+    """A log line's record, or None for a line that is not JSON (cut by an interruption); a
+    ValueError naming the file and line for JSON that is not a record (an object, integer step)."""
     try:
         rec = json.loads(line)
     except json.JSONDecodeError:
-        return False  # a line cut by the interruption
-    return rec.get("step", -1) <= step and rec.get("event") != "end"
+        return None
+    if not isinstance(rec, dict):
+        raise ValueError(
+            f"{path}:{lineno}: not a run-log record (a JSON {type(rec).__name__}, expected an object)"
+        )
+    step = rec.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ValueError(f"{path}:{lineno}: not a run-log record (step {step!r}, expected an integer)")
+    return rec
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not a run log (not UTF-8 text: {exc.reason} at byte {exc.start})"
+        ) from None
 
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
@@ -90,19 +116,21 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
 
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Records of a ``log.jsonl`` (``path`` may be the file or its run directory)."""
+    return [rec for _, rec in read_records(path)[1]]
+
+
+def read_records(path: str | os.PathLike[str]) -> tuple[Path, list[tuple[int, dict[str, Any]]]]:
+    """The log file and its records with their line numbers (``path`` may be the run directory).
+    Lines that are not JSON (cut by an interruption) are skipped; a file that is not UTF-8 text,
+    or a JSON line that is not a record, raises a ValueError naming the file (and line)."""
     p = Path(path)
     if p.is_dir():
         p = p / LOG_NAME
     if not p.is_file():
         raise FileNotFoundError(f"no run log at {p}")
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{p} is not a run log (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    for lineno, line in enumerate(_read_text(p).splitlines(), start=1):
+        rec = parse_line(p, lineno, line)
+        if rec is not None:
+            out.append((lineno, rec))
+    return p, out

@@ -16,7 +16,9 @@ through :func:`focus_optim.compare.compare` and so through the labs' one sweep r
 A run that stops on a non-finite loss is a result, stored as val loss ``inf`` (its lr can then
 never be the best). Optimizers are ``NAME:KEY=VALUE,...`` (as in the MNIST lab, e.g.
 ``"focus:betas=(0.9,0.99),gamma=0.2,weight_decay=0.2"``), each starting from its registry
-defaults; the base config's ``optimizer``, ``lr``, ``optimizer_args`` and ``seed`` are replaced.
+defaults. Each run sets its own ``optimizer``, ``lr``, ``optimizer_args``, ``out_dir`` and ``name``
+(:data:`SET_PER_RUN`): the base config file's values of them are ignored, and ``--set`` of one is an
+error (:func:`check_overrides`), as it would have no effect; ``seed`` is the first replicate's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,26 @@ from .config import TrainConfig
 
 METRICS = ("val_loss", "best_val_loss", "train_time")
 REPLACED = ("optimizer", "lr", "optimizer_args", "seed", "out_dir", "name")
+#: Where each run's value of a key it sets comes from (``seed``: ``seed + replicate``).
+SET_PER_RUN = {
+    "optimizer": "--optimizers",
+    "lr": "--lrs",
+    "optimizer_args": "--optimizers NAME:KEY=VALUE,...",
+    "out_dir": "OUT/runs/<label>_lr<lr>_r<replicate>, from --out",
+    "name": "the optimizer label, lr and replicate",
+}
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """A ValueError for a ``key=value`` override of a key each run sets itself (:data:`SET_PER_RUN`):
+    the sweep would drop it silently. Check the overrides against the config first (``load_config``)."""
+    for item in overrides:
+        head = item.partition("=")[0].strip().replace("-", "_").partition(".")[0]
+        if head in SET_PER_RUN:
+            raise ValueError(
+                f"--set {item}: lm sweep sets {head} for each run (from {SET_PER_RUN[head]}); "
+                "drop this override"
+            )
 
 
 def eval_steps(cfg: TrainConfig) -> list[int]:
@@ -134,4 +156,4 @@ def _one_process() -> Iterator[None]:
         os.environ.update(saved)
 
 
-__all__ = ["METRICS", "TrainRun", "eval_steps", "sweep"]
+__all__ = ["METRICS", "SET_PER_RUN", "TrainRun", "check_overrides", "eval_steps", "sweep"]

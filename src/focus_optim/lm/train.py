@@ -54,6 +54,20 @@ from .schedule import warmup_cosine
 CKPT_NAME = "ckpt.pt"
 EVAL_CHUNK = 8192  # rows of logits at a time during evaluation
 PTDTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+#: What every ``ckpt.pt`` holds (types checked before resuming; see :meth:`Trainer.save`).
+CKPT_FIELDS: dict[str, Any] = {
+    "model": dict,
+    "scheduler.last_epoch": int,
+    "scheduler._step_count": int,
+    "scaler": dict,
+    "rng": list,
+    "loader.chunks": int,
+    "step": int,
+    "tokens": int,
+    "train_time": (int, float),
+    "world_size": int,
+    "config": dict,
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,7 +138,7 @@ class Trainer:
         if resume and not self.resumed:
             self._print(f"no checkpoint at {self.ckpt_path}; starting from scratch")
         if self.resumed:
-            chunks = self._load(checkpoint.load(self.ckpt_path))
+            chunks = self._load(checkpoint.load(self.ckpt_path, CKPT_FIELDS))
 
         self.model: torch.nn.Module = self.raw_model
         if cfg.compile:
@@ -151,6 +165,7 @@ class Trainer:
             sampling=cfg.sampling,
             device=self.device,
             consumed=chunks * self.local_accum,
+            vocab_size=self.meta["vocab_size"],
         )
         self.val_tokens = open_tokens(Path(cfg.data_dir) / "val.bin")
         self.val_starts = val_windows(len(self.val_tokens), T, cfg.eval_sequences)
@@ -177,9 +192,15 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to ``max_steps``; returns a summary (final val loss, steps, tokens, time)."""
         cfg = self.cfg
-        self._write_config()
+        try:  # the log first: one that cannot be read stops the run before anything is written
+            if self.resumed:
+                self.logger.truncate_after(self.step)
+            self._write_config()
+        except BaseException:
+            self.logger.close()
+            self.loader.close()
+            raise
         if self.resumed:
-            self.logger.truncate_after(self.step)
             self.logger.log({"kind": "event", "event": "resume", "step": self.step})
         else:
             self.logger.start_fresh()
@@ -317,7 +338,7 @@ class Trainer:
 
         Runs the eager model (no compile, no DDP) and the chunked loss, so evaluation neither
         compiles a second graph nor materialises full logits next to the training memory."""
-        cfg, T = self.cfg, self.model_cfg.block_size
+        cfg, T, vocab = self.cfg, self.model_cfg.block_size, self.meta["vocab_size"]
         starts = self.val_starts[self.dist.rank :: self.dist.world_size]
         # Under FSDP each forward is a collective (its all-gathers): every rank runs as many as
         # rank 0, which holds the most windows, a rank out of windows on a stand-in weighted 0.
@@ -328,7 +349,8 @@ class Trainer:
             weight = len(chunk)
             if weight == 0:
                 chunk = self.val_starts[:1]
-            x, y = (t.to(self.device, non_blocking=True) for t in gather(self.val_tokens, chunk, T))
+            xy = gather(self.val_tokens, chunk, T, vocab_size=vocab)
+            x, y = (t.to(self.device, non_blocking=True) for t in xy)
             with self.autocast:
                 loss = self.raw_model(x, y, ce_chunk=EVAL_CHUNK)  # the root's forward: FSDP hooks run
             total[0] += loss.double() * weight
@@ -489,8 +511,19 @@ class Trainer:
         return get_state_dict(self.raw_model, self.optimizer, options=options)
 
     def _load(self, state: dict[str, Any]) -> int:
-        """Restore everything from a checkpoint; returns the data position (global batches)."""
+        """Restore everything from a checkpoint; returns the data position (global batches).
+        Checks its structure and the model's parameter shapes before loading anything."""
         by_name = state.get("optimizer_fqn")  # written under FSDP: loads into any layout
+        per_rank = state.get("optimizer_per_rank")
+        if by_name is None and not per_rank:
+            checkpoint.require(state, self.ckpt_path, {"optimizer": dict})
+        elif by_name is not None:
+            checkpoint.require(state, self.ckpt_path, {"optimizer_fqn": dict})
+        if not isinstance(state["rng"], list) or len(state["rng"]) != state["world_size"]:
+            raise checkpoint.CheckpointError(
+                f"{self.ckpt_path} is {checkpoint.NOT_OURS} (rng holds no state per rank); {checkpoint.KEEP}"
+            )
+        self._check_model(state)
         if self.fsdp and by_name is None:
             raise ValueError(f"{self.ckpt_path} was written without FSDP: resume it with parallel='ddp'")
         if by_name is not None:
@@ -503,7 +536,7 @@ class Trainer:
                 optim_state_dict=by_name,
                 options=StateDictOptions(full_state_dict=True),
             )
-        elif state.get("optimizer_per_rank"):
+        elif per_rank:
             self.raw_model.load_state_dict(state["model"])
             if state["world_size"] != self.dist.world_size:
                 raise ValueError(
@@ -513,7 +546,7 @@ class Trainer:
             path = self._rank_optim_path(self.dist.rank, state["step"])
             legacy = self.out_dir / f"ckpt.optim.rank{self.dist.rank}.pt"  # before files were named by step
             path = legacy if not path.exists() and legacy.exists() else path
-            own = checkpoint.load(path)
+            own = checkpoint.load(path, {"optimizer": dict, "step": int})
             if own["step"] != state["step"]:
                 raise ValueError(
                     f"{path} is from step {own['step']}, "
@@ -528,7 +561,13 @@ class Trainer:
         self.step, self.tokens, self.train_time = state["step"], state["tokens"], state["train_time"]
         self._last_val = state.get("val_loss")  # (absent from checkpoints written before it was kept)
         if state["world_size"] == self.dist.world_size:
-            checkpoint.set_rng_state(state["rng"][self.dist.rank])
+            try:
+                checkpoint.set_rng_state(state["rng"][self.dist.rank])
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise checkpoint.CheckpointError(
+                    f"{self.ckpt_path} is {checkpoint.NOT_OURS} (its RNG state does not load: {exc!r}); "
+                    f"{checkpoint.KEEP}"
+                ) from None
         else:
             self._print(
                 f"world size changed ({state['world_size']} -> {self.dist.world_size}): RNG streams reseeded"
@@ -538,6 +577,34 @@ class Trainer:
         if changed:
             self._print(f"resuming with changed config keys: {', '.join(sorted(changed))}")
         return int(state["loader"]["chunks"])
+
+    def _check_model(self, state: dict[str, Any]) -> None:
+        """A ValueError naming the checkpoint when its parameters are not this config's model's
+        (torch's load would fail with a RuntimeError listing every tensor)."""
+        saved, own = state["model"], self.raw_model.state_dict()
+        missing = sorted(map(str, own.keys() - saved.keys()))
+        unexpected = sorted(map(str, saved.keys() - own.keys()))
+        shapes = [
+            f"{k} {_shape(saved[k])} vs {_shape(own[k])}"
+            for k in own.keys() & saved.keys()
+            if not torch.is_tensor(saved[k]) or saved[k].shape != own[k].shape
+        ]
+        if not (missing or unexpected or shapes):
+            return
+        parts = [
+            f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected), ("shape", sorted(shapes)))
+            if names
+        ]
+        then = state["config"]
+        now = json.loads(json.dumps(self.cfg.to_dict()))
+        changed = [k for k in ("model", "model_args") if then.get(k) != now.get(k)]
+        diff = ", ".join(f"{k}={then.get(k)!r} (now {now.get(k)!r})" for k in changed)
+        was = f"; it was written with {diff}" if changed else ""
+        raise ValueError(
+            f"{self.ckpt_path} holds another model than this config builds ({'; '.join(parts)}){was}: "
+            "resume with the model settings of the run (model, model_args), or train into a new --out-dir"
+        )
 
     def _resume_schedule(self, saved: dict[str, Any]) -> None:
         """The saved position in the schedule, with the schedule itself (peak lr, warmup, decay,
@@ -613,6 +680,10 @@ def set_sdpa_backend(name: str) -> None:
     b.enable_cudnn_sdp(name in ("auto", "cudnn"))
     b.enable_mem_efficient_sdp(name in ("auto", "efficient"))
     b.enable_math_sdp(True)
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if torch.is_tensor(value) else f"(a {type(value).__name__})"
 
 
 def _seed_all(seed: int) -> None:
