@@ -297,6 +297,22 @@ def test_float16_with_grad_scaler_and_tensorboard(synthetic_data, tmp_path):
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("before, after", [("float32", "float16"), ("float16", "float32")])
+def test_a_run_resumes_across_float16_and_back(synthetic_data, tmp_path, before, after):
+    """A float32 run saves an empty (disabled) GradScaler state: resumed in float16 the scaler
+    starts afresh (torch's load would refuse the empty state); a float16 run resumed in float32
+    drops its scale. Either way the run continues to its end with finite losses."""
+    out = tmp_path / "run"
+    train(tiny_config(synthetic_data, out, f"dtype='{before}'", max_steps=3))
+    saved = checkpoint.load(out / "ckpt.pt")["scaler"]
+    assert ("scale" in saved) == (before == "float16")
+    summary = train(tiny_config(synthetic_data, out, f"dtype='{after}'", max_steps=6), resume=True)
+    assert summary["step"] == 6 and math.isfinite(summary["val_loss"])
+    losses = {r["step"]: r["loss"] for r in records(out, "train")}
+    assert sorted(losses) == list(range(1, 7)) and all(map(math.isfinite, losses.values()))
+    assert ("scale" in checkpoint.load(out / "ckpt.pt")["scaler"]) == (after == "float16")
+
+
 def test_steps_the_grad_scaler_skips_are_logged_as_skipped(synthetic_data, tmp_path):
     trainer = Trainer(tiny_config(synthetic_data, tmp_path / "run", "dtype='float16'", max_steps=6))
     # a scale that overflows float16 gradients: the scaler skips and halves it until it fits

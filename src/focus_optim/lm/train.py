@@ -557,7 +557,10 @@ class Trainer:
             self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self._resume_schedule(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        elif self.scaler.is_enabled():  # saved without float16 (a disabled scaler keeps no state)
+            self._print("resuming in float16 a run saved without it: the GradScaler starts afresh")
         self.step, self.tokens, self.train_time = state["step"], state["tokens"], state["train_time"]
         self._last_val = state.get("val_loss")  # (absent from checkpoints written before it was kept)
         if state["world_size"] == self.dist.world_size:
