@@ -51,10 +51,10 @@ import numpy as np
 
 from .optim.registry import check_hyperparameters, check_values, get_spec, make_optimizer
 from .selection import best_lr as _best_lr
-from .sweep import Cell, Shard, SweepReport, SweepSpec, load_results, run_sweep, shard_from_env
+from .sweep import Cell, Shard, SweepReport, SweepSpec, is_int, load_results, run_sweep, shard_from_env
 
 #: Seeds (``base_seed + replicate``) stay below 2**64, what ``torch.manual_seed`` takes.
-MAX_SEED = 2**63
+MAX_SEED = 2**63  # (also in lm/config.py, which keeps its imports light)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def comparison_spec(
     base_seed: int = 0,
 ) -> tuple[SweepSpec, dict[str, dict[str, Any]]]:
     """The sweep of a comparison (axes optimizer x lr x replicate) and its normalised optimizers."""
-    if not _is_int(base_seed) or not 0 <= base_seed < MAX_SEED:
+    if not is_int(base_seed, minimum=0) or base_seed >= MAX_SEED:
         raise ValueError(f"Invalid base_seed: {base_seed!r} (allowed: an integer in 0 .. 2**63 - 1)")
     base_seed = int(base_seed)
     opts = _normalise(optimizers)
@@ -237,11 +237,11 @@ def compare(
         ``cell_done`` (runs not yet computed, e.g. other shards', are NaN); ``attrs`` say how many
         runs this call computed (``runs_computed``) and found stored (``runs_skipped``).
     """
-    if not _is_int(workers) or workers < 1:
+    if not is_int(workers, minimum=1):
         raise ValueError(f"Invalid workers: {workers!r} (allowed: an integer >= 1)")
-    if threads is not None and (not _is_int(threads) or threads < 1):
+    if threads is not None and not is_int(threads, minimum=1):
         raise ValueError(f"Invalid threads: {threads!r} (allowed: an integer >= 1, or None for the default)")
-    if max_runs is not None and (not _is_int(max_runs) or max_runs < 0):
+    if max_runs is not None and not is_int(max_runs, minimum=0):
         raise ValueError(f"Invalid max_runs: {max_runs!r} (allowed: an integer >= 0, or None for all)")
     spec, opts = comparison_spec(
         optimizers, lrs, replicates=replicates, metrics=metrics, curves=curves, points=points,
@@ -346,10 +346,6 @@ def plot(ds: Any, metric: str, path: str | os.PathLike[str], *, mode: str = "min
     written = save(fig, path)
     plt.close(fig)
     return written
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _sequence(name: str, value: Any, kind: type | tuple[type, ...]) -> list[Any]:

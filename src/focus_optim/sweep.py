@@ -320,9 +320,9 @@ def run_sweep(
     """
     if workers < 1:
         raise ValueError(f"Invalid workers: {workers} (allowed: an integer >= 1)")
-    if max_cells is not None and not _is_int(max_cells, minimum=0):
+    if max_cells is not None and not is_int(max_cells, minimum=0):
         raise ValueError(f"Invalid max_cells: {max_cells!r} (allowed: an integer >= 0, or None for all)")
-    if threads is not None and not _is_int(threads, minimum=1):
+    if threads is not None and not is_int(threads, minimum=1):
         raise ValueError(f"Invalid threads: {threads!r} (allowed: an integer >= 1, or None for the default)")
     start = time.perf_counter()
     store = Store(out, spec).open()
@@ -554,7 +554,8 @@ def _progress(total: int, initial: int, *, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, initial=initial, desc=desc, unit="cell", dynamic_ncols=True)
 
 
-def _is_int(x: Any, *, minimum: int) -> bool:
+def is_int(x: Any, *, minimum: int) -> bool:
+    """An integer (Python or numpy, not a bool) >= ``minimum``: a count or seed argument."""
     return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= minimum
 
 

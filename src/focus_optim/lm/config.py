@@ -39,7 +39,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 PARALLEL_MODES = ("ddp", "fsdp")
 #: Seeds below 2**63 leave room for the per-rank and per-replicate offsets below 2**64, the
 #: largest seed ``torch.manual_seed`` takes (``numpy.random.default_rng`` takes no negative one).
-MAX_SEED = 2**63
+MAX_SEED = 2**63  # (focus_optim.compare.MAX_SEED: the same bound, not imported to stay light)
 #: Config keys the trainer passes to ``make_optimizer`` itself: never in ``optimizer_args``.
 OWN_KEYS = ("lr", "decay_embeddings")
 
