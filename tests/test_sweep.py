@@ -368,3 +368,17 @@ def test_temp_files_of_killed_writes_are_removed_once_an_hour_old(tmp_path):
     run_sweep(spec, Counting(), tmp_path / "a", progress=False)
     assert not stale.exists() and not stale_manifest.exists() and busy.exists()
     assert int(load_results(tmp_path / "a").attrs["cells_done"]) == 6
+
+
+@pytest.mark.parametrize("name", ["allow_pickle", "file", "__meta__", "not a name"])
+def test_a_variable_cannot_take_a_name_the_cell_file_uses(name):
+    """``np.savez`` would take ``allow_pickle``/``file`` as its own options and ``__meta__`` is the
+    cell's metadata: such a variable would silently never be stored, so the spec refuses it."""
+    with pytest.raises(ValueError, match=rf"Invalid variable name '{name}'.*allow_pickle"):
+        SweepSpec(name="demo", outer={"a": [1]}, inner={}, variables={name: ()})
+
+
+def test_a_variable_named_like_a_savez_option_would_not_be_stored(tmp_path):
+    """Why the names above are refused: numpy takes the keyword as its option."""
+    np.savez(tmp_path / "x.npz", **{"allow_pickle": np.ones(2), "kept": np.zeros(1)})
+    assert list(np.load(tmp_path / "x.npz").keys()) == ["kept"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .atomic import write_atomic
 
@@ -55,6 +55,10 @@ def save(fig: Any, path: str | os.PathLike[str], formats: tuple[str, ...] = ("pn
     out = []
     for ext in formats:
         target = base.with_suffix(f".{ext}")
-        write_atomic(target, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"))
+
+        def write(f: IO[bytes], ext: str = ext) -> None:
+            fig.savefig(f, format=ext, dpi=150, bbox_inches="tight")
+
+        write_atomic(target, write)
         out.append(target)
     return out

@@ -47,7 +47,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -66,6 +66,11 @@ class Cell:
     seed: int
 
 
+#: Names a variable cannot take: the cell file's own metadata entry, and ``np.savez``'s keywords
+#: (a variable passed as one of those would be taken as the option, not stored).
+RESERVED_VARIABLES = frozenset({"__meta__", "file", "allow_pickle"})
+
+
 @dataclass
 class SweepSpec:
     """What a sweep computes. Everything that changes results must be in ``config`` or the grid."""
@@ -81,6 +86,11 @@ class SweepSpec:
     def __post_init__(self) -> None:
         dims = list(self.outer) + list(self.inner)
         for var, trailing in self.variables.items():
+            if var in RESERVED_VARIABLES or not var.isidentifier():
+                raise ValueError(
+                    f"Invalid variable name {var!r} (allowed: a Python identifier other than "
+                    f"{', '.join(sorted(RESERVED_VARIABLES))})"
+                )
             for d in trailing:
                 if d not in self.extra_coords:
                     raise ValueError(f"variable {var!r} has dim {d!r} with no entry in extra_coords")
@@ -188,7 +198,7 @@ class SweepReport:
         return f"; {self.remaining} cells left: run the same command again" if self.remaining else ""
 
 
-ComputeFn = Callable[[list[Cell], str], list[Mapping[str, np.ndarray]]]
+ComputeFn = Callable[[list[Cell], str], Sequence[Mapping[str, np.ndarray]]]
 
 
 class Deferred:
@@ -199,7 +209,7 @@ class Deferred:
         self.factory, self.args, self.kwargs = factory, args, kwargs
         self._fn: ComputeFn | None = None
 
-    def __call__(self, cells: list[Cell], device: str) -> list[Mapping[str, np.ndarray]]:
+    def __call__(self, cells: list[Cell], device: str) -> Sequence[Mapping[str, np.ndarray]]:
         if self._fn is None:
             self._fn = self.factory(*self.args, **self.kwargs)
         return self._fn(cells, device)
@@ -290,7 +300,8 @@ class Store:
             arrays[var] = arr
         info = {"key": cell.key, "coords": cell.coords, "config_hash": self.manifest["config_hash"], **meta}
         arrays["__meta__"] = np.array(json.dumps(_jsonable(info)))
-        write_atomic(self.cell_path(cell), lambda f: np.savez(f, **arrays))
+        # (Any: mypy would match the variable names against savez's allow_pickle keyword)
+        write_atomic(self.cell_path(cell), lambda f: np.savez(f, **cast("dict[str, Any]", arrays)))
 
 
 def run_sweep(
@@ -474,13 +485,13 @@ def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
 
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not paths:
+    dirs = [Path(p) for p in paths]
+    if not dirs:
         raise ValueError("load_results: no results directory given")
-    manifest = read_manifest(paths[0])
-    for p in paths[1:]:
+    manifest = read_manifest(dirs[0])
+    for p in dirs[1:]:
         if read_manifest(p).get("config_hash") != manifest["config_hash"]:
-            raise ValueError(f"{p} and {paths[0]} hold different configurations and cannot be merged")
+            raise ValueError(f"{p} and {dirs[0]} hold different configurations and cannot be merged")
     outer = {k: list(manifest["outer"][k]) for k in manifest["outer_dims"]}
     inner = {k: list(manifest["inner"][k]) for k in manifest["inner_dims"]}
     extra = {k: list(v) for k, v in manifest["extra_coords"].items()}
@@ -491,7 +502,7 @@ def load_results(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
         for var, dims in manifest["variables"].items()
     }  # fmt: skip
     done = np.zeros(outer_shape, dtype=bool)
-    for p in paths:
+    for p in dirs:
         # (a temp file of a write that was killed starts with a dot: not a cell)
         for f in sorted(f for f in (p / "cells").glob("*.npz") if not f.name.startswith(".")):
             try:
@@ -556,7 +567,7 @@ def _progress(total: int, initial: int, *, enabled: bool, desc: str) -> Any:
 
 def is_int(x: Any, *, minimum: int) -> bool:
     """An integer (Python or numpy, not a bool) >= ``minimum``: a count or seed argument."""
-    return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= minimum
+    return isinstance(x, int | np.integer) and not isinstance(x, bool) and bool(x >= minimum)
 
 
 def _plain(x: Any) -> Any:

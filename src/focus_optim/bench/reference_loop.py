@@ -19,7 +19,7 @@ class ReferenceLoopFOCUS(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, gamma=gamma, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -30,9 +30,21 @@ GPT2_SMALL = dict(vocab=50257, block=1024, n_layer=12, n_embd=768)
 QUICK = dict(vocab=8192, block=256, n_layer=2, n_embd=256)
 
 
+class _FocusHP(TypedDict):
+    """The paper's GPT-2 FOCUS hyperparameters, as keyword arguments of the FOCUS constructors."""
+
+    lr: float
+    betas: tuple[float, float]
+    gamma: float
+    weight_decay: float
+
+
 def gpt2_shapes(vocab: int, block: int, n_layer: int, n_embd: int) -> list[tuple[str, tuple[int, ...]]]:
     """Parameter names and shapes of nanoGPT's GPT-2 (no biases, tied head) — 124.4M for GPT-2 small."""
-    shapes = [("transformer.wte.weight", (vocab, n_embd)), ("transformer.wpe.weight", (block, n_embd))]
+    shapes: list[tuple[str, tuple[int, ...]]] = [
+        ("transformer.wte.weight", (vocab, n_embd)),
+        ("transformer.wpe.weight", (block, n_embd)),
+    ]
     for i in range(n_layer):
         h = f"transformer.h.{i}"
         shapes += [
@@ -51,8 +63,10 @@ class ShapeModel(nn.Module):
 
     def __init__(self, shapes: list[tuple[str, tuple[int, ...]]], device: str, dtype: torch.dtype) -> None:
         super().__init__()
-        self.wte = nn.Embedding(*shapes[0][1], device=device, dtype=dtype)
-        self.wpe = nn.Embedding(*shapes[1][1], device=device, dtype=dtype)
+        vocab, n_embd = shapes[0][1]
+        block, n_embd_pos = shapes[1][1]
+        self.wte = nn.Embedding(vocab, n_embd, device=device, dtype=dtype)
+        self.wpe = nn.Embedding(block, n_embd_pos, device=device, dtype=dtype)
         self.rest = nn.ParameterDict(
             {
                 n.replace(".", "_"): nn.Parameter(torch.empty(s, device=device, dtype=dtype))
@@ -110,7 +124,7 @@ def candidates(include_all: bool) -> list[tuple[str, Callable[[nn.Module], torch
     from focus_optim.bench.reference_loop import ReferenceLoopFOCUS
     from focus_optim.optim import protocol  # noqa: F401  (import check)
 
-    focus_hp = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
+    focus_hp = _FocusHP(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
     out: list[tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = [
         ("focus (single-tensor)", lambda m: FOCUS(m.parameters(), **focus_hp, foreach=False)),
         ("focus (foreach)", lambda m: FOCUS(m.parameters(), **focus_hp, foreach=True)),
@@ -134,7 +148,11 @@ def candidates(include_all: bool) -> list[tuple[str, Callable[[nn.Module], torch
         for name in available_optimizers():
             if name in ("focus", "signum", "onebit_adam"):
                 continue
-            out.append((f"{name} (registry default)", lambda m, name=name: make_optimizer(name, m)))
+
+            def from_registry(m: nn.Module, name: str = name) -> torch.optim.Optimizer:
+                return make_optimizer(name, m)
+
+            out.append((f"{name} (registry default)", from_registry))
     return out
 
 
@@ -149,7 +167,7 @@ def run_bench(
     elt = torch.empty((), dtype=dtype).element_size()
     bw = copy_bandwidth(device)
     roofline = 7 * elt * n_params / bw
-    rows = []
+    rows: list[dict[str, str | float | None]] = []
     rows_available = candidates(include_all)
     unmatched = [o for o in only or [] if not any(o.lower() in label.lower() for label, _ in rows_available)]
     if unmatched:
@@ -167,8 +185,12 @@ def run_bench(
             rows.append(dict(name=label, ms=None, x_roofline=None, note=f"unavailable: {exc}"[:160]))
             continue
         kwargs = protocol.step_kwargs(opt, tokens=480 * 1024)
+
+        def step(opt: torch.optim.Optimizer = opt, kwargs: dict[str, Any] = kwargs) -> Any:
+            return opt.step(**kwargs)
+
         try:
-            times = _time(lambda opt=opt, kwargs=kwargs: opt.step(**kwargs), device, warmup=warmup, reps=reps)
+            times = _time(step, device, warmup=warmup, reps=reps)
         except Exception as exc:  # keep the table going: one optimizer lacking a path is a finding
             rows.append(dict(name=label, ms=None, x_roofline=None, note=f"failed: {exc}"[:160]))
         else:

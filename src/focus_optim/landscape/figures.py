@@ -77,10 +77,16 @@ GRIDS: dict[str, Grid] = {
 #: Fixed settings: Figure 2a's weight decay, Figure 2b's (and 6's) sharpness, the slope c.
 FIXED = {"c": V.PAPER_C, "weight_decay_2a": 0.1, "sharpness_2b": 10.0}
 #: Figure 1c: one setting where noise is large for the sharpness (Adam slows down, section 2.2).
-TRAJECTORY = {"sharpness": 10.0, "noise": 2.0, "lr": 0.01, "weight_decay": 0.1, "steps": 1000}
+TRAJECTORY: dict[str, Any] = {"sharpness": 10.0, "noise": 2.0, "lr": 0.01, "weight_decay": 0.1, "steps": 1000}
 #: Figure 4: Adam and FOCUS at lr 0.005, a = 10, c = 0.1, wd 0.1, 3000 steps. The paper states no
 #: noise level; we store sigma = 0, 1 and 2 (see docs/toy.md).
-LOSS_CURVES = {"sharpness": 10.0, "lr": 0.005, "weight_decay": 0.1, "steps": 3000, "noise": [0.0, 1.0, 2.0]}
+LOSS_CURVES: dict[str, Any] = {
+    "sharpness": 10.0,
+    "lr": 0.005,
+    "weight_decay": 0.1,
+    "steps": 3000,
+    "noise": [0.0, 1.0, 2.0],
+}
 
 
 @dataclass

@@ -43,13 +43,14 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
 
 from .. import make_optimizer
 from ..compiling import raise_recompile_limit
+from ..optim._common import BaseOptimizer
 from . import rng
 from . import valley as V
 
@@ -116,8 +117,8 @@ class Rows:
         arrays = torch.broadcast_tensors(
             *(torch.as_tensor(v, dtype=torch.float64) for v in (sharpness, noise, lr, weight_decay))
         )
-        flat = [t.reshape(-1).to(torch.float32) for t in arrays]
-        return Rows(*flat, keys=rng.row_keys(seed, flat[0].numel()))
+        a, sigma, lr_, wd = (t.reshape(-1).to(torch.float32) for t in arrays)
+        return Rows(a, sigma, lr_, wd, keys=rng.row_keys(seed, a.numel()))
 
     def pad(self, n: int) -> Rows:
         """These rows followed by inert rows (all settings 0) up to ``n`` rows."""
@@ -268,16 +269,19 @@ class Workspace:
         self.ordered = bool(opts.fixed_order)
         # decay_norms_and_biases: with ensemble_dims=1 the [R, N] parameter counts as 1-D per member,
         # which make_optimizer would otherwise leave undecayed.
-        self.opt = make_optimizer(
+        fused: dict[str, Any] = {"fused": True} if opts.kernels else {}
+        opt = make_optimizer(
             opt_setup.registry,
             [self.x],
             ensemble_dims=1,
             decay_norms_and_biases=True,
             lr=self.lr,
             weight_decay=self.wd,
-            **({"fused": True} if opts.kernels else {}),
+            **fused,
             **dict(opt_setup.hparams),
         )
+        assert isinstance(opt, BaseOptimizer)  # every registry optimizer is one
+        self.opt = opt
         # The valley kernel's output, in the parameters' layout (the optimizer reads it as .grad).
         self.grad = torch.zeros(n, n_rows, device=dev).t() if opts.kernels else None
         group = self.opt.param_groups[0]
@@ -353,6 +357,8 @@ class Workspace:
             for start in range(0, steps, per):
                 self._fused_steps(c, t0 + start, min(per, steps - start), {})
         else:
+            grad = self.grad
+            assert grad is not None  # allocated in __init__ with kernels=True, this method's condition
             for i, t in enumerate(range(t0, t0 + steps)):
                 outs = {"loss_out": rec.loss[i], "u_out": rec.u[i]} if rec is not None else {}
                 if rec is not None:
@@ -360,9 +366,9 @@ class Workspace:
                 if self.opts.fuse_update:
                     self._fused_steps(c, t, 1, outs)
                     continue
-                valley_step_(self.x, self.grad, self.a, self.sigma, self.keys, self.e, self.min_loss,
+                valley_step_(self.x, grad, self.a, self.sigma, self.keys, self.e, self.min_loss,
                              self.max_u, c=c, step=t, **outs)  # fmt: skip
-                self.x.grad = self.grad
+                self.x.grad = grad
                 self.opt.step()
         self.x.grad = None
         self.t.fill_(t0 + steps)
@@ -479,6 +485,51 @@ def _chunks(n: int, max_rows: int) -> tuple[int, int]:
     return count, _align(-(-n // count))
 
 
+@overload
+def simulate(
+    opt_setup: OptimizerSetup | str,
+    blocks: Rows | Sequence[Rows],
+    valley: V.Valley,
+    steps: int = ...,
+    options: Options | None = ...,
+    record: Literal[False] = ...,
+) -> list[Tensor]: ...
+
+
+@overload
+def simulate(
+    opt_setup: OptimizerSetup | str,
+    blocks: Rows | Sequence[Rows],
+    valley: V.Valley,
+    steps: int,
+    options: Options | None,
+    record: Literal[True],
+) -> tuple[list[Tensor], list[Recording]]: ...
+
+
+@overload
+def simulate(
+    opt_setup: OptimizerSetup | str,
+    blocks: Rows | Sequence[Rows],
+    valley: V.Valley,
+    steps: int = ...,
+    options: Options | None = ...,
+    *,
+    record: Literal[True],
+) -> tuple[list[Tensor], list[Recording]]: ...
+
+
+@overload
+def simulate(
+    opt_setup: OptimizerSetup | str,
+    blocks: Rows | Sequence[Rows],
+    valley: V.Valley,
+    steps: int = ...,
+    options: Options | None = ...,
+    record: bool = ...,
+) -> list[Tensor] | tuple[list[Tensor], list[Recording]]: ...
+
+
 def simulate(
     opt_setup: OptimizerSetup | str,
     blocks: Rows | Sequence[Rows],
@@ -523,6 +574,7 @@ def _simulate(
     groups = [Rows.cat([b.pad(m) for b, m in zip(blocks, padded)])] if opts.pack_cells else list(blocks)
     outs: list[Tensor] = []
     recs: list[Recording] = []
+    assert opts.chunk_rows is not None  # Options.resolved() fills it in
     for rows in groups:
         count, size = _chunks(len(rows), opts.chunk_rows)
         ws = workspace(opt_setup, valley, size, opts)

@@ -436,7 +436,7 @@ def _differs(
 
 
 #: ``meta.json`` keys every reader needs: (type, least value).
-META_FIELDS: dict[str, tuple[type, int]] = {
+META_FIELDS: dict[str, tuple[type[int], int]] = {
     "vocab_size": (int, 1),
     "train_tokens": (int, 0),
     "val_tokens": (int, 0),

@@ -19,7 +19,7 @@ from torch import Tensor
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
         # The matmuls follow the ambient autocast (bf16 like nn.Linear); softmax and sums in >= fp32.
         acc = torch.promote_types(x.dtype, torch.float32)
         n = x.shape[0]
@@ -42,7 +42,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss / n
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         grad_x, grad_w = ctx.saved_tensors
         scale = grad_out * ctx.scale
         return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None

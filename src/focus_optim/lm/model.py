@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -124,17 +124,30 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class TransformerModules(nn.ModuleDict):
+    """The keys of :attr:`GPT.transformer`, for type checkers only: at run time it is a plain
+    ``nn.ModuleDict`` (nanoGPT's layout and parameter names)."""
+
+    wte: nn.Embedding
+    wpe: nn.Embedding
+    h: nn.ModuleList
+    ln_f: nn.LayerNorm
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=False),
-            )
+        self.transformer = cast(
+            TransformerModules,
+            nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(config.vocab_size, config.n_embd),
+                    wpe=nn.Embedding(config.block_size, config.n_embd),
+                    h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                    ln_f=nn.LayerNorm(config.n_embd, bias=False),
+                )
+            ),
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying

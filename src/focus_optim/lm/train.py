@@ -32,7 +32,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -147,7 +147,8 @@ class Trainer:
 
                 for key, value in cfg.inductor_args.items():
                     setattr(inductor_config, key, value)
-            self.model = torch.compile(self.model, mode=cfg.compile_mode)
+            # (torch.compile of a module returns a module, an OptimizedModule; its stub says a callable)
+            self.model = cast(torch.nn.Module, torch.compile(self.model, mode=cfg.compile_mode))
         if self.dist.ddp and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids, gradient_as_bucket_view=True)
@@ -500,6 +501,9 @@ class Trainer:
         """Model and optimizer state dicts, whole (under FSDP gathered by every rank, held by rank 0;
         the optimizer's then keyed by parameter names)."""
         if self.zero:  # every rank sends its shard of the optimizer state to rank 0
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            assert isinstance(self.optimizer, ZeroRedundancyOptimizer)  # zero_redundancy() made it
             self.optimizer.consolidate_state_dict(to=0)
             optim_state = self.optimizer.state_dict() if self.dist.is_main else {}
             return self.raw_model.state_dict(), optim_state

@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -208,7 +209,11 @@ def fetch_file(
         if md5 != spec.md5:
             failures.append(f"{url}: md5 {md5} != {spec.md5}")
             continue
-        return write_atomic(target, lambda f, data=raw: f.write(data))
+
+        def write(f: IO[bytes], data: bytes = raw) -> int:
+            return f.write(data)
+
+        return write_atomic(target, write)
     raise FileNotFoundError(
         f"{target}: missing and could not be downloaded ({'; '.join(failures)}). Put the MNIST files in a "
         f"directory and pass --data-dir or set {ENV_VAR}."

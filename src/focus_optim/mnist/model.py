@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,10 @@ FOLD_MIN_BATCH_PER_OUTPUT = 2
 
 class EnsembleBatchNorm(nn.Module):
     """``BatchNorm1d(features)`` for E members: parameters and running stats of shape ``(E, features)``."""
+
+    # Buffers (registered in __init__), declared for type checkers.
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(self, members: int, features: int, *, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -345,8 +350,10 @@ class EnsembleMLP(nn.Module):
                 for block, (bn, lin) in zip(ens.all_blocks(), _bn_linear_pairs(m)):
                     block.norm.weight[e] = bn.weight
                     block.norm.bias[e] = bn.bias
-                    block.norm.running_mean[e] = bn.running_mean
-                    block.norm.running_var[e] = bn.running_var
+                    # reference_mlp's BN layers track running statistics (a None would raise a
+                    # TypeError in this assignment, as it did before the cast)
+                    block.norm.running_mean[e] = cast(Tensor, bn.running_mean)
+                    block.norm.running_var[e] = cast(Tensor, bn.running_var)
                     block.linear.weight[e] = lin.weight
                     block.linear.bias[e] = lin.bias
         return ens
@@ -357,6 +364,8 @@ class EnsembleMLP(nn.Module):
         like = self.head.linear.weight
         m = reference_mlp(self.widths).to(device=like.device, dtype=like.dtype)
         for block, (bn, lin) in zip(self.all_blocks(), _bn_linear_pairs(m)):
+            # reference_mlp's BatchNorm1d layers track running statistics
+            assert bn.running_mean is not None and bn.running_var is not None
             bn.weight.copy_(block.norm.weight[e])
             bn.bias.copy_(block.norm.bias[e])
             bn.running_mean.copy_(block.norm.running_mean[e])
@@ -384,7 +393,8 @@ def reference_mlp(widths: Sequence[int] = WIDTHS) -> nn.Sequential:
 
 def _bn_linear_pairs(model: nn.Sequential) -> list[tuple[nn.BatchNorm1d, nn.Linear]]:
     mods = [m for m in model if isinstance(m, nn.BatchNorm1d | nn.Linear)]
-    return list(zip(mods[0::2], mods[1::2]))
+    # reference_mlp alternates BatchNorm1d and Linear, so the even ones are BNs and the odd ones Linears
+    return cast(list[tuple[nn.BatchNorm1d, nn.Linear]], list(zip(mods[0::2], mods[1::2])))
 
 
 def _widths(model: nn.Sequential) -> tuple[int, ...]:

@@ -93,7 +93,7 @@ class ScanConfig:
         unknown = sorted(set(changes) - set(valid))
         if unknown:
             raise ValueError(f"Unknown scan config key(s): {', '.join(unknown)}; valid: {', '.join(valid)}")
-        norm = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        norm: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
         return dataclasses.replace(self, **norm)
 
     def settings(self) -> TrainSettings:
@@ -184,7 +184,7 @@ def make_compute(
         key = (str(data.directory.resolve()), verify, device)
         if key not in _DEVICE_DATA:
             _DEVICE_DATA[key] = DeviceData.from_mnist(data, device)
-        out = []
+        out: list[Mapping[str, np.ndarray]] = []
         for cell in cells:
             hist = train_cell(
                 parse_optimizer(cell.coords["optimizer"]),

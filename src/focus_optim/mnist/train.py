@@ -310,7 +310,7 @@ class CellGraphs:
     ) -> None:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self._new_graph = graph_factory or CudaGraph
+        self._new_graph: Callable[[Any, torch.nn.Module], Any] = graph_factory or CudaGraph
         self._stream = torch.cuda.Stream() if graph_factory is None else None
         self._graphs: dict[object, Any] = {}
         self._grads: dict[object, list[Tensor | None]] = {}

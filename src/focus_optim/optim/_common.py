@@ -19,7 +19,7 @@ Ensemble hyperparameters
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -33,7 +33,12 @@ from torch.optim.optimizer import (
 from . import _dtensor
 from . import _validate as V
 
+if TYPE_CHECKING:
+    from torch.utils._foreach_utils import TensorListList
+
 Scalar = float | Tensor
+#: a list of tensors, or the tuple a ``torch._foreach_*`` function returns
+Tensors = list[Tensor] | tuple[Tensor, ...]
 
 
 class BaseOptimizer(Optimizer):
@@ -43,7 +48,7 @@ class BaseOptimizer(Optimizer):
     per-parameter state tensors) and ``_ensemble_hparams``.
     """
 
-    _hparam_checks: dict[str, Callable[[str, Any], None]] = {}
+    _hparam_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {}
     _state_keys: tuple[str, ...] = ()
     _ensemble_hparams: tuple[str, ...] = ("lr", "weight_decay")
     #: hyperparameters that may be 1-D per-member tensors without being ``_ensemble_hparams``
@@ -177,7 +182,8 @@ class BaseOptimizer(Optimizer):
         compiled for this optimizer can be reused for a fresh run."""
         for group in self.param_groups:
             for p in group["params"]:
-                state, fresh = self.state[p], {}
+                state = self.state[p]
+                fresh: dict[str, Any] = {}
                 self._init_state(group, p, fresh)
                 for key in [k for k in state if k not in fresh]:
                     del state[key]
@@ -275,7 +281,7 @@ class BaseOptimizer(Optimizer):
 
     # --- step ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
@@ -354,7 +360,7 @@ def member_views(x: Scalar, tensors: list[Tensor]) -> Scalar | list[Tensor]:
     return x
 
 
-def foreach_add_scaled_(tensors: list[Tensor], others: list[Tensor], alpha: Any) -> None:
+def foreach_add_scaled_(tensors: Tensors, others: Tensors, alpha: Any) -> None:
     """``t += alpha * o`` for every pair: :func:`add_scaled_` over lists (``alpha`` a number, a
     0-d tensor or one broadcastable tensor per pair, as :func:`member_views` makes them)."""
     if isinstance(alpha, list):
@@ -365,7 +371,7 @@ def foreach_add_scaled_(tensors: list[Tensor], others: list[Tensor], alpha: Any)
         torch._foreach_add_(tensors, others, alpha=alpha)
 
 
-def foreach_add_scaled(tensors: list[Tensor], others: list[Tensor], alpha: Any) -> list[Tensor]:
+def foreach_add_scaled(tensors: Tensors, others: Tensors, alpha: Any) -> tuple[Tensor, ...]:
     """``t + alpha * o`` for every pair, as new tensors (:func:`foreach_add_scaled_` out of place)."""
     if isinstance(alpha, list):
         return torch._foreach_addcmul(tensors, others, alpha)
@@ -414,12 +420,22 @@ def write_back(p_real: Tensor, work: Tensor) -> None:
         p_real.copy_(work)
 
 
+def group_by_device_and_dtype(
+    tensorlists: list[list[Tensor]],
+) -> dict[tuple[Any, Any], tuple[list[list[Tensor]], list[int]]]:
+    """``Optimizer._group_tensors_by_device_and_dtype`` of lists of tensors, typed as such: torch
+    annotates the lists as holding optional tensors, which (``list`` being invariant) a list of
+    tensors is not; what it returns holds the tensors it was given."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(cast("TensorListList", tensorlists))
+    return cast("dict[tuple[Any, Any], tuple[list[list[Tensor]], list[int]]]", grouped)
+
+
 class ForeachGroup(NamedTuple):
     """Tensors of one device/dtype (and, if asked, one step count) for a ``_foreach`` update."""
 
     params: list[Tensor]  # real views of the parameters
     work: list[Tensor]  # what to update: ``params``, or fp32 copies for fp32 state
-    grads: list[Tensor]  # real, negated for maximize, in the state dtype
+    grads: Tensors  # real, negated for maximize, in the state dtype
     states: list[list[Tensor]]  # real views of each state buffer list
     steps: list[Any]  # the incremented step counts
 
@@ -438,7 +454,7 @@ def foreach_groups(
     fp32 working copies for fp32 state. With ``split_by_step``, tensors whose first gradient
     arrived at different steps (hence different bias corrections) form separate groups. The
     working copies are written back when the caller moves on to the next group."""
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, *states, state_steps])
+    grouped = group_by_device_and_dtype([params, grads, *states, state_steps])
     for _key, (lists, _) in grouped.items():
         dp, dg, *dstates, ds = lists
         if torch.compiler.is_compiling() or any(s.device.type != "cpu" for s in ds):
@@ -456,7 +472,8 @@ def foreach_groups(
         else:
             index_sets = [list(range(len(dp)))]
         for idx in index_sets:
-            p_real, g = [as_real(dp[i])[0] for i in idx], [as_real(dg[i])[0] for i in idx]
+            p_real = [as_real(dp[i])[0] for i in idx]
+            g: Tensors = [as_real(dg[i])[0] for i in idx]
             st = [[as_real(xs[i])[0] for i in idx] for xs in dstates]
             if maximize:
                 g = torch._foreach_neg(g)
@@ -488,6 +505,7 @@ __all__ = [
     "as_real",
     "foreach_add_scaled_",
     "foreach_groups",
+    "group_by_device_and_dtype",
     "is_zero",
     "member_hparam",
     "member_views",

@@ -21,9 +21,12 @@ no ``DTensor`` exists.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def _dtensor_type() -> type | None:
@@ -31,7 +34,7 @@ def _dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
-def is_dtensor(t: object) -> bool:
+def is_dtensor(t: object) -> TypeGuard[DTensor]:
     cls = _dtensor_type()
     return cls is not None and isinstance(t, cls)
 
@@ -50,11 +53,11 @@ def local(t: Any) -> Any:
 def row_sharded(t: object) -> bool:
     """A ``DTensor`` whose rows are split over a 1-D mesh (FSDP2's layout), as ``torch.chunk``
     splits them."""
-    if not is_dtensor(t) or t.device_mesh.ndim != 1 or t.ndim == 0:  # type: ignore[attr-defined]
+    if not is_dtensor(t) or t.device_mesh.ndim != 1 or t.ndim == 0:
         return False
     from torch.distributed.tensor import Shard
 
-    return tuple(t.placements) == (Shard(0),)  # type: ignore[attr-defined]
+    return tuple(t.placements) == (Shard(0),)
 
 
 def row_split(rows: int, world: int) -> tuple[int, list[tuple[int, int]]]:
@@ -81,14 +84,22 @@ def gather_rows(shard: Tensor, like: Any) -> Tensor:
     strides = [1] * len(shape)
     for i in range(len(shape) - 2, -1, -1):
         strides[i] = strides[i + 1] * shape[i + 1]
-    layout = dict(run_check=False, shape=shape, stride=tuple(strides))
-    return DTensor.from_local(shard, like.device_mesh, like.placements, **layout).full_tensor()
+    return DTensor.from_local(
+        shard,
+        like.device_mesh,
+        like.placements,
+        run_check=False,
+        shape=shape,  # type: ignore[arg-type]  # a tuple of ints works; torch annotates torch.Size
+        stride=tuple(strides),
+    ).full_tensor()
 
 
 def local_grad(g: Tensor, p: Tensor) -> Tensor:
     """The local part of gradient ``g`` laid out as its parameter ``p``."""
-    if is_dtensor(g) and (g.device_mesh != p.device_mesh or g.placements != p.placements):
-        g = g.redistribute(p.device_mesh, p.placements)
+    if is_dtensor(g):
+        pd = cast("DTensor", p)  # a DTensor gradient belongs to a DTensor parameter
+        if g.device_mesh != pd.device_mesh or g.placements != pd.placements:
+            g = g.redistribute(pd.device_mesh, pd.placements)
     return local(g)
 
 

@@ -32,13 +32,16 @@ back, and every rank continues with the same numbers as one process would comput
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
 from . import _dtensor
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def balanced_owners(costs: list[float], world_size: int) -> list[int]:
@@ -120,12 +123,13 @@ def map_whole(
     limit = (BUCKET_BYTES if bucket_bytes is None else bucket_bytes) if owners else 0
     for bucket in buckets(tensors, limit):
         if owners and GATHER_ON_OWNER and all(_dtensor.row_sharded(tensors[i]) for i in bucket):
-            shards, bucket_owners = [tensors[i] for i in bucket], [owners[i] for i in bucket]
-            wholes = _gather_rows_on_owners(shards, bucket_owners, group)
+            # row_sharded held, so these are DTensors
+            shards, bucket_owners = [cast("DTensor", tensors[i]) for i in bucket], [owners[i] for i in bucket]
+            gathered = _gather_rows_on_owners(shards, bucket_owners, group)
             if out_shape is None:  # the result's rows go back to where they belong
-                out += _scatter_rows(fn, shards, wholes, bucket_owners, group, out_dtype)
+                out += _scatter_rows(fn, shards, gathered, bucket_owners, group, out_dtype)
             else:  # every rank gets the result whole
-                out += _owned(fn, wholes, bucket_owners, group, out_dtype, out_shape, refs=shards)
+                out += _owned(fn, gathered, bucket_owners, group, out_dtype, out_shape, refs=shards)
             continue
         wholes = [_dtensor.full(tensors[i]) for i in bucket]
         if owners:
@@ -170,7 +174,7 @@ def _owned(
     group: Any,
     out_dtype: torch.dtype | None,
     out_shape: Callable[[Tensor], torch.Size] | None = None,
-    refs: list[Tensor] | None = None,
+    refs: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """``fn`` of each whole tensor, computed on its owner rank and broadcast to the others.
 
@@ -214,7 +218,7 @@ def _pad_rows(t: Tensor, rows: int) -> Tensor:
     return padded
 
 
-def _gather_rows_on_owners(shards: list[Tensor], owners: list[int], group: Any) -> list[Tensor | None]:
+def _gather_rows_on_owners(shards: list[DTensor], owners: list[int], group: Any) -> list[Tensor | None]:
     """Each row-sharded ``DTensor`` whole on its owner rank only (``None`` on the others)."""
     import torch.distributed as dist
 
@@ -237,7 +241,7 @@ def _gather_rows_on_owners(shards: list[Tensor], owners: list[int], group: Any) 
 
 def _scatter_rows(
     fn: Callable[[Tensor], Tensor],
-    shards: list[Tensor],
+    shards: list[DTensor],
     wholes: list[Tensor | None],
     owners: list[int],
     group: Any,
@@ -263,10 +267,18 @@ def _scatter_rows(
         outs.append(mine)
     for work in works:
         work.wait()
-    results = []
+    results: list[Tensor] = []
     for t, mine, (_, rows_of) in zip(shards, outs, splits):
-        layout = dict(run_check=False, shape=t.shape, stride=t.stride())
-        results.append(DTensor.from_local(mine[: rows_of[rank][1]], t.device_mesh, t.placements, **layout))
+        results.append(
+            DTensor.from_local(
+                mine[: rows_of[rank][1]],
+                t.device_mesh,
+                t.placements,
+                run_check=False,
+                shape=t.shape,
+                stride=t.stride(),
+            )
+        )
     return results
 
 

@@ -25,11 +25,11 @@ AdamW kernel, or, for per-member hyperparameters, the Triton kernel of
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _get_scalar_dtype
+from torch.optim.optimizer import _get_scalar_dtype
 
 from ._common import (
     BaseOptimizer,
@@ -38,6 +38,7 @@ from ._common import (
     as_real,
     foreach_add_scaled_,
     foreach_groups,
+    group_by_device_and_dtype,
     is_member,
     is_zero,
     member_hparam,
@@ -178,10 +179,10 @@ def adamw(
     maximize: bool = False,
 ) -> None:
     """Functional AdamW; other optimizers call it for their auxiliary (non-matrix) groups."""
-    kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, eps_mode=eps_mode,
-              bias_correction=bias_correction, decay_mode=decay_mode, maximize=maximize)  # fmt: skip
     impl = {"single": _single_tensor_adamw, "foreach": _multi_tensor_adamw, "fused": _fused_adamw}[path]
-    impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, **kw)
+    impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+         weight_decay=weight_decay, eps_mode=eps_mode, bias_correction=bias_correction, decay_mode=decay_mode,
+         maximize=maximize)  # fmt: skip
 
 
 def _coefficients(step: Any, lr: Any, beta1: float, beta2: float, eps_mode: str, bias_correction: bool):
@@ -269,7 +270,9 @@ def _multi_tensor_adamw(
         torch._foreach_add_(denom, eps)
         if isinstance(eta, Tensor) and eta.ndim == 1:  # per-member step sizes, as the per-tensor path
             update = torch._foreach_div(m, denom)
-            torch._foreach_mul_(update, [member_views(c[0], [t])[0] for c, t in zip(coeffs, work)])
+            # c[0] (eta over a bias correction) is 1-D too: member_views gives a view per tensor
+            views = [cast("list[Tensor]", member_views(c[0], [t]))[0] for c, t in zip(coeffs, work)]
+            torch._foreach_mul_(update, views)
             torch._foreach_sub_(work, update)
         else:
             torch._foreach_addcdiv_(work, m, denom, [-c[0] for c in coeffs])
@@ -301,12 +304,14 @@ def _fused_adamw(
     lr, weight_decay = scalar(lr), scalar(weight_decay)
     # torch's kernel takes real tensors; complex ones update as real pairs, as on torch's other paths
     rows = [list(as_real(*ts)) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    grouped = Optimizer._group_tensors_by_device_and_dtype([*rows, state_steps])
+    grouped = group_by_device_and_dtype([*rows, state_steps])
     for (_device, _dtype), ((dp, dg, dm, dv, ds), _) in grouped.items():
         torch._foreach_add_(ds, 1)  # step counts live on the device for this path (see _init_state)
         torch._fused_adamw_(
             dp, dg, dm, dv, [], ds,
-            lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
+            # torch annotates weight_decay as a float, but takes a 0-d tensor too (scalar() keeps one
+            # while compiling)
+            lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,  # type: ignore[arg-type]
             amsgrad=False, maximize=maximize, grad_scale=None, found_inf=None,
         )  # fmt: skip
 

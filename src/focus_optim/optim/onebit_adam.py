@@ -382,7 +382,7 @@ class OneBitAdam(BaseOptimizer):
         frozen = self._frozen
         stash = self._take_stash()
         ddp_synced = self.simulate_workers is None and self.world_size > 1 and self.needs_grad_sync()
-        stats = {"compressed_bytes": 0, "allreduce_bytes": 0, "numel": 0, "phase1": "none"}
+        stats: dict[str, Any] = {"compressed_bytes": 0, "allreduce_bytes": 0, "numel": 0, "phase1": "none"}
 
         full: list[tuple[dict[str, Any], list[tuple[Tensor, Tensor, dict[str, Any]]]]] = []
         compressed: list[tuple[dict[str, Any], list[tuple[Tensor, Tensor, dict[str, Any]]]]] = []
@@ -457,6 +457,7 @@ class OneBitAdam(BaseOptimizer):
     def _worker_grads(self, p: Tensor, grad: Tensor) -> Tensor:
         """Simulated mode: ``(n, *shape)`` gradients (a stash, or ``.grad`` for every worker)."""
         if grad.shape == p.shape:
+            assert self.simulate_workers is not None  # called in simulated mode only
             return grad.unsqueeze(0).expand(self.simulate_workers, *p.shape)
         return grad
 

@@ -167,7 +167,9 @@ def _literal(text: str) -> Any:
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside brackets: ``"betas=(0.9,0.99),gamma=0.2"`` -> 2 items."""
-    items, depth, cur = [], 0, []
+    items: list[str] = []
+    depth = 0
+    cur: list[str] = []
     for ch in text:
         depth += ch in "([{"
         depth -= ch in ")]}"

@@ -139,7 +139,7 @@ class ROOT(MatrixOptimizer):
         "root_steps": lambda n, v: V.check_int(n, v, 0, V.MAX_ITERATIONS),
         "adamw_betas": V.check_betas,
         "adamw_eps": V.check_positive,
-        "threshold": lambda n, v: v is None or V.check_positive(n, v),
+        "threshold": lambda n, v: _check_threshold(n, v),
         "threshold_quantile": lambda n, v: _check_unit_interval(n, v),
         "distributed": _owners.check_distributed,
     }
@@ -293,6 +293,12 @@ def root_apply_(
     add_scaled_(work, update, -(eta * (0.2 * math.sqrt(max(rows, cols)))))
     if work is not p:
         p.copy_(work)
+
+
+def _check_threshold(name: str, value: Any) -> None:
+    """``None`` (the adaptive quantile) or a positive number."""
+    if value is not None:
+        V.check_positive(name, value)
 
 
 def _check_unit_interval(name: str, value: Any) -> None:

@@ -18,7 +18,7 @@ import os
 import types
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
@@ -110,6 +110,18 @@ def _compiled_for(fn: Callable[..., None], numel: int) -> Callable[..., None]:
     return _compiled(fn, None)
 
 
+class _SignFamilyHparams(TypedDict):
+    """The keyword arguments :func:`fused_sign_family_` passes on to each of its paths."""
+
+    lr: float | Tensor
+    beta1: float
+    beta2: float
+    gamma: float
+    weight_decay: float | Tensor
+    decay_mode: str
+    maximize: bool
+
+
 def fused_sign_family_(
     params: list[Tensor],
     grads: list[Tensor],
@@ -137,14 +149,14 @@ def fused_sign_family_(
     # One dispatch for all the CPU step counters; a tensor `1` avoids re-wrapping the scalar per tensor.
     torch._foreach_add_(state_steps, _ONE, alpha=1.0)
     steps = torch.stack(state_steps).tolist() if len(state_steps) > 1 else [_get_value(state_steps[0])]
-    rows = [params, grads, exp_avgs] + ([param_avgs] if focus else [])
+    rows = [params, grads, exp_avgs] + ([param_avgs] if param_avgs is not None else [])
     triton_ok = use_triton(params[0].device)
-    kw = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay_mode=decay_mode,
-              maximize=maximize)  # fmt: skip
+    kw: _SignFamilyHparams = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay,
+                                  decay_mode=decay_mode, maximize=maximize)  # fmt: skip
     if triton_ok and _uniform(rows, steps):  # the common case: one launch, no per-tensor Python work
         from .triton_sign import sign_family_
 
-        sign_family_(*rows[:3], param_avgs, bc2=1.0 - beta2 ** steps[0] if focus else 1.0, **kw)
+        sign_family_(params, grads, exp_avgs, param_avgs, bc2=1.0 - beta2 ** steps[0] if focus else 1.0, **kw)
         return
     if is_member(lr) or is_member(weight_decay):  # ensembles off the kernel: tensor by tensor
         _per_tensor(list(range(len(params))), params, grads, exp_avgs, param_avgs, steps,
@@ -164,7 +176,7 @@ def fused_sign_family_(
         from .triton_sign import sign_family_
 
         p, g, m = ([as_real(xs[i])[0] for i in idx] for xs in (params, grads, exp_avgs))
-        a = [as_real(param_avgs[i])[0] for i in idx] if focus else None
+        a = [as_real(param_avgs[i])[0] for i in idx] if param_avgs is not None else None
         sign_family_(p, g, m, a, bc2=1.0 - beta2 ** key[-1] if focus else 1.0, **kw)
 
 

@@ -176,6 +176,8 @@ def sign_family_(
         lr_t, wd_t, strides0, members = member
         lr, weight_decay, decay, eta_wd_hat = 0.0, 0.0, True, 0.0
     else:
+        # numbers: the callers pass numbers or 1-D tensors (fused_hparam), and there is no 1-D one
+        assert not isinstance(lr, Tensor) and not isinstance(weight_decay, Tensor)
         lr_t = wd_t = strides0 = params[0]  # unused placeholders (MEMBER=False)
         members, decay = 1, weight_decay != 0.0
         eta_wd_hat = -(lr * weight_decay) / bc2
