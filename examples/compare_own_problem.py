@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import torch
 from torch import nn
 
 from focus_optim.compare import Trial, best_lr, compare, plot
 
-OPTIMIZERS = {
+OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"betas": (0.9, 0.999), "weight_decay": 0.01},
     "signum": {"momentum": 0.9, "weight_decay": 0.01},
     "focus": {"betas": (0.9, 0.99), "gamma": 0.2, "weight_decay": 0.01},

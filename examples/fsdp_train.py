@@ -77,9 +77,8 @@ def train(args: argparse.Namespace, device: str) -> None:
     if latest.exists():
         start = json.loads(latest.read_text())["step"]
         model_sd, optim_sd = get_state_dict(model, opt)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=args.out / f"ckpt-{start}")
-        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=args.out / f"ckpt-{start}")
+        set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)  # loaded in place
         if rank == 0:
             print(f"resumed at step {start}")
 
