@@ -93,8 +93,24 @@ def test_changed_configuration_refuses_with_clear_error(tmp_path):
     run_sweep(
         make_spec(model={"width": 8, "depth": 2}), Counting(), tmp_path / "n", max_cells=1, progress=False
     )
-    with pytest.raises(ValueError, match=r"differs in \['config\.model\.width'\]"):  # the nested key itself
+    with pytest.raises(ValueError, match=r"differs in config\.model\.width: stored 8, this run 9\)"):
         run_sweep(make_spec(model={"width": 9, "depth": 2}), Counting(), tmp_path / "n", progress=False)
+
+
+def test_a_changed_grid_is_shown_stored_against_this_run(tmp_path):
+    """The refusal says what each changed key held and now holds, so that a respelt setting (e.g.
+    an optimizer spec) is found at once; long grids are cut."""
+    run_sweep(make_spec(), Counting(), tmp_path, max_cells=1, progress=False)
+    spec = make_spec()
+    spec.outer = {**spec.outer, "optimizer": ["adamw", "focus:gamma=.2"]}
+    with pytest.raises(ValueError) as err:
+        run_sweep(spec, Counting(), tmp_path, progress=False)
+    shown = "outer.optimizer: stored ['adamw', 'focus'], this run ['adamw', 'focus:gamma=.2']"
+    assert shown in str(err.value)
+    spec.outer = {**spec.outer, "sharpness": [float(i) for i in range(1000)]}
+    with pytest.raises(ValueError, match=r"this run \[0\.0, 1\.0, [^]]* \.\.\.\]\)") as err:
+        run_sweep(spec, Counting(), tmp_path, progress=False)
+    assert len(str(err.value)) < 800
 
 
 def test_results_without_their_manifest_are_not_resumed(tmp_path):

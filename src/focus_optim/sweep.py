@@ -250,7 +250,10 @@ class Store:
             create_atomic(target, lambda f: f.write(json.dumps(self.manifest, indent=1).encode()))
         existing = read_manifest(self.path)
         if existing.get("config_hash") != self.manifest["config_hash"]:
-            diff = _diff(existing, self.manifest)
+            diff = "; ".join(
+                f"{key}: stored {_short(old)}, this run {_short(new)}"
+                for key, old, new in _diff(existing, self.manifest)
+            )
             raise ValueError(
                 f"{self.path} holds results of a different configuration "
                 f"(hash {existing.get('config_hash')} != {self.manifest['config_hash']}; differs in {diff}). "
@@ -590,13 +593,20 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """The dotted paths of the keys whose values differ (into nested dicts), e.g. ``config.user.width``."""
+def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, value in ``a``, value in ``b``) of the keys whose values differ, into nested
+    dicts: e.g. ``("config.user.width", 8, 9)``."""
     out = []
     for k in sorted((set(a) | set(b)) - ({"config_hash"} if not prefix else set())):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
-            out.append(f"{prefix}{k}")
+            out.append((f"{prefix}{k}", va, vb))
     return out
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr`` of a manifest value, cut to ``limit`` characters (a grid may hold thousands)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...]"
