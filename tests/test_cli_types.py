@@ -66,12 +66,16 @@ def test_mnist_and_regret_counts(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks the message on a machine without CUDA")
-def test_lm_device_and_model_sizes_are_checked(capsys):
+def test_lm_device_is_checked():
     from focus_optim.lm.distributed import resolve_device
-    from focus_optim.lm.model import model_config
 
     with pytest.raises(ValueError, match="Invalid device 'cuda': CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_lm_model_sizes_are_checked():
+    from focus_optim.lm.model import model_config
+
     with pytest.raises(ValueError, match=r"Invalid model_args\.n_embd: 0 \(allowed: an integer >= 1\)"):
         model_config("tiny", n_embd=0)
     with pytest.raises(ValueError, match=r"Invalid model_args\.block_size: -4"):

@@ -97,7 +97,7 @@ def test_paired_seeds_give_every_optimizer_the_same_start(tmp_path) -> None:
 def slow_focus(trial: Trial) -> dict[str, float]:
     import time
 
-    time.sleep(0.05 if trial.optimizer == "focus" else 0.0)
+    time.sleep(0.3 if trial.optimizer == "focus" else 0.0)
     return {"loss": trial.lr}
 
 
@@ -109,7 +109,8 @@ def test_each_run_records_its_wall_time(tmp_path, capsys) -> None:
     ds = compare(slow_focus, ["adamw", "focus"], LRS, out=tmp_path / "t", replicates=2, progress=False)
     sec = ds["seconds"]
     assert sec.dims == ("optimizer", "lr", "replicate") and bool(np.isfinite(sec).all())
-    assert float(sec.sel(optimizer="focus").min()) >= 0.05 > float(sec.sel(optimizer="adamw").max())
+    # (a wide margin: the shared box may stall a trivial run for a while)
+    assert float(sec.sel(optimizer="focus").min()) >= 0.3 > float(sec.sel(optimizer="adamw").max())
     assert main(["compare", "summary", str(tmp_path / "t"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["optimizers"]
     assert rows["focus"]["seconds"] == pytest.approx(float(sec.sel(optimizer="focus", lr=LRS[0]).mean()))

@@ -21,14 +21,22 @@ def tie_sign(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.where(x.abs() <= 1e-12 * scale.abs().clamp_min(1e-300), torch.zeros_like(s), s)
 
 
-def reference_focus(theta0, grads, lrs, beta1, beta2, gamma, wd, order="algorithm1"):
-    """Plain restatement: m, theta_bar start at 0; t counts from 1."""
-    theta = theta0.clone()
+def reference_focus(
+    theta0, grads, lrs, beta1, beta2, gamma, wd, order="algorithm1", store=None, state_store=None
+):
+    """Plain restatement: m, theta_bar start at 0; t counts from 1. ``store`` / ``state_store``: the
+    dtype theta / (m, theta_bar) are kept in between steps (each step computed in theta0's dtype,
+    then rounded to it), as low-precision parameters and state are."""
+
+    def kept(x, dtype):
+        return x if dtype is None else x.to(dtype).to(theta0.dtype)
+
+    theta = kept(theta0.clone(), store)
     m = torch.zeros_like(theta)
     bar = torch.zeros_like(theta)
     for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
-        m = beta1 * m + (1 - beta1) * g
-        bar = beta2 * bar + (1 - beta2) * theta
+        m = kept(beta1 * m + (1 - beta1) * g, state_store)
+        bar = kept(beta2 * bar + (1 - beta2) * theta, state_store)
         hat = bar / (1 - beta2**t)
         pre = theta.clone()
         if order == "algorithm1":
@@ -40,6 +48,7 @@ def reference_focus(theta0, grads, lrs, beta1, beta2, gamma, wd, order="algorith
         theta = theta - lr * step
         if order == "reference":
             theta = theta - lr * wd * hat
+        theta = kept(theta, store)
     return theta, m, bar
 
 
@@ -321,10 +330,22 @@ def test_low_precision_params_and_fp32_state(dtype):
         o2 = FOCUS([q], fp32_state=fp32_state)
         o2.load_state_dict(opt.state_dict())
         assert o2.state[q]["exp_avg"].dtype == want
-    ref = x0.double()
-    want, _, _ = reference_focus(ref, [g.double() for g in grads], [0.01] * 10, 0.9, 0.99, 0.2, 0.1)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 0.05, torch.float16: 0.01}[dtype]
-    assert (results[True].double() - want).abs().max() < tol
+    # The restatement in float64, theta rounded to the parameter dtype after every step (and, for
+    # fp32_state=False, m and theta_bar to it too).
+    low = None if dtype == torch.float32 else dtype
+    g64 = [g.to(dtype).double() for g in grads]
+    hp = dict(lrs=[0.01] * 10, beta1=0.9, beta2=0.99, gamma=0.2, wd=0.1, store=low)
+    want, _, _ = reference_focus(x0.double(), g64, **hp)
+    # fp32 state: each step computed in fp32 from the stored parameter, rounded once, as restated
+    tol = 1e-5 if low is None else 0.0
+    assert (results[True].double() - want).abs().max() <= tol
+    # Low-precision state: each sub-step rounds to the parameter dtype. In float16 that stays near
+    # the restatement, closer than the decay's effect (a run without decay is > 0.02 away). In
+    # bfloat16 the decay step (lr * wd * theta_hat ~ 1e-3 * theta) is below half an ulp and rounds
+    # away on this path, as on any in-place bf16 update: only the sign steps are checked there.
+    want_low, _, _ = reference_focus(x0.double(), g64, **hp, state_store=low)
+    tol_low = {torch.float32: 1e-5, torch.float16: 0.016, torch.bfloat16: 0.15}[dtype]
+    assert (results[False].double() - want_low).abs().max() < tol_low
 
 
 def test_grad_scaler_skips_the_step_on_inf():

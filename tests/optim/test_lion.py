@@ -15,13 +15,18 @@ F64 = torch.float64
 PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True)}
 
 
-def reference_lion(theta0, grads, lrs, beta1, beta2, wd):
-    """Decay first, sign of the beta1 interpolation, then the beta2 momentum update."""
-    theta, m = theta0.clone(), torch.zeros_like(theta0)
+def reference_lion(theta0, grads, lrs, beta1, beta2, wd, store=None):
+    """Decay first, sign of the beta1 interpolation, then the beta2 momentum update. ``store``: the
+    dtype theta is kept in between steps (each step computed in theta0's dtype, then rounded)."""
+
+    def kept(x):
+        return x if store is None else x.to(store).to(theta0.dtype)
+
+    theta, m = kept(theta0.clone()), torch.zeros_like(theta0)
     for g, lr in zip(grads, lrs):
         theta = theta * (1 - lr * wd)
         c = beta1 * m + (1 - beta1) * g
-        theta = theta - lr * torch.sign(c)
+        theta = kept(theta - lr * torch.sign(c))
         m = beta2 * m + (1 - beta2) * g
     return theta, m
 
@@ -138,14 +143,24 @@ def test_per_member_lr_equals_separate_runs():
         torch.testing.assert_close(p.detach()[i], want, rtol=0, atol=1e-12)
 
 
-def test_bf16_params_with_fp32_state():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_bf16_params_with_fp32_state(foreach):
+    """Each step computed in fp32 from the stored bf16 parameter and rounded once: the float64
+    restatement with theta rounded to bf16 after every step, to the bit; the momentum in fp32."""
     torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(64).bfloat16())
-    opt = Lion([p], lr=0.01, weight_decay=0.1, fp32_state=True, foreach=True)
-    for g in grad_sequence((64,), 5, dtype=torch.float32):
-        p.grad = g.bfloat16()
+    x0 = torch.randn(64).bfloat16()
+    p = torch.nn.Parameter(x0.clone())
+    opt = Lion([p], lr=0.01, weight_decay=0.1, fp32_state=True, foreach=foreach)
+    grads = [g.bfloat16() for g in grad_sequence((64,), 5, dtype=torch.float32)]
+    for g in grads:
+        p.grad = g.clone()
         opt.step()
     assert opt.state[p]["exp_avg"].dtype == torch.float32 and p.dtype == torch.bfloat16
+    want, m = reference_lion(
+        x0.double(), [g.double() for g in grads], [0.01] * 5, 0.9, 0.99, 0.1, torch.bfloat16
+    )
+    assert torch.equal(p.detach().double(), want)
+    torch.testing.assert_close(opt.state[p]["exp_avg"].double(), m, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(

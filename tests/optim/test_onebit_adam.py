@@ -53,7 +53,7 @@ def test_simulated_allreduce_of_identical_inputs_is_close_and_error_feedback_tel
     n, shape = 4, (50, 3)
     lp = _comm.padded_numel(150, n)
     werr, serr = torch.zeros(n, lp), torch.zeros(lp)
-    x = torch.randn(shape)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     total = torch.zeros(shape)
     for t in range(1, 41):
         out = _comm.simulated_compressed_allreduce([x] * n, werr, serr)

@@ -113,6 +113,8 @@ def test_soft_threshold_clip_is_the_official_split():
 
 
 def test_coefficient_table_lookup_and_fallback_warning_once_per_shape(caplog, monkeypatch):
+    """Expected values: the table of ../shared/specs/optimizers.md section 3.3, read from the official
+    ROOT/examples/example_train.py (huawei-noah/noah-research@aa0f80c), not from our table."""
     monkeypatch.setattr(root_module, "_warned_shapes", set())
     assert root_coefficients(2048, 8192) == (2.9794, -3.6674, 1.6207)
     assert root_coefficients(8192, 2048) == (2.9794, -3.6674, 1.6207)  # keyed by (min, max)

@@ -362,6 +362,11 @@ def test_another_optimizers_state_dict_is_refused_and_nothing_is_loaded(case):
     _train(other_model, other, _batches(case, 2))
     if case[0] in ("exadam", "onebit_adam"):
         opt.load_state_dict(other.state_dict())
+        loaded, theirs = opt.state_dict()["state"], other.state_dict()["state"]
+        assert loaded.keys() == theirs.keys() and loaded  # every parameter's state is AdamW's now
+        for i, state in theirs.items():
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(loaded[i][key].cpu(), state[key].cpu()), (i, key)
         return
     with pytest.raises(ValueError, match=r"parameter 0 \(group 0\) has state .* another optimizer"):
         opt.load_state_dict(other.state_dict())
