@@ -122,12 +122,24 @@ def test_ensemble_dims_pass_through_and_vectors_are_refused(name):
 
 @pytest.mark.parametrize("name", ["lion", "sophia", "exadam"])
 def test_element_wise_baselines_run_the_2d_toy_ensemble(name):
-    x = torch.randn(5, 2, requires_grad=True)
-    opt = make_optimizer(name, [x], ensemble_dims=1, lr=torch.linspace(1e-3, 1e-2, 5))
+    """Each of the 5 stacked trajectories moves as the same optimizer does on it alone, with its lr."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, generator=gen).requires_grad_()
+    grads = [torch.randn(5, 2, generator=gen) for _ in range(3)]
+    lrs = torch.linspace(1e-3, 1e-2, 5)
+    opt = make_optimizer(name, [x], ensemble_dims=1, lr=lrs)
+    alone = [x.detach()[i].clone().requires_grad_() for i in range(5)]
+    opts = [make_optimizer(name, [a], lr=float(lr)) for a, lr in zip(alone, lrs)]
     before = x.detach().clone()
-    x.grad = torch.randn(5, 2)
-    opt.step()
-    assert not torch.equal(before, x.detach())
+    for g in grads:
+        x.grad = g.clone()
+        opt.step()
+        for i, (a, o) in enumerate(zip(alone, opts)):
+            a.grad = g[i].clone()
+            o.step()
+    assert (x.detach() != before).all()
+    for i, a in enumerate(alone):
+        torch.testing.assert_close(x.detach()[i], a.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_aliases_and_defaults_follow_the_spec():
