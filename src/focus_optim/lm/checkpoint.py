@@ -20,6 +20,9 @@ import torch
 
 from ..atomic import write_atomic
 
+#: A run's checkpoint file in its output directory.
+CKPT_NAME = "ckpt.pt"
+
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``."""

@@ -1,4 +1,4 @@
-"""``focus-optim lm {prepare,train,compare,sweep}``; heavy imports happen inside the handlers.
+"""``focus-optim lm {prepare,train,sample,compare,sweep}``; heavy imports happen inside the handlers.
 
 Exit codes: 0 done, 2 bad input or config (the message says which), 3 stopped on a non-finite
 loss (the last good checkpoint is kept).
@@ -18,23 +18,25 @@ from ..cli_types import INPUT_ERRORS, interrupted, positive_int
 
 def add_parser(subparsers: Any) -> None:
     """Register ``focus-optim lm`` and its sub-commands (called by :mod:`focus_optim.cli`)."""
-    lm = subparsers.add_parser("lm", help="GPT-2 lab: prepare data, train, compare runs")
+    lm = subparsers.add_parser("lm", help="GPT-2 lab: prepare data, train, sample, compare runs")
     sub = lm.add_subparsers(dest="lm_command", required=True)
     _add_prepare(sub)
     _add_train(sub)
+    _add_sample(sub)
     _add_compare(sub)
     _add_sweep(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m focus_optim.lm.cli {prepare,train,compare,sweep} ...``: the lab alone, without
+    """``python -m focus_optim.lm.cli {prepare,train,sample,compare,sweep} ...``: the lab alone, without
     importing the other labs' command modules (what the GPU scripts and torchrun use)."""
     parser = argparse.ArgumentParser(
-        prog="focus-optim lm", description="GPT-2 lab: prepare data, train, compare runs"
+        prog="focus-optim lm", description="GPT-2 lab: prepare data, train, sample, compare runs"
     )
     sub = parser.add_subparsers(dest="lm_command", required=True)
     _add_prepare(sub)
     _add_train(sub)
+    _add_sample(sub)
     _add_compare(sub)
     _add_sweep(sub)
     args = parser.parse_args(argv)
@@ -168,6 +170,52 @@ def _quote(key: str, value: str) -> str:
 
     types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     return json.dumps(value) if types[key] == "str" else value
+
+
+def _add_sample(sub: Any) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="continue a prompt with a trained run's model (text, or token ids with --tokens)",
+        description="Load RUN/ckpt.pt (weights only), rebuild the model from its config and sample "
+        "continuations: temperature, top-k, never an id the tokenizer lacks. Text goes through the GPT-2 "
+        "BPE; --tokens reads and prints token ids instead (any vocabulary, no tokenizer).",
+    )
+    p.add_argument("run", help="run directory of lm train (or its ckpt.pt)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    src.add_argument("--prompt-file", default=None, help="read the prompt from this file")
+    src.add_argument("--tokens", type=int, nargs="+", default=None, metavar="ID",
+                     help="the prompt as token ids; print the samples as JSON lists of ids")  # fmt: skip
+    p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: the most likely token each step")
+    p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--tokenizer-file", default=None, help="local gpt2.tiktoken (see lm prepare)")
+    p.set_defaults(func=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sample import sample_text, sample_tokens
+
+    settings = dict(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_k=args.top_k or None, seed=args.seed)  # fmt: skip
+    if args.tokens is not None:
+        from .distributed import resolve_device
+        from .sample import load_model
+
+        model, _ = load_model(args.run, resolve_device(args.device))
+        print(json.dumps(sample_tokens(model, args.tokens, **settings)))
+        return 0
+    prompt = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
+    texts = sample_text(args.run, prompt, device=args.device, bpe_file=args.tokenizer_file, **settings)
+    for text in texts:
+        print(prompt + text)
+        print("-" * 40)
+    return 0
 
 
 def _add_compare(sub: Any) -> None:

@@ -193,6 +193,43 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        vocab_limit: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens (nanoGPT's loop).
+
+        At each step the context is cropped to the last ``block_size`` tokens, and the next token is
+        drawn from softmax(logits / temperature) restricted to the ``top_k`` largest logits and to
+        ids below ``vocab_limit`` (the tokenizer's vocabulary, when the model's is padded).
+        ``temperature=0`` takes the most likely token. Returns (B, T + max_new_tokens)."""
+        limit = self.config.vocab_size if vocab_limit is None else vocab_limit
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size :]
+            # (the head on the last position only, as nanoGPT's inference path)
+            logits = self.lm_head(self.hidden_states(context)[:, -1])[:, :limit].float()
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < limit:
+                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                # inverse-CDF draw: one uniform per row (torch.multinomial costs ~20x more on a CPU
+                # at GPT-2's 50k tokens); a token of probability 0 is never chosen (right=True)
+                cdf = F.softmax(logits, dim=-1, dtype=torch.float64).cumsum(dim=-1)
+                u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
+                nxt = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=limit - 1)
+            idx = torch.cat([idx, nxt.to(idx.dtype)], dim=1)
+        return idx
+
     def flops_per_token(self) -> int:
         """Training FLOPs per token, ``6 N + 12 L H Q T`` (PaLM appendix B; nanoGPT's estimate_mfu)."""
         c = self.config

@@ -51,7 +51,7 @@ from .progress import progress
 from .runlog import RunLogger
 from .schedule import warmup_cosine
 
-CKPT_NAME = "ckpt.pt"
+CKPT_NAME = checkpoint.CKPT_NAME
 EVAL_CHUNK = 8192  # rows of logits at a time during evaluation
 PTDTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 #: What every ``ckpt.pt`` holds (types checked before resuming; see :meth:`Trainer.save`).
