@@ -194,3 +194,25 @@ def test_the_lm_cli_reports_paths_that_are_not_files_or_directories(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("focus-optim lm compare: error: ") and str(blocker) in err
     assert blocker.read_text() == "a file, not a directory"
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (10**9, r"block_size: 1000000000 \(allowed: at most 19998, as the train split holds 20000 tokens\)"),
+        (5_000, r"block_size: 5000 \(allowed: at most 2998, as the val split holds 3000 tokens\)"),
+    ],
+)
+def test_a_block_size_the_data_cannot_fill_is_refused_before_the_model_is_built(
+    synthetic_data, tmp_path, monkeypatch, block, message
+):
+    """(A 10**9-token context would first allocate its position embedding: hundreds of GB.)"""
+    import focus_optim.lm.train as train_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(train_module, "GPT", no_model)
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(synthetic_data, tmp_path / "run", f"model_args.block_size={block}"))
+    assert not (tmp_path / "run" / "ckpt.pt").exists()

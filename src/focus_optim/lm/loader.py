@@ -44,6 +44,18 @@ def open_tokens(path: str | Path) -> np.memmap:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
+def check_split_lengths(train_tokens: int, val_tokens: int, block_size: int) -> None:
+    """Both splits hold at least one training window of ``block_size`` + 1 tokens (+ 1 for a
+    shuffled start): checked from meta.json before the model is built, so that a ``block_size``
+    the data cannot fill is an error, not a large allocation first."""
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        if n < block_size + 2:
+            raise ValueError(
+                f"Invalid model_args.block_size: {block_size} (allowed: at most {n - 2}, as the {split} "
+                f"split holds {n} tokens)"
+            )
+
+
 class WindowSampler:
     """Start offsets of training sequences by global index (see the module docstring)."""
 

@@ -45,7 +45,7 @@ from ..optim.registry import get_spec
 from . import checkpoint, distributed
 from .config import TrainConfig
 from .data import load_meta
-from .loader import TrainLoader, gather, open_tokens, val_windows
+from .loader import TrainLoader, check_split_lengths, gather, open_tokens, val_windows
 from .model import GPT, model_config
 from .progress import progress
 from .runlog import RunLogger
@@ -109,6 +109,7 @@ class Trainer:
                 f"model vocab_size {self.model_cfg.vocab_size} < the data's {self.meta['vocab_size']}; "
                 "set model_args.vocab_size"
             )
+        check_split_lengths(self.meta["train_tokens"], self.meta["val_tokens"], self.model_cfg.block_size)
         _seed_all(cfg.seed)
         self.raw_model = GPT(self.model_cfg).to(self.device)
         self.fsdp = self.dist.ddp and cfg.parallel == "fsdp"
