@@ -501,17 +501,6 @@ def simulate(
     opt_setup: OptimizerSetup | str,
     blocks: Rows | Sequence[Rows],
     valley: V.Valley,
-    steps: int,
-    options: Options | None,
-    record: Literal[True],
-) -> tuple[list[Tensor], list[Recording]]: ...
-
-
-@overload
-def simulate(
-    opt_setup: OptimizerSetup | str,
-    blocks: Rows | Sequence[Rows],
-    valley: V.Valley,
     steps: int = ...,
     options: Options | None = ...,
     *,
