@@ -70,6 +70,16 @@ def test_temperature_zero_is_greedy_and_crops_the_context_to_block_size():
     assert sample_tokens(model, prompt, max_new_tokens=12, temperature=0.0, top_k=5) == [seq[6:]]
 
 
+def test_sample_tokens_draws_as_one_generate_call(capsys):
+    """Token by token (for its progress bar), the same draws as one seeded ``generate`` call."""
+    model, prompt = _model(), [4, 4, 2]
+    kw = dict(temperature=1.3, top_k=6, vocab_limit=12)
+    whole = model.generate(torch.tensor([prompt] * 5), 15, generator=torch.Generator().manual_seed(8), **kw)
+    got = sample_tokens(model, prompt, num_samples=5, max_new_tokens=15, seed=8, show_progress=True, **kw)
+    assert got == whole[:, 3:].tolist()
+    assert "sampling" in capsys.readouterr().err
+
+
 def test_samples_never_use_ids_beyond_the_vocab_limit_and_repeat_with_the_seed():
     model = _model()
     free = sample_tokens(model, [1], num_samples=64, max_new_tokens=20, temperature=2.0, top_k=None, seed=3)

@@ -193,6 +193,7 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--tokenizer-file", default=None, help="local gpt2.tiktoken (see lm prepare)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (on stderr)")
     p.set_defaults(func=_sample)
 
 
@@ -202,7 +203,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .sample import sample_text, sample_tokens
 
     settings = dict(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, top_k=args.top_k or None, seed=args.seed)  # fmt: skip
+                    temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
+                    show_progress=not args.no_progress)  # fmt: skip
     if args.tokens is not None:
         from .distributed import resolve_device
         from .sample import load_model

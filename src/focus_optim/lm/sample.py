@@ -17,6 +17,7 @@ import torch
 
 from . import checkpoint
 from .model import GPT, model_config
+from .progress import progress
 
 #: What sampling needs of a checkpoint (types checked before building the model).
 SAMPLE_FIELDS: dict[str, Any] = {"model": dict, "config": dict, "config.model": str}
@@ -72,9 +73,11 @@ def sample_tokens(
     top_k: int | None = 200,
     vocab_limit: int | None = None,
     seed: int = 1337,
+    show_progress: bool = False,
 ) -> list[list[int]]:
     """``num_samples`` continuations of the token ids ``prompt`` (the new tokens only); the same
-    ``seed`` gives the same samples on the same device."""
+    ``seed`` gives the same samples on the same device. ``show_progress``: a bar over the new
+    tokens (one :meth:`GPT.generate` step at a time: the same draws)."""
     check_settings(max_new_tokens, temperature, top_k, num_samples)
     limit = min(model.config.vocab_size, vocab_limit or model.config.vocab_size)
     if not prompt:
@@ -85,10 +88,12 @@ def sample_tokens(
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([list(prompt)] * num_samples, dtype=torch.long, device=device)
-    out = model.generate(
-        idx, max_new_tokens, temperature=temperature, top_k=top_k, vocab_limit=limit, generator=gen
-    )
-    return out[:, len(prompt) :].tolist()
+    bar = progress(max_new_tokens, desc="sampling", unit="tok", enabled=show_progress)
+    for _ in range(max_new_tokens):
+        idx = model.generate(idx, 1, temperature=temperature, top_k=top_k, vocab_limit=limit, generator=gen)
+        bar.update(1)
+    bar.close()
+    return idx[:, len(prompt) :].tolist()
 
 
 def sample_text(
