@@ -12,6 +12,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ from focus_optim import FOCUS
 from focus_optim.bench.reference_loop import ReferenceLoopFOCUS
 from focus_optim.bench.step import GPT2_SMALL, ShapeModel, gpt2_shapes
 
-HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
+HP: dict[str, Any] = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
 
 
 def main() -> None:

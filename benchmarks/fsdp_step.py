@@ -33,19 +33,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import distribute_tensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from focus_optim import FOCUS, make_optimizer, zero_redundancy
 from focus_optim.atomic import write_json_atomic
 from focus_optim.bench.step import GPT2_SMALL, QUICK, ShapeModel, gpt2_shapes
 from focus_optim.optim import _dtensor, _owners, conda
 
-CONDA_T1 = dict(update_proj_gap=1)
-FOCUS_HP = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
+CONDA_T1: dict[str, Any] = dict(update_proj_gap=1)
+FOCUS_HP: dict[str, Any] = dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2)
 CANDIDATES = {
     "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=6e-4, foreach=True),
     "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=6e-4, fused=True),
@@ -98,7 +99,7 @@ def main() -> None:
         torch.cuda.set_device(device)
     shapes = gpt2_shapes(**(GPT2_SMALL if args.shapes == "small" else QUICK))
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, factory in CANDIDATES.items():
         if args.only and not any(o.lower() in label.lower() for o in args.only):
             continue
@@ -109,6 +110,8 @@ def main() -> None:
         if args.layout == "fsdp":
             fully_shard(model)
             for p, g in zip(model.parameters(), grads):  # a gradient sharded like its parameter
+                assert isinstance(p, DTensor)  # fully_shard turned every parameter into a DTensor
+                assert g is not None  # ShapeModel gives every parameter a gradient
                 p.grad = distribute_tensor(g, p.device_mesh, p.placements)
         opt = factory(model)
         _owners.GATHER_ON_OWNER = "all-gather" not in label

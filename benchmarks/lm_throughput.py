@@ -174,7 +174,7 @@ def time_optimizers(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = GPT(model_config(args.model)).to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
-    cases = [
+    cases: list[tuple[str, str, dict[str, Any]]] = [
         ("focus fused", "focus", {"betas": (0.9, 0.99), "gamma": 0.2, "weight_decay": 0.2, "fused": True}),
         (
             "focus foreach",

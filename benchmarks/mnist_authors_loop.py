@@ -48,7 +48,8 @@ PAPER_MODEL_STEPS_PER_BS = 4 * 60 * 400  # optimizers x (lrs x replicates) x ste
 def authors_steps(data: DeviceData, batch_size: int, steps: int, lr: float = 1e-3) -> float:
     """Seconds per step of the authors' loop (train step + full test pass), after one warm-up step."""
     model = reference_mlp().to(data.train_x.device)
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         (no_decay if p.ndim < 2 else decay).append(p)  # biases and BN parameters: no decay
     opt = torch.optim.AdamW(

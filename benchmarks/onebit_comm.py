@@ -45,7 +45,7 @@ import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -53,7 +53,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from focus_optim import make_optimizer
-from focus_optim.optim import _comm, protocol
+from focus_optim.optim import OneBitAdam, _comm, protocol
 
 METHODS = ("ddp_adamw", "onebit_adam")
 
@@ -106,8 +106,9 @@ def _run_method(method: str, args: argparse.Namespace, device: torch.device) -> 
             if method == "ddp_adamw":
                 sent.append(_comm.ring_allreduce_bytes(numel, n))
             else:
-                assert opt.comm_stats["phase"] == "compressed", opt.comm_stats
-                sent.append(opt.comm_stats["bytes_sent"])
+                stats = cast(OneBitAdam, opt).comm_stats  # make_optimizer("onebit_adam", ...) above
+                assert stats["phase"] == "compressed", stats
+                sent.append(stats["bytes_sent"])
     return {
         "numel": numel,
         "step_ms": 1e3 * statistics.median(times),
@@ -173,7 +174,7 @@ def bench(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     if proc.is_alive():
                         proc.terminate()
                 return {"world_size": n, "error": f"timed out after {args.timeout} s"}
-        ranks = []
+        ranks: list[dict[str, Any]] = []
         for r in range(n):
             path = Path(tmp) / f"rank{r}.pt"
             ranks.append(torch.load(path, weights_only=True) if path.exists() else {"error": "no result"})

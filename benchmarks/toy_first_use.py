@@ -94,7 +94,7 @@ def main() -> int:
         help="Triton launches as no-ops and cells batched as on a GPU: the host's side of a GPU run",
     )
     args = ap.parse_args()
-    stub = contextlib.nullcontext()
+    stub: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     extra: list[str] = []
     if args.stub_kernels:
         import torch
@@ -103,7 +103,10 @@ def main() -> int:
         from focus_optim.landscape import simulate as S
         from stub_launches import stubbed_launches
 
-        spec = F.figure(args.figure).build(args.preset, ["adamw", "signum", "focus"])
+        fig = F.figure(args.figure)
+        if fig.build is None:
+            ap.error(f"--stub-kernels: figure {fig.key} is made from other figures' data, it has no sweep")
+        spec = fig.build(args.preset, ["adamw", "signum", "focus"])
         chunk = S.default_chunk_rows(torch.device("cuda"), spec.config["landscape"]["dim"])
         extra = ["--batch-cells", str(F.batch_cells(spec, "cuda")), "--chunk-rows", str(chunk)]
         stub = stubbed_launches()

@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,18 @@ def trajectory_steps(spec: Any) -> float:
     return float(cells) * float(np.prod(spec.inner_shape)) * spec.config["steps"]
 
 
+def sweep_store(key: str) -> str:
+    """The figure's store directory; refuses derived figures (5), which have no sweep to time."""
+    store = F.figure(key).store
+    if store is None:
+        raise ValueError(f"Figure {key!r} is made from other figures' data: no sweep of its own to time")
+    return store
+
+
 def build(key: str, preset: str, steps: int | None = None) -> Any:
     """The figure's sweep; ``steps`` shortens Figures 1c and 4 (smoke runs)."""
     fig = F.figure(key)
+    assert fig.build is not None  # a figure with a store (sweep_store, called first) has a sweep
     if steps and fig.kind == "trajectories":
         return F.trajectory_spec(fig.key, preset, F.OPTIMIZERS, steps)
     if steps and fig.kind == "curves":
@@ -76,7 +86,7 @@ def run_one(
 ) -> dict[str, Any]:
     spec = build(key, preset, figure_steps)
     cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
     report = run_sweep(
@@ -245,9 +255,10 @@ def main() -> int:
         "trajectory_steps": args.trajectory_steps,
     }
     print(json.dumps(info))
+    compile_on = args.compile == "on" and not kernels
     run = F.RunOptions(
         device=args.device,
-        compile=args.compile == "on" and not kernels,
+        compile=compile_on,
         fixed_order=False if args.free_order else None,
         steps_per_call=args.steps_per_call,
         kernels=kernels,
@@ -258,7 +269,7 @@ def main() -> int:
     t_suite = time.perf_counter()
     for key in args.figures:
         rows.append(
-            run_one(key, store / F.figure(key).store, args.device, run, args.preset, args.trajectory_steps)
+            run_one(key, store / sweep_store(key), args.device, run, args.preset, args.trajectory_steps)
         )
     suite_s = time.perf_counter() - t_suite
     print(f"{'suite':<10s} {suite_s:>8.2f} s", flush=True)
@@ -268,7 +279,7 @@ def main() -> int:
     info.update(suite_seconds=suite_s, figures=rows)
     if not args.no_plots:
         t0 = time.perf_counter()
-        stores = {k: load_results(store / F.figure(k).store) for k in args.figures}
+        stores = {k: load_results(store / sweep_store(k)) for k in args.figures}
         written = plot_all(stores, out / "plots")
         info["plot_seconds"] = time.perf_counter() - t0
         info["summaries"] = {k: A.summary(ds) for k, ds in stores.items() if "metrics" in ds}
@@ -277,7 +288,7 @@ def main() -> int:
         print(f"plots: {len(written)} files in {info['plot_seconds']:.1f} s -> {out / 'plots'}")
     if not args.no_checks:
         info["checks"] = checks(args.device, False if args.free_order else None, kernels, args.check_rows,
-                                args.check_steps, fuse, run.compile)  # fmt: skip
+                                args.check_steps, fuse, compile_on)  # fmt: skip
     if args.fresh_process:
         info["fresh_process_2a"] = fresh_process(args.device, args.preset, store, args.kernels,
                                                  args.steps_per_launch)  # fmt: skip

@@ -150,7 +150,7 @@ def config_us(
 
     shape, _, math = config.lower().partition(":")
     tile, warps = (int(x) for x in shape.split("x"))
-    names = ("FUSED_TILE", "FUSED_NUM_WARPS") if opts.fuse_update else ("TILE", "NUM_WARPS")
+    names: tuple[str, ...] = ("FUSED_TILE", "FUSED_NUM_WARPS") if opts.fuse_update else ("TILE", "NUM_WARPS")
     names += ("FAST_SINCOS",)
     saved = tuple(getattr(TV, n) for n in names)
     for n, v in zip(names, (tile, warps, math != "precise")):

@@ -165,8 +165,8 @@ def loop_instructions(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        lines = subprocess.run([str(disasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
-    lines = lines.splitlines()
+        text = subprocess.run([str(disasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    lines = text.splitlines()
     is_instr = [bool(re.match(r"\s+/\*[0-9a-f]{4}\*/", line)) for line in lines]
     labels = {line.rstrip(":"): i for i, line in enumerate(lines) if line.startswith(".L_x")}
     loop = (0, -1)

@@ -51,6 +51,17 @@ def test_cell_modes_script_on_cpu(idx_dir_session, tmp_path):
         assert info["steps"] == 2 and row["2"] > 0 and row["scan_serial_estimate_s"] > 0
 
 
+def test_cell_overhead_script_counts_fewer_launches_on_the_foreach_path(idx_dir_session, tmp_path):
+    """``--overhead`` (it once crashed before its first step): the ensemble foreach path launches
+    under half the kernels of the per-tensor one per eager step (431 vs 152 for AdamW, BENCHMARKS.md)."""
+    out = tmp_path / "out"
+    _run("mnist_cell_modes.py", out, "--device", "cpu", "--overhead", "--modes", "eager",
+         "--overhead-optimizers", "adamw", "--data-dir", str(idx_dir_session), "--no-verify")  # fmt: skip
+    row = json.loads((out / "mnist_cell_overhead.json").read_text())["ms_per_step"]["adamw"]
+    per_tensor, foreach = row["eager_launches_per_step"], row["eager_foreach_launches_per_step"]
+    assert row["eager"] > 0 and 0 < foreach < per_tensor / 2
+
+
 def test_cell_profile_script_on_cpu(idx_dir_session, tmp_path):
     out = tmp_path / "out"
     _run("mnist_cell_modes.py", out, "--device", "cpu", "--steps", "2", "--modes", "fused", "--profile", "8",
