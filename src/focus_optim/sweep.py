@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import re
-import signal
 import sys
 import time
 import zipfile
@@ -52,6 +50,7 @@ from typing import Any, cast
 import numpy as np
 
 from .atomic import create_atomic, remove_stale_temps, write_atomic
+from .worker_pool import spawn_pool
 
 FORMAT_VERSION = 1
 
@@ -360,9 +359,8 @@ def run_sweep(
                 computed += _compute_and_store(store, compute, batch, device)
                 bar.update(len(batch))
         else:
-            ctx = mp.get_context("spawn")
             init = (spec, str(out), compute, device, threads)
-            with ctx.Pool(min(workers, len(batches)) or 1, initializer=_worker_init, initargs=init) as pool:
+            with spawn_pool(min(workers, len(batches)) or 1, _worker_init, init) as pool:
                 for n in pool.imap_unordered(_worker_run, batches):
                     computed += n
                     bar.update(n)
@@ -401,8 +399,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(spec: SweepSpec, out: str, compute: ComputeFn, device: str, threads: int | None) -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers stay quiet.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         _set_threads(threads)
     _WORKER.update(store=Store(out, spec), compute=compute, device=device)

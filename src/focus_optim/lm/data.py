@@ -29,9 +29,7 @@ import glob
 import gzip
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import signal
 import time
 import zlib
 from collections import deque
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import remove_stale_temps, temp_name, write_json_atomic
+from ..worker_pool import spawn_pool
 from .progress import progress
 from .tokenizer import EOT_TOKEN, GPT2_VOCAB_SIZE, describe, find_bpe_file, gpt2_encoding, sha256_file
 
@@ -225,11 +224,6 @@ def _init_worker(bpe_file: str | None) -> None:
     _ENCODING = gpt2_encoding(bpe_file)
 
 
-def _init_pool_worker(bpe_file: str | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the pool
-    _init_worker(bpe_file)
-
-
 def in_val_split(text: str, val_fraction: float) -> bool:
     """The hash split rule for a val-eligible document (see the module docstring)."""
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
@@ -350,8 +344,7 @@ def _run_tasks(tasks: Iterator[Any], workers: int, bpe_file: str | None) -> Iter
         _init_worker(bpe_file)
         yield from map(_encode_task, tasks)
         return
-    ctx = mp.get_context("spawn")  # safe whatever the parent imported (torch, CUDA)
-    with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(bpe_file,)) as pool:
+    with spawn_pool(workers, _init_worker, (bpe_file,)) as pool:
         pending: deque[Any] = deque()  # at most 2 tasks per worker in flight: bounded memory
         for task in tasks:
             pending.append(pool.apply_async(_encode_task, (task,)))
