@@ -4,11 +4,11 @@ global batch, and a run resumed from its checkpoint equals the uninterrupted one
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from lm_helpers import records, tiny_config
 
@@ -28,30 +28,21 @@ OPTS = (
 UNEVEN_EVAL = (*OPTS, "optimizer=focus", "max_steps=3", "eval_sequences=9")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(
     rank: int,
     world_size: int,
-    port: int,
+    rendezvous: str,
     data_dir: str,
     out_dir: str,
     optimizers: tuple[str, ...],
     fsdp_optimizers: tuple[str, ...],
     zero_optimizers: tuple[str, ...],
 ) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))  # as torchrun
     torch.set_num_threads(1)
+    # A file rendezvous (no free-port race between choosing a port and binding it); the trainers
+    # then find the process group already there, as under torchrun.
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     data, out = Path(data_dir), Path(out_dir)
     try:
         for name in optimizers:  # one process group for all runs (spawning is the slow part)
@@ -90,8 +81,12 @@ def _worker(
         Trainer(tiny_config(data, out / "zero_cut", *zero_cut, "max_steps=3")).run()
         Trainer(tiny_config(data, out / "zero_cut", *zero_cut), resume=True).run()
         Trainer(tiny_config(data, out / "zero_half", *zero_cut, "max_steps=3")).run()  # resumed below
+        dist.barrier()  # every rank done before any tears the process group down
     finally:
         distributed.shutdown()
+    # Everything is written: skip interpreter finalization, where gloo's worker threads can abort a
+    # finished process (pytorch/pytorch#179291), which mp.spawn would report as a failed rank.
+    os._exit(0)
 
 
 def test_two_processes_match_one(synthetic_data, tmp_path):
@@ -101,7 +96,8 @@ def test_two_processes_match_one(synthetic_data, tmp_path):
         train(tiny_config(synthetic_data, tmp_path / "single" / name, *OPTS, f"optimizer={name}"))
     train(tiny_config(synthetic_data, tmp_path / "single" / "uneven_eval", *UNEVEN_EVAL))
     out = str(tmp_path / "ddp")
-    args = (2, _free_port(), str(synthetic_data), out, optimizers, fsdp_optimizers, zero_optimizers)
+    rendezvous = (tmp_path / "rendezvous").as_uri()
+    args = (2, rendezvous, str(synthetic_data), out, optimizers, fsdp_optimizers, zero_optimizers)
     mp.spawn(_worker, args=args, nprocs=2)
 
     runs = (

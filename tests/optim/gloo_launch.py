@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-TIMEOUT_S = 120.0
+TIMEOUT_S = 600.0  # a hang guard only: 4 ranks spawning on a loaded 2-core box take a while
 
 
 def _entry(rank: int, n: int, fn: Callable[..., Any], out_dir: str, args: tuple, backend: str) -> None:
