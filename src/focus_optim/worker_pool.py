@@ -31,8 +31,8 @@ def spawn_pool(
     """A ``spawn`` pool of ``processes`` workers that run ``initializer(*initargs)`` first; the
     pool is terminated on leaving the block (call ``close`` and ``join`` for a clean shutdown)."""
     ctx = mp.get_context("spawn")  # safe whatever the parent imported (torch, CUDA)
-    # Started first: launching it unblocks SIGINT (its own bpo-33613 guard blocks, then unblocks).
-    resource_tracker.ensure_running()
+    if _CAN_BLOCK:  # started first: launching it unblocks SIGINT (bpo-33613's guard blocks, then unblocks)
+        resource_tracker.ensure_running()
     with contextlib.ExitStack() as stack:
         with _sigint_blocked():
             pool = stack.enter_context(
