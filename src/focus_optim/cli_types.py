@@ -18,6 +18,11 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (
     IsADirectoryError,
 )
 
+#: Seeds are integers in ``0 .. MAX_SEED - 1`` everywhere: that leaves room for the per-rank and
+#: per-replicate offsets below 2**64, the largest seed ``torch.manual_seed`` takes
+#: (``numpy.random.default_rng`` takes no negative one).
+MAX_SEED = 2**63
+
 
 def command_name(args: argparse.Namespace) -> str:
     """``toy run``, ``lm train``, ...: the command as the user typed it, for messages."""

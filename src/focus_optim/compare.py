@@ -49,12 +49,10 @@ from typing import Any
 
 import numpy as np
 
+from .cli_types import MAX_SEED
 from .optim.registry import check_hyperparameters, check_values, get_spec, make_optimizer
 from .selection import best_lr as _best_lr
 from .sweep import Cell, Shard, SweepReport, SweepSpec, is_int, load_results, run_sweep, shard_from_env
-
-#: Seeds (``base_seed + replicate``) stay below 2**64, what ``torch.manual_seed`` takes.
-MAX_SEED = 2**63  # (also in lm/config.py, which keeps its imports light)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cli_types import MAX_SEED
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10
@@ -38,9 +40,6 @@ SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE_POLICIES = ("stop", "skip")
 PARALLEL_MODES = ("ddp", "fsdp")
-#: Seeds below 2**63 leave room for the per-rank and per-replicate offsets below 2**64, the
-#: largest seed ``torch.manual_seed`` takes (``numpy.random.default_rng`` takes no negative one).
-MAX_SEED = 2**63  # (focus_optim.compare.MAX_SEED: the same bound, not imported to stay light)
 #: Config keys the trainer passes to ``make_optimizer`` itself: never in ``optimizer_args``.
 OWN_KEYS = ("lr", "decay_embeddings")
 
