@@ -3,7 +3,10 @@ workers, checkpoints and API. Multi-process behaviour: ``test_onebit_adam_dist.p
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -383,6 +386,83 @@ def test_a_state_dict_without_the_onebit_entry_derives_the_stage_from_the_steps(
     opt3 = OneBitAdam(model.parameters(), freeze_step=10, **HP)
     opt3.load_state_dict(sd)
     assert not opt3.frozen and protocol.needs_grad_sync(opt3)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_carries_on_as_the_original_through_the_freeze(how):
+    """The stage (step count, frozen) and settings live outside torch's pickled state; a copy
+    keeps them, with its per-worker compression errors, and then steps exactly as the original."""
+    n = 2
+    opt, model = _simulated_run(2, n=n, freeze=3)  # warm-up; the freeze comes after the copy
+    pair = (model, opt)
+    model2, opt2 = copy.deepcopy(pair) if how == "deepcopy" else pickle.loads(pickle.dumps(pair))
+    _, x, y = _problem()
+    for t in range(3, 7):
+        _simulated_step(model, opt, x, y, t, n)
+        _simulated_step(model2, opt2, x, y, t, n)
+    assert opt2.frozen and opt2.comm_stats["phase"] == "compressed"
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    _assert_same_state(opt2.state_dict(), opt.state_dict())
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["onebit"] == b["onebit"] and a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k in a["state"][i]:
+            assert torch.equal(a["state"][i][k], b["state"][i][k]), (i, k)
+
+
+def test_state_dict_and_load_hooks_see_the_onebit_entry():
+    model, x, y = _problem()
+    opt = OneBitAdam(model.parameters(), freeze_step=2, simulate_workers=2, **HP)
+    for t in range(1, 4):
+        _simulated_step(model, opt, x, y, t, 2)
+    seen = {}
+    opt.register_state_dict_post_hook(lambda o, sd: seen.update(saved=dict(sd["onebit"])))
+    sd = opt.state_dict()
+    assert seen["saved"] == sd["onebit"] and sd["onebit"]["frozen"] and sd["onebit"]["t"] == 3
+
+    def forget_errors(_, loading):
+        """An old-checkpoint adapter: drop the compression errors and rewind the stage."""
+        loading = dict(loading, onebit=dict(loading["onebit"], t=1, frozen=False))
+        loading["state"] = {
+            i: {k: v for k, v in st.items() if not k.endswith("_error")} for i, st in loading["state"].items()
+        }
+        return loading
+
+    opt2 = OneBitAdam(model.parameters(), freeze_step=2, simulate_workers=2, **HP)
+    opt2.register_load_state_dict_pre_hook(forget_errors)
+    opt2.load_state_dict(sd)
+    assert not opt2.frozen and opt2.state_dict()["onebit"]["t"] == 1
+    assert all("worker_error" not in st for st in opt2.state.values())
+
+
+def test_a_copy_on_a_process_group_of_its_own_is_refused(monkeypatch):
+    opt = OneBitAdam([torch.zeros(3, requires_grad=True)])
+    monkeypatch.setattr(opt, "group", object())  # what a process_group argument leaves under torchrun
+    with pytest.raises(TypeError, match="state_dict"):
+        copy.deepcopy(opt)
+
+
+def test_a_parameter_first_trained_after_the_freeze_warns_unless_non_freeze():
+    """Its variance would stay 0 (DeepSpeed's rule, kept), so its steps are lr * m / eps: warned."""
+    late, spare = torch.zeros(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    early = torch.zeros(4, requires_grad=True)
+    opt = OneBitAdam([{"params": [early, late]}, {"params": [spare], "non_freeze": True}], freeze_step=2)
+    for _ in range(3):
+        early.grad = torch.ones(4)
+        opt.step()
+    assert opt.frozen
+    late.grad = torch.ones(4)
+    with pytest.warns(UserWarning, match=r"shape \(4,\) got its first gradient after the variance froze"):
+        opt.step()
+    spare.grad = torch.ones(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # late's state exists now; spare's group keeps updating its variance
 
 
 def test_rank_state_path_template():

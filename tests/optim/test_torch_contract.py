@@ -276,6 +276,80 @@ def test_step_and_state_dict_hooks_run_once_in_order(case):
     assert calls == ["pre", "post", "pre", "post", "state_dict"]
 
 
+def _floating_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every floating state tensor but the step counters, in the state dict's order."""
+    counters = ("step", "last_svd_step")
+    states = opt.state_dict()["state"].values()
+    return [v for st in states for k, v in st.items() if k not in counters and torch.is_floating_point(v)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_load_hooks_change_what_is_loaded_as_in_torch(case):
+    """A pre-hook's returned state dict is what loads (here: it renames legacy keys back, which
+    must pass the check that refuses another optimizer's state), and a post-hook's changes stick;
+    torch.optim documents both for adapting old checkpoints."""
+    batches = _batches(case, 6)
+    model = _model(case)
+    opt = _optimizer(case, model)
+    _train(model, opt, batches[:3])
+    saved = copy.deepcopy(opt.state_dict())
+    legacy = copy.deepcopy(saved)
+    legacy["state"] = {i: {f"old_{k}": v for k, v in st.items()} for i, st in legacy["state"].items()}
+
+    def rename(_, sd):
+        sd = dict(sd)
+        sd["state"] = {i: {k.removeprefix("old_"): v for k, v in st.items()} for i, st in sd["state"].items()}
+        return sd
+
+    resumed = copy.deepcopy(model)
+    opt2 = _optimizer(case, resumed)
+    opt2.register_load_state_dict_pre_hook(rename)
+    opt2.load_state_dict(legacy)
+    _assert_state_equal(opt2.state_dict(), saved)
+    _train(resumed, opt2, batches[3:])
+    _train(model, opt, batches[3:])
+    _assert_same(_params(resumed), _params(model))
+
+    def halve_state(o):
+        for state in o.state.values():
+            for k, v in state.items():
+                if k not in ("step", "last_svd_step") and torch.is_floating_point(v):
+                    state[k] = v / 2
+
+    opt3 = _optimizer(case, copy.deepcopy(model))
+    opt3.register_load_state_dict_post_hook(halve_state)
+    opt3.load_state_dict(saved)
+    expected = [v / 2 for v in _floating_state(_loaded(case, saved))]
+    _assert_same(_floating_state(opt3), expected)
+
+
+def _loaded(case: Case, state_dict: dict) -> torch.optim.Optimizer:
+    opt = _optimizer(case, _model(case))
+    opt.load_state_dict(state_dict)
+    return opt
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_0d_tensor_coefficients_equal_the_floats(case):
+    """Betas, momentum and gamma given as 0-d tensors (e.g. to schedule them in place) equal the
+    floats on every path. AdamW's foreach path (also the matrix optimizers' auxiliary groups) and
+    the fused Triton FOCUS and Signum kernels once crashed on them."""
+    names = ("betas", "adamw_betas", "momentum", "gamma")
+    coefficients = {k: v for k, v in get_spec(case[0]).hyperparameters().items() if k in names}
+    batches = _batches(case)
+    model = _model(case)
+
+    def as_tensor(x: float) -> torch.Tensor:
+        # float64: the floats' own numbers (float32 would round 0.999, moving 1 - beta2 by 1e-4)
+        return torch.tensor(x, dtype=torch.float64)
+
+    tensors = {
+        k: tuple(map(as_tensor, v)) if isinstance(v, tuple) else as_tensor(v) for k, v in coefficients.items()
+    }
+    _train(model, _optimizer(case, model, **tensors), batches)
+    torch.testing.assert_close(_params(model), _reference(case, batches), rtol=0, atol=1e-6)
+
+
 class _WithOddParams(nn.Module):
     """The contract model plus a 0-d parameter (a learnt temperature) and a zero-size matrix."""
 

@@ -81,6 +81,13 @@ def test_muon_names_adamw_lr_when_its_aux_groups_take_it() -> None:
         Muon(copy.copy(groups), adamw_lr=torch.ones(3, 1))
     opt = Muon(groups, adamw_lr=torch.full((3,), 0.1))  # per member, one value per slice
     assert torch.equal(opt.param_groups[0]["lr"], torch.full((3,), 0.1))
+    # a group's own adamw_lr / adamw_wd is named as the group's, not as the lr it becomes
+    for key, value in (("adamw_lr", -1.0), ("adamw_wd", float("nan"))):
+        own = [{**groups[0], key: value}]
+        with pytest.raises(
+            ValueError, match=rf"^Invalid param_groups\[0\]\.{key}: {value} \(allowed: finite"
+        ):
+            Muon(own)
 
 
 def test_onebit_adam_mask_must_be_a_tensor() -> None:

@@ -221,9 +221,34 @@ class BaseOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``torch.optim`` loading, then: ``step`` back on the CPU (torch moves it to the device for
         groups flagged ``fused``) and state dtypes per ``fp32_state``, taken from the saved tensors
-        rather than from torch's cast to the parameter dtype (which would round fp32 state)."""
+        rather than from torch's cast to the parameter dtype (which would round fp32 state).
+
+        Registered load hooks work as in torch: the checks and the restoring act on the state dict
+        the pre-hooks return, and the post-hooks see (and may change) the restored state."""
+        loading: dict[str, dict[str, Any]] = {}
+
+        def last_pre_hook(_: Any, sd: dict[str, Any]) -> dict[str, Any]:
+            loading["state_dict"] = sd
+            return self._state_dict_for_torch(sd)
+
+        def first_post_hook(_: Any) -> None:
+            self._restore_loaded(loading["state_dict"])
+
+        pre = self.register_load_state_dict_pre_hook(last_pre_hook)
+        post = self.register_load_state_dict_post_hook(first_post_hook, prepend=True)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            pre.remove()
+            post.remove()
+
+    def _state_dict_for_torch(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """The state dict torch's loading gets (after the user's pre-hooks), checked first."""
         self._check_saved_state(state_dict)
-        super().load_state_dict(state_dict)
+        return state_dict
+
+    def _restore_loaded(self, state_dict: dict[str, Any]) -> None:
+        """Undo torch's casts of ``step`` and the state tensors (before the user's post-hooks)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         live = [(g, p) for g in self.param_groups for p in g["params"]]
         for pid, (group, p) in zip(saved_ids, live):
@@ -321,6 +346,13 @@ def scalar(x: Scalar) -> Scalar:
     if isinstance(x, Tensor) and x.ndim == 0:
         return _get_value(x)
     return x
+
+
+def number(x: Scalar) -> float:
+    """A coefficient (``betas``, ``momentum``, ``gamma``) as the number it holds now: a 0-d tensor
+    acts as its current value, as a 0-d ``lr`` does. (While compiling it stays a tensor, which the
+    traced ops take alike; the type is the one the paths are written for.)"""
+    return cast(float, scalar(x))
 
 
 def is_member(x: Any) -> bool:

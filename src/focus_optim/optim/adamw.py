@@ -43,6 +43,7 @@ from ._common import (
     is_zero,
     member_hparam,
     member_views,
+    number,
     per_member,
     scalar,
     step_value,
@@ -180,6 +181,8 @@ def adamw(
 ) -> None:
     """Functional AdamW; other optimizers call it for their auxiliary (non-matrix) groups."""
     impl = {"single": _single_tensor_adamw, "foreach": _multi_tensor_adamw, "fused": _fused_adamw}[path]
+    # (the foreach ops take lists of numbers, not of tensors, and every path then rounds alike)
+    beta1, beta2 = number(beta1), number(beta2)
     impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
          weight_decay=weight_decay, eps_mode=eps_mode, bias_correction=bias_correction, decay_mode=decay_mode,
          maximize=maximize)  # fmt: skip

@@ -58,7 +58,7 @@ from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from . import _dtensor, _owners
-from ._common import V, add_scaled_, is_zero, per_member
+from ._common import V, add_scaled_, is_zero, number, per_member
 from ._matrix import MatrixOptimizer, check_bool, member_shape, working_copy
 
 PROJ_TYPES = ("std",)
@@ -146,10 +146,10 @@ class Conda(MatrixOptimizer):
             state["ortho"] = torch.zeros(*lead, k, k, dtype=self._state_dtype(group, p), device=p.device)
             state["last_svd_step"] = torch.tensor(-1.0, dtype=_get_scalar_dtype())
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _restore_loaded(self, state_dict: dict[str, Any]) -> None:
         # torch casts floating state to the parameter's dtype and device; ``last_svd_step`` is a
         # CPU float32 scalar like ``step`` (a bf16 copy would round step counts).
-        super().load_state_dict(state_dict)
+        super()._restore_loaded(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         live = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, live):
@@ -162,7 +162,8 @@ class Conda(MatrixOptimizer):
     def _update_matrices(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
     ) -> None:
-        beta1, beta2 = group["betas"]
+        # (the SVD basis magnifies rounding differences between a tensor's and a number's arithmetic)
+        beta1, beta2 = (number(b) for b in group["betas"])
         grads = [-g if group["maximize"] else g for g in grads]
         for g, state in zip(grads, states):
             conda_momentum_(state["exp_avg"], g, beta1)  # element-wise: on the shard where it lives

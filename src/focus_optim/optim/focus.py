@@ -52,6 +52,7 @@ from ._common import (
     is_zero,
     member_hparam,
     member_views,
+    number,
     per_member,
     step_value,
     working_views,
@@ -163,6 +164,8 @@ def focus(
 ) -> None:
     """Functional FOCUS: updates ``params``, ``exp_avgs``, ``param_avgs`` and ``state_steps`` in place."""
     impl = {"single": _single_tensor_focus, "foreach": _multi_tensor_focus, "fused": _fused_focus}[path]
+    # (the fused kernel takes numbers, not tensors)
+    beta1, beta2, gamma = number(beta1), number(beta2), number(gamma)
     impl(
         params,
         grads,

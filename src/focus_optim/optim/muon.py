@@ -179,7 +179,9 @@ class Muon(MatrixOptimizer):
             for source, key in (("adamw_lr", "lr"), ("adamw_wd", "weight_decay")):
                 if key not in param_group:  # checked under the name the caller gave it
                     value = param_group.get(source, self.defaults[source])
-                    V.check_scalar_tensors(source, value, per_member=True)
+                    where = f"param_groups[{len(self.param_groups)}]." if source in param_group else ""
+                    self._hparam_checks[source](where + source, value)
+                    V.check_scalar_tensors(where + source, value, per_member=True)
                     for p in params:
                         check_member_hparam(source, value, p)
                     param_group[key] = value

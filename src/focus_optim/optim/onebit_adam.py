@@ -71,6 +71,7 @@ from ._common import BaseOptimizer, V, add_scaled_, is_zero, per_member
 from .adamw import adamw
 
 _ERROR_KEYS = ("worker_error", "server_error")
+_LAYOUT_KEYS = ("world_size", "rank", "simulate_workers")
 
 
 class OneBitAdam(BaseOptimizer):
@@ -192,6 +193,39 @@ class OneBitAdam(BaseOptimizer):
         super().reset_state()
         self._reset_phase()
 
+    # --- copies ----------------------------------------------------------------------------------
+    #: the run's settings and stage, kept by copies (torch pickles defaults, state and groups only)
+    _RUN_ATTRS: ClassVar[tuple[str, ...]] = (
+        "freeze_step", "init_dry_run", "average_grads", "phase1",
+        "_t", "_initialized", "_frozen", "_grads_averaged", "_stash", "comm_stats",
+    )  # fmt: skip
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's pickled state plus the run's settings, stage and worker layout, so that a copy
+        (``copy.deepcopy``, pickle) carries on as the original would."""
+        if self.group is not None:
+            raise TypeError(
+                "OneBitAdam with a process_group of its own cannot be copied or pickled (a process "
+                "group cannot); save its state_dict() instead"
+            )
+        state = super().__getstate__()
+        state["onebit"] = {name: getattr(self, name) for name in self._RUN_ATTRS}
+        state["onebit"]["layout"] = self._layout()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        run = state.pop("onebit", None)
+        super().__setstate__(state)
+        if run is None:  # torch's load_state_dict: the per-parameter state and groups only
+            return
+        run = dict(run)
+        layout = run.pop("layout")
+        for name, value in run.items():
+            setattr(self, name, value)
+        self._setup_workers(None, layout[2])  # the default group of the process it lands in
+        self._adopt_layout(layout)
+
     # --- setup -----------------------------------------------------------------------------------
     def _setup_workers(self, process_group: dist.ProcessGroup | None, simulate: int | None) -> None:
         distributed = dist.is_available() and dist.is_initialized()
@@ -295,24 +329,30 @@ class OneBitAdam(BaseOptimizer):
     # --- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus ``"onebit"``: step count, stage flags and the worker layout.
-        Per-parameter state holds this rank's ``worker_error``/``server_error`` once frozen."""
-        sd = super().state_dict()
-        sd["onebit"] = {
-            "t": self._t,
-            "initialized": self._initialized,
-            "frozen": self._frozen,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "simulate_workers": self.simulate_workers,
-        }
-        return sd
+        Per-parameter state holds this rank's ``worker_error``/``server_error`` once frozen.
+        Registered state-dict post-hooks see ``"onebit"`` too."""
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        def first_post_hook(_: Any, sd: dict[str, Any]) -> dict[str, Any]:
+            sd["onebit"] = {"t": self._t, "initialized": self._initialized, "frozen": self._frozen}
+            sd["onebit"].update(zip(_LAYOUT_KEYS, self._layout()))
+            return sd
+
+        handle = self.register_state_dict_post_hook(first_post_hook, prepend=True)
+        try:
+            return super().state_dict()
+        finally:
+            handle.remove()
+
+    def _layout(self) -> tuple[int, int, int | None]:
+        """What this rank's compression errors depend on: (world_size, rank, simulate_workers)."""
+        return (self.world_size, self.rank, self.simulate_workers)
+
+    def _state_dict_for_torch(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Load a state dict of the same rank. The ``exp_avg_mask`` of the current groups is kept
         (DeepSpeed: masks may change between training phases). Compression errors saved under a
         different rank or worker layout are dropped (re-initialised to zero) with a warning."""
         sd = dict(state_dict)
-        extra = sd.pop("onebit", None)
+        sd.pop("onebit", None)
         groups = []
         for current, saved in zip(self.param_groups, sd["param_groups"]):
             saved = dict(saved)
@@ -321,20 +361,25 @@ class OneBitAdam(BaseOptimizer):
                 saved["exp_avg_mask"] = current["exp_avg_mask"]
             groups.append(saved)
         sd["param_groups"] = groups + list(sd["param_groups"][len(groups) :])
-        # torch casts every state tensor to its parameter's dtype; the errors stay float32
-        errors = {i: {k: st[k] for k in _ERROR_KEYS if k in st} for i, st in sd["state"].items()}
+        # torch casts every state tensor to its parameter's dtype; the errors stay float32, and
+        # are restored from the saved ones after loading
         sd["state"] = {
             i: {k: v for k, v in st.items() if k not in _ERROR_KEYS} for i, st in sd["state"].items()
         }
-        super().load_state_dict(sd)
+        return super()._state_dict_for_torch(sd)
+
+    def _restore_loaded(self, state_dict: dict[str, Any]) -> None:
+        super()._restore_loaded(state_dict)
         index = {
             i: p
-            for saved, cur in zip(sd["param_groups"], self.param_groups)
+            for saved, cur in zip(state_dict["param_groups"], self.param_groups)
             for i, p in zip(saved["params"], cur["params"])
         }
-        for i, errs in errors.items():
-            for k, v in errs.items():
-                self.state[index[i]][k] = v.to(device=index[i].device, dtype=torch.float32)
+        for i, st in state_dict["state"].items():
+            for k in _ERROR_KEYS:
+                if k in st:
+                    self.state[index[i]][k] = st[k].to(device=index[i].device, dtype=torch.float32)
+        extra = state_dict.get("onebit")
         if extra is None:  # a plain torch state dict: derive the stage from the step counts
             steps = [float(s["step"]) for s in self.state.values() if "step" in s]
             self._t = int(max(steps, default=0))
@@ -345,12 +390,15 @@ class OneBitAdam(BaseOptimizer):
         self._t = int(extra["t"])
         self._initialized = bool(extra["initialized"])
         self._frozen = bool(extra["frozen"])
-        layout = (extra["world_size"], extra["rank"], extra["simulate_workers"])
-        if layout != (self.world_size, self.rank, self.simulate_workers):
+        self._adopt_layout(tuple(extra[k] for k in _LAYOUT_KEYS))
+
+    def _adopt_layout(self, saved: tuple[Any, ...]) -> None:
+        """Drop compression errors kept under another worker layout, with a warning."""
+        if saved != self._layout():
             if any(k in s for s in self.state.values() for k in _ERROR_KEYS):
                 warnings.warn(
-                    f"OneBitAdam: compression errors saved by (world_size, rank, simulate_workers)={layout} "
-                    f"do not fit {(self.world_size, self.rank, self.simulate_workers)}; resetting them",
+                    f"OneBitAdam: compression errors saved by (world_size, rank, simulate_workers)={saved} "
+                    f"do not fit {self._layout()}; resetting them",
                     stacklevel=2,
                 )
             self.reset_compression_errors()
@@ -451,6 +499,14 @@ class OneBitAdam(BaseOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 self._init_state(group, p, state)
+                if self._frozen and not group["non_freeze"]:
+                    warnings.warn(
+                        f"OneBitAdam: a parameter of shape {tuple(p.shape)} got its first gradient after "
+                        f"the variance froze (step {self._t}); its variance stays 0, so each update is "
+                        "lr * m / eps (as in DeepSpeed). Put it in a non_freeze group, or give it "
+                        "gradients before freeze_step",
+                        stacklevel=3,
+                    )
             items.append((p, grad, state))
         return items
 

@@ -36,6 +36,7 @@ from ._common import (
     is_zero,
     member_hparam,
     member_views,
+    number,
     per_member,
     working_views,
     write_back,
@@ -127,6 +128,7 @@ def signum(
     maximize: bool = False,
 ) -> None:
     """Functional Signum: updates ``params``, ``exp_avgs`` and ``state_steps`` in place."""
+    beta1 = number(beta1)
     if path == "fused":
         from ._kernels import fused_sign_family_
 
