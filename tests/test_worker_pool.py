@@ -50,6 +50,42 @@ def test_a_parent_whose_sigint_was_blocked_keeps_it_blocked() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _fail(path: str) -> None:
+    raise FileNotFoundError(f"no such file: {path}")
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _add(x: int, y: int) -> int:
+    return x + y
+
+
+def test_an_initializer_error_reaches_the_parent_through_every_kind_of_task() -> None:
+    """multiprocessing alone would respawn the failing worker forever while the parent waits."""
+    with spawn_pool(2, _fail, ("tokenizer.bin",)) as pool:
+        calls = [
+            lambda: pool.apply(_double, (1,)),
+            lambda: pool.apply_async(_double, (1,)).get(timeout=120),
+            lambda: pool.map(_double, range(3)),
+            lambda: pool.starmap(_add, [(1, 2)]),
+            lambda: list(pool.imap(_double, range(3))),
+            lambda: list(pool.imap_unordered(_double, range(3))),
+        ]
+        for call in calls:
+            with pytest.raises(FileNotFoundError, match=r"^no such file: tokenizer\.bin$"):
+                call()
+
+
+def test_tasks_run_as_given_when_the_initializer_succeeds() -> None:
+    with spawn_pool(2, _remember, (0, "z")) as pool:
+        assert pool.map(_double, range(4)) == [0, 2, 4, 6]
+        assert pool.starmap(_add, [(1, 2), (3, 4)]) == [3, 7]
+        assert sorted(pool.imap_unordered(_double, range(3))) == [0, 2, 4]
+        assert pool.apply(_add, (5,), {"y": 1}) == 6
+
+
 PROBE = """
 import json, signal, sys, time
 from pathlib import Path

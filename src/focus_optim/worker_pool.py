@@ -7,11 +7,16 @@ own: a worker still importing torch has not run it yet. So SIGINT is blocked whi
 spawned (as ``multiprocessing.resource_tracker`` does); they inherit the blocked mask, ignore the
 signal first thing, then unblock it, and the parent gets a Ctrl-C pressed meanwhile as soon as its
 own block lifts.
+
+An initializer that raises would leave ``multiprocessing.Pool`` replacing the dying worker forever
+while the parent waits for results. Here the worker stays up and every task it is given raises that
+error instead, so it reaches the parent as the task's exception (``get()``, or the ``imap`` loop).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing as mp
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +27,7 @@ from typing import Any
 __all__ = ["spawn_pool"]
 
 _CAN_BLOCK = hasattr(signal, "pthread_sigmask")  # not on Windows, which has no process groups
+_INIT_ERROR: list[Exception] = []  # in a worker: what its initializer raised, if it did
 
 
 @contextlib.contextmanager
@@ -36,9 +42,35 @@ def spawn_pool(
     with contextlib.ExitStack() as stack:
         with _sigint_blocked():
             pool = stack.enter_context(
-                ctx.Pool(processes, initializer=_quiet_init, initargs=(initializer, tuple(initargs)))
+                _CheckedPool(
+                    processes, initializer=_quiet_init, initargs=(initializer, tuple(initargs)), context=ctx
+                )
             )
         yield pool
+
+
+class _CheckedPool(Pool):
+    """A pool whose tasks raise their worker's initializer error (see the module docstring).
+    ``apply`` goes through ``apply_async``; ``map``, ``starmap`` and their ``_async`` forms through
+    ``_map_async``."""
+
+    def apply_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().apply_async(functools.partial(_checked, func), *args, **kwargs)
+
+    def _map_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super()._map_async(functools.partial(_checked, func), *args, **kwargs)  # type: ignore[misc]
+
+    def imap(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().imap(functools.partial(_checked, func), *args, **kwargs)
+
+    def imap_unordered(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().imap_unordered(functools.partial(_checked, func), *args, **kwargs)
+
+
+def _checked(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if _INIT_ERROR:
+        raise _INIT_ERROR[0]
+    return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -57,4 +89,7 @@ def _quiet_init(initializer: Callable[..., None], initargs: tuple[Any, ...]) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _CAN_BLOCK:  # a Ctrl-C pending since the spawn is dropped here
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    initializer(*initargs)
+    try:
+        initializer(*initargs)
+    except Exception as exc:  # raised by this worker's tasks instead (see the module docstring)
+        _INIT_ERROR.append(exc)

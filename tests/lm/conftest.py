@@ -21,3 +21,19 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("lmdata") / "data")
+
+
+@pytest.fixture
+def offline_without_bpe(tmp_path, monkeypatch):
+    """No local GPT-2 BPE file anywhere tokenizer.py looks, and tiktoken's download refused at once
+    (an empty cache; a proxy on a closed port), in this process and in spawned workers."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("FOCUS_OPTIM_GPT2_BPE", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return work

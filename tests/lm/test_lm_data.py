@@ -154,6 +154,16 @@ def test_tokenizer_file_is_verified(tmp_path):
     assert enc.encode_ordinary("Hello world") == [15496, 995]  # GPT-2's well-known ids
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_offline_without_a_bpe_file_prepare_fails_in_one_clear_error(tmp_path, offline_without_bpe, workers):
+    """The tokenizer is loaded in each worker: a failure there once hung ``lm prepare`` (the pool
+    replaced the dying workers forever) or printed a raw requests traceback."""
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=r"no local GPT-2 BPE file .* pass --tokenizer-file"):
+        prepare(_corpus(tmp_path), out, workers=workers, show_progress=False)
+    assert not out.exists()  # and no empty directory left behind
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -169,6 +169,21 @@ def test_sample_names_a_missing_or_damaged_checkpoint(tmp_path, capsys):
     assert "does not hold the model its config describes" in capsys.readouterr().err
 
 
+def test_text_sampling_names_a_wrong_run_first_then_a_missing_tokenizer(
+    tmp_path, offline_without_bpe, capsys
+):
+    """Offline without a BPE file: a mistyped run directory is reported as such (the tokenizer was
+    once loaded first, hiding it behind a requests traceback), and a good run gets one clear line."""
+    assert main(["lm", "sample", str(tmp_path / "nope"), "--prompt", "The"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    cfg = {"model": "tiny", "model_args": {"vocab_size": 64, "block_size": 8}}
+    model = GPT(model_config("tiny", vocab_size=64, block_size=8))
+    checkpoint.save_atomic({"model": model.state_dict(), "config": cfg, "step": 0}, tmp_path / "ckpt.pt")
+    assert main(["lm", "sample", str(tmp_path), "--prompt", "The"]) == 2
+    err = capsys.readouterr().err
+    assert "no local GPT-2 BPE file" in err and "--tokenizer-file" in err and "Traceback" not in err
+
+
 @pytest.mark.gpu
 def test_sampling_on_cuda_is_greedy_alike_and_repeatable():
     """Greedy continuations on CUDA equal the CPU's (float32, no ties at this scale); seeded draws

@@ -108,7 +108,7 @@ def sample_text(
     from .distributed import resolve_device
     from .tokenizer import gpt2_encoding
 
+    model, _ = load_model(run, resolve_device(device))  # first: a wrong run directory is the likelier slip
     enc = gpt2_encoding(bpe_file)
-    model, _ = load_model(run, resolve_device(device))
     ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
     return [enc.decode(t) for t in sample_tokens(model, ids, vocab_limit=enc.n_vocab, **settings)]

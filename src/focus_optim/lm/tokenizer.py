@@ -63,7 +63,15 @@ def gpt2_encoding(bpe_file: str | os.PathLike[str] | None = None) -> Any:
 
     path = find_bpe_file(bpe_file)
     if path is None:
-        return tiktoken.get_encoding("gpt2")
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as exc:  # offline: requests' ConnectionError, among others
+            looked = ", ".join([f"${ENV_VAR}", *(str(Path(f).absolute()) for f in DEFAULT_FILES)])
+            raise FileNotFoundError(
+                f"no local GPT-2 BPE file (looked at {looked}) and tiktoken could not fetch it "
+                f"({type(exc).__name__}: {str(exc)[:200]}); pass --tokenizer-file PATH (a gpt2.tiktoken) "
+                f"or set {ENV_VAR}"
+            ) from exc
     return encoding_from_file(path)
 
 
