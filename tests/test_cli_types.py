@@ -103,3 +103,29 @@ def test_errors_name_the_subcommand_as_typed(tmp_path, capsys):
     assert err.startswith("focus-optim lm train: error: ") and "Traceback" not in err, err
     assert main(["toy", "plot", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("focus-optim toy plot: error: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "unknown"),
+    [
+        (["toy", "run", "--figures", "2a", "--out", "OUT"], "toy run", "--figures 2a"),
+        (["lm", "sample", "RUN", "--bogus"], "lm sample", "--bogus"),
+        (["--bogus", "list-optimizers"], "list-optimizers", "--bogus"),
+    ],
+)
+def test_an_unknown_flag_is_reported_by_the_subcommand_it_was_given_to(
+    tmp_path, capsys, argv, command, unknown
+):
+    argv = [str(tmp_path / a) if a in ("OUT", "RUN") else a for a in argv]
+    err = _usage_error(argv, capsys)
+    assert err.startswith(f"usage: focus-optim {command} "), err
+    assert f"focus-optim {command}: error: unrecognized arguments: {unknown}" in err
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_the_lm_lab_alone_reports_unknown_flags_by_subcommand_too(capsys):
+    from focus_optim.lm.cli import main as lm_main
+
+    with pytest.raises(SystemExit):
+        lm_main(["compare", "RUN", "--bogus"])
+    assert "focus-optim lm compare: error: unrecognized arguments: --bogus" in capsys.readouterr().err

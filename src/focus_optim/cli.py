@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .cli_types import INPUT_ERRORS, command_name, interrupted
+from .cli_types import INPUT_ERRORS, command_name, interrupted, parse_command_line
 
 # (subcommand, module providing add_parser)
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     try:
         result = args.func(args)
     except INPUT_ERRORS as exc:

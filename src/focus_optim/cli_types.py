@@ -24,6 +24,22 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (
 MAX_SEED = 2**63
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but an unrecognised argument is reported by the subcommand it
+    was given to (its usage line, ``focus-optim toy run: error: ...``), not by the top level."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        leaf = parser
+        while True:
+            action = next((a for a in leaf._actions if isinstance(a, argparse._SubParsersAction)), None)
+            name = getattr(args, action.dest, None) if action is not None else None
+            if action is None or name not in action.choices:
+                break
+            leaf = action.choices[name]
+        leaf.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def command_name(args: argparse.Namespace) -> str:
     """``toy run``, ``lm train``, ...: the command as the user typed it, for messages."""
     sub = getattr(args, f"{args.command}_command", None)

@@ -134,6 +134,28 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
     assert load_config(path).name == "caf\xe9"
 
 
+def test_a_missing_config_file_or_base_is_named_with_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=rf"^config file nope\.toml does not exist \(relative to {tmp_path}\)$"
+    ):
+        load_config("nope.toml")
+    with pytest.raises(FileNotFoundError, match=rf"^config file {tmp_path} is not a file$"):
+        load_config(tmp_path)
+    (tmp_path / "child.toml").write_text('base = "gone.toml"\n')
+    with pytest.raises(FileNotFoundError, match=r"gone\.toml does not exist"):
+        load_config("child.toml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [("max_steps", "abc", "an integer"), ("lr", "fast", "a number"), ("compile", 3, "true or false")],
+)
+def test_a_value_of_the_wrong_type_names_the_type_in_words(key, value, allowed):
+    with pytest.raises(ValueError, match=rf"^Invalid {key}: {value!r} \(allowed: {allowed}\)$"):
+        TrainConfig.from_dict({key: value})
+
+
 def test_cli_flags_keep_strings_strings():
     import argparse
 

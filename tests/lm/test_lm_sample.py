@@ -95,7 +95,7 @@ def test_samples_never_use_ids_beyond_the_vocab_limit_and_repeat_with_the_seed()
     "kwargs, message",
     [
         (dict(temperature=-1.0), r"^Invalid temperature: -1.0 \(allowed: a finite number >= 0"),
-        (dict(top_k=0), r"^Invalid top_k: 0 \(allowed: None or an integer >= 1\)"),
+        (dict(top_k=0), r"^Invalid top_k: 0 \(allowed: an integer >= 1, or None for all\)"),
         (dict(max_new_tokens=-2), r"^Invalid max_new_tokens: -2"),
         (dict(num_samples=0), r"^Invalid num_samples: 0"),
         (dict(prompt=[16]), r"^Invalid prompt tokens: \[16\] \(allowed: integers in \[0, 16\)\)"),

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from ..cli_types import INPUT_ERRORS, interrupted, positive_int
+from ..cli_types import INPUT_ERRORS, interrupted, nonnegative_int, parse_command_line, positive_int
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_sample(sub)
     _add_compare(sub)
     _add_sweep(sub)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     try:
         return int(args.func(args) or 0)
     except INPUT_ERRORS as exc:
@@ -189,7 +189,9 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0: the most likely token each step")
-    p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens (0: all)")
+    p.add_argument(
+        "--top-k", type=nonnegative_int, default=200, help="keep the k most likely tokens (0: all)"
+    )
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--tokenizer-file", default=None, help="local gpt2.tiktoken (see lm prepare)")

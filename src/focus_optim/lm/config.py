@@ -113,7 +113,9 @@ class TrainConfig:
             want = _TYPES[str(f.type)]
             value = getattr(self, f.name)
             if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
-                raise ValueError(f"Invalid {f.name}: {value!r} (allowed: a {f.type})")
+                raise ValueError(
+                    f"Invalid {f.name}: {value!r} (allowed: {_TYPE_NAMES.get(str(f.type), f.type)})"
+                )
         checks = [
             (self.dtype in DTYPES, f"dtype {self.dtype!r} (allowed: {', '.join(DTYPES)})"),
             (
@@ -165,6 +167,8 @@ class TrainConfig:
                     )
 
 
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "dict[str, Any]": "a table"}  # fmt: skip
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "str": str,
     "int": int,
@@ -231,6 +235,10 @@ def read_toml(path: str | os.PathLike[str], _chain: tuple[Path, ...] = ()) -> di
     chain = (*_chain, path)
     if path.resolve() in {p.resolve() for p in _chain}:
         raise ValueError(f"{path}: the base files form a cycle ({' -> '.join(map(str, chain))})")
+    if not path.is_file():
+        where = f" (relative to {Path.cwd()})" if not path.is_absolute() else ""
+        kind = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"config file {path} {kind}{where}")
     try:
         values = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:

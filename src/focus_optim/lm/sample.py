@@ -58,7 +58,7 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None, n
     if not (isinstance(temperature, int | float) and temperature >= 0 and temperature < float("inf")):
         raise ValueError(f"Invalid temperature: {temperature!r} (allowed: a finite number >= 0; 0 is greedy)")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"Invalid top_k: {top_k!r} (allowed: None or an integer >= 1)")
+        raise ValueError(f"Invalid top_k: {top_k!r} (allowed: an integer >= 1, or None for all)")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"Invalid num_samples: {num_samples!r} (allowed: an integer >= 1)")
 
