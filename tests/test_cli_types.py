@@ -129,3 +129,9 @@ def test_the_lm_lab_alone_reports_unknown_flags_by_subcommand_too(capsys):
     with pytest.raises(SystemExit):
         lm_main(["compare", "RUN", "--bogus"])
     assert "focus-optim lm compare: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_counts_in_messages_agree_in_number():
+    from focus_optim.cli_types import counted
+
+    assert [counted(n, "cell") for n in (0, 1, 2)] == ["0 cells", "1 cell", "2 cells"]

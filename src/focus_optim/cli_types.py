@@ -40,6 +40,11 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) 
     return args
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 cell``, ``2 cells``: a count for a message."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def command_name(args: argparse.Namespace) -> str:
     """``toy run``, ``lm train``, ...: the command as the user typed it, for messages."""
     sub = getattr(args, f"{args.command}_command", None)

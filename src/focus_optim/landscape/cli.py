@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic
-from ..cli_types import device_arg, output_dir, positive_int
+from ..cli_types import counted, device_arg, output_dir, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         )
         where = f" shard {shard.index}/{shard.count}" if shard else ""
         print(
-            f"{fig.title}: {report.computed} cells computed, {report.skipped} already stored "
+            f"{fig.title}: {counted(report.computed, 'cell')} computed, {report.skipped} already stored "
             f"({report.shard_cells}/{report.total_cells} cells{where}) in {time.perf_counter() - t0:.1f} s "
             f"-> {report.store}{report.remaining_note()}",
             flush=True,

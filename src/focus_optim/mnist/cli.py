@@ -1,4 +1,4 @@
-"""``focus-optim mnist run|plot|fetch``: the batch-size scan of Figure 2c/2d.
+r"""``focus-optim mnist run|plot|fetch``: the batch-size scan of Figure 2c/2d.
 
 Examples::
 
@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cli_types import device_arg, positive_int
+from ..cli_types import counted, device_arg, positive_int
 
 PRESET_NAMES = ("quick", "paper")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -69,8 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--fused-eval",
         action="store_true",
-        help="the test pass as one Triton kernel, activations on chip (CUDA; needs --eval-precision "
-        "bf16); same numbers up to rounding",
+        help="the test pass as one Triton kernel, activations on chip (CUDA with Triton, or "
+        "TRITON_INTERPRET=1 for the slow CPU interpreter; needs --eval-precision bf16); same numbers up "
+        "to rounding",
     )
     r.add_argument(
         "--data-dir",
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"Invalid --workers: {args.workers} (allowed: 0 for auto, or >= 1)")
     report = run_scan(cfg, args.out, workers=args.workers or _auto_workers(args.device), **common)
     print(
-        f"mnist: {report.computed} cells computed, {report.skipped} already there, "
+        f"mnist: {counted(report.computed, 'cell')} computed, {report.skipped} already there, "
         f"{report.total_cells} in the scan; "
         f"{time.perf_counter() - t0:.1f} s -> {args.out}{report.remaining_note()}"
     )

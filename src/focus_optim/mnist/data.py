@@ -11,7 +11,9 @@ In each directory a file is found as ``<name>.gz`` or ``<name>`` (raw), e.g.
 ``train-images-idx3-ubyte.gz``; the format is told by the gzip magic bytes, not by the suffix.
 Missing files are downloaded (if allowed) from the standard public mirrors (:data:`MIRRORS`)
 into that directory, each checked against the MD5 of its decompressed content before it is
-renamed into place.
+renamed into place. The directory is created only once a file has been downloaded, so a failed
+download leaves no empty directory behind, and the error says when the directory did not exist
+(a mistyped ``--data-dir`` or ``FOCUS_OPTIM_MNIST``).
 
 Every problem raises :class:`MnistDataError` (a ``ValueError``) or ``FileNotFoundError`` naming
 the file and what is wrong: missing, corrupt or truncated gzip stream, not an IDX file, a
@@ -190,13 +192,53 @@ def find_file(directory: Path, spec: FileSpec) -> Path | None:
 
 
 # --- download -------------------------------------------------------------------------------------
+def _missing_dir_note(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold the files, if it is not a directory (a mistyped path?)."""
+    if directory.is_dir():
+        return None
+    if directory.exists():
+        return f"{directory} is not a directory"
+    return f"the directory {directory} did not exist"
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return the ones this call created, outermost
+    first (one that another process creates meanwhile is not counted)."""
+    missing = []
+    d = directory
+    while not d.exists() and d.parent != d:
+        missing.append(d)
+        d = d.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        created.append(d)
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories :func:`_make_dirs` created, innermost first, while they are empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()  # only an empty directory
+        except OSError:
+            return
+
+
 def fetch_file(
     directory: Path, spec: FileSpec, mirrors: Sequence[str] = MIRRORS, *, timeout: float = 60.0
 ) -> Path:
-    """Download ``spec`` into ``directory`` from the first mirror whose file has the right MD5."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Download ``spec`` into ``directory`` from the first mirror whose file has the right MD5.
+
+    ``directory`` (and its missing parents) is created only for a download that succeeded, and
+    removed again, if still empty, when writing the file fails: a failed download leaves no empty
+    directory behind. If ``directory`` did not exist, the error says so (a mistyped path)."""
     target = directory / f"{spec.name}.gz"
-    failures = []
+    note = _missing_dir_note(directory)
+    failures = [note] if note else []
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{spec.name}.gz"
         try:
@@ -213,7 +255,12 @@ def fetch_file(
         def write(f: IO[bytes], data: bytes = raw) -> int:
             return f.write(data)
 
-        return write_atomic(target, write)
+        created = _make_dirs(directory)
+        try:
+            return write_atomic(target, write)
+        except BaseException:
+            _remove_empty(created)
+            raise
     raise FileNotFoundError(
         f"{target}: missing and could not be downloaded ({'; '.join(failures)}). Put the MNIST files in a "
         f"directory and pass --data-dir or set {ENV_VAR}."
@@ -251,9 +298,11 @@ def load_mnist(
         path = find_file(directory, spec)
         if path is None:
             if not download:
+                note = _missing_dir_note(directory)
                 raise FileNotFoundError(
-                    f"{directory / (spec.name + '.gz')}: missing (also looked for {directory / spec.name}); "
-                    f"pass --data-dir, set {ENV_VAR}, or run `focus-optim mnist fetch`"
+                    f"{directory / (spec.name + '.gz')}: missing (also looked for {directory / spec.name}"
+                    f"{'; ' + note if note else ''}); pass --data-dir, set {ENV_VAR}, or run "
+                    "`focus-optim mnist fetch`"
                 )
             path = fetch_file(directory, spec, mirrors)
         paths[key] = path

@@ -211,6 +211,16 @@ def load_data(data_dir: str | os.PathLike[str] | None = None, *, verify: bool = 
     return load_mnist(data_dir, verify=verify)
 
 
+def fused_eval_available(device: str) -> bool:
+    """Whether ``fused_eval``'s Triton kernel runs on ``device``: a CUDA device with Triton
+    installed, or any device under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter)."""
+    import torch
+
+    from ..optim._kernels import use_triton
+
+    return use_triton(torch.device(device))
+
+
 def run_scan(
     cfg: ScanConfig,
     out: str | os.PathLike[str],
@@ -243,7 +253,8 @@ def run_scan(
     ``cuda_graphs``: each cell's training forward + backward and test pass replayed as CUDA graphs
     (:class:`~.train.CellGraphs`; the eager cell's kernels, so its numbers); CUDA only.
     ``fused_eval``: the bf16 test pass as one Triton kernel (:mod:`.triton_eval`; same numbers up
-    to rounding: biases and logits stay float32); needs ``eval_precision="bf16"``.
+    to rounding: biases and logits stay float32); needs ``eval_precision="bf16"`` and a device the
+    kernel runs on (:func:`fused_eval_available`).
     """
     device = device or default_device()
     check_compile_mode(compile, device)
@@ -252,6 +263,11 @@ def run_scan(
         raise ValueError(f"cuda_graphs needs eager cells on a CUDA device, not {why}")
     if fused_eval and cfg.eval_precision != "bf16":
         raise ValueError(f"fused_eval needs eval_precision 'bf16', not {cfg.eval_precision!r}")
+    if fused_eval and not fused_eval_available(device):
+        raise ValueError(
+            f"fused_eval (--fused-eval) needs a CUDA device with Triton installed, or TRITON_INTERPRET=1 "
+            f"for Triton's CPU interpreter (slow), not device {device!r}"
+        )
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 2
     data = load_data(data_dir, verify=verify)

@@ -139,7 +139,15 @@ def mlp_eval(layers: list[tuple[Tensor, Tensor]], x_t: Tensor, labels: Tensor) -
 
     ``layers``: per layer ``(A (E, out, in), c (E, out))``, eval-mode BNs folded in (float32);
     ``x_t``: ``(in, N)`` test images, feature-major, or :meth:`~.model.EnsembleMLP.augment_inputs`'s
-    ``(pad(in + 1), N)`` (rows past ``in`` are not read); ``labels``: ``(N,)``."""
+    ``(pad(in + 1), N)`` (rows past ``in`` are not read); ``labels``: ``(N,)``. On a device the
+    kernel cannot run on (a CPU without ``TRITON_INTERPRET=1``) a ``ValueError`` says so."""
+    from ..optim._kernels import use_triton
+
+    if not use_triton(x_t.device):
+        raise ValueError(
+            f"fused test pass: the Triton kernel runs on a CUDA device, or under TRITON_INTERPRET=1 "
+            f"(Triton's CPU interpreter), not on device {str(x_t.device)!r}"
+        )
     tensors = kernel_inputs(layers, x_t, labels)
     E, H, K = layers[0][0].shape
     C, N = layers[-1][0].shape[1], x_t.shape[1]
