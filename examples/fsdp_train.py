@@ -8,7 +8,9 @@ several nodes with torchrun's rendezvous flags). The optimizer steps on its shar
 ``focus_optim.optim._dtensor``). Every ``--save-every`` steps the model, optimizer and step go to
 ``OUT/ckpt-STEP`` through ``torch.distributed.checkpoint`` (each rank writes its own shards; then
 ``OUT/latest.json`` points to it), so a killed run resumes with the same command and continues
-exactly where it stopped. The task: predict the
+exactly where it stopped. ``latest.json`` also records the settings the checkpoint depends on (the
+optimizer, its effective hyperparameters with the lr, the model config): a command whose settings
+differ is refused before anything is loaded (use a new ``--out``). The task: predict the
 next token of sequences that repeat a random 8-token motif (learnable, so the loss falls fast).
 """
 
@@ -19,7 +21,10 @@ import gc
 import json
 import os
 import shutil
+import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import fully_shard
 
 from focus_optim import make_optimizer
+from focus_optim.atomic import write_json_atomic
 from focus_optim.lm.model import GPT, model_config
 from focus_optim.optim.registry import parse_optimizer_spec
 
@@ -48,13 +54,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per rank and step")
     parser.add_argument("--save-every", type=int, default=50)
     args = parser.parse_args()
+    settings = checkpoint_settings(args)
+    mismatch = resume_mismatch(args.out, settings)  # before any process group or load
+    if mismatch:
+        if os.environ.get("RANK", "0") == "0":  # (every rank reads the same file: one says it)
+            print(f"{Path(sys.argv[0]).name}: error: {mismatch}", file=sys.stderr)
+        sys.exit(2)
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(device)
-    train(args, device)
+    train(args, device, settings)
     # The model, optimizer and state dicts (whose DTensors hold the process group through their
     # mesh) are gone with train's frame; collect them while the interpreter is alive, or gloo's
     # worker threads may free tensors during interpreter shutdown and abort a finished run.
@@ -62,10 +74,61 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-def train(args: argparse.Namespace, device: str) -> None:
+MODEL = "tiny"
+
+
+def checkpoint_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a checkpoint of this command depends on, as JSON values: the optimizer, its effective
+    hyperparameters (registry defaults, the ones given, the lr) and the model config. (A loaded
+    optimizer state would crash under another optimizer, and would silently override a changed
+    hyperparameter with the stored one.)"""
+    spec, hparams = parse_optimizer_spec(args.optimizer)
+    settings = {
+        "optimizer": spec.name,
+        "hyperparameters": {**spec.hyperparameters(), **hparams, "lr": args.lr},
+        "model": {"preset": MODEL, **asdict(model_config(MODEL))},
+    }
+    result: dict[str, Any] = json.loads(json.dumps(settings, sort_keys=True, default=repr))
+    return result
+
+
+def resume_mismatch(out: Path, settings: dict[str, Any]) -> str | None:
+    """Why the checkpoint in ``out`` cannot be resumed with ``settings`` (one line), or None."""
+    latest = out / "latest.json"
+    if not latest.exists():
+        return None
+    stored = json.loads(latest.read_text())
+    if "settings" not in stored:  # written before settings were recorded: nothing to check
+        return None
+    old, new = _flat(stored["settings"]), _flat(settings)
+    if old.get("optimizer") != new["optimizer"]:  # (its hyperparameters differ too: not listed)
+        keys = ["optimizer"]
+    else:
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if not keys:
+        return None
+    diff = "; ".join(f"{k}: stored {old.get(k)!r}, this run {new.get(k)!r}" for k in keys)
+    return (
+        f"{out} holds a checkpoint (step {stored['step']}) of other settings ({diff}); "
+        "use a new --out to start this run (or the stored settings to resume that one)"
+    )
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def train(args: argparse.Namespace, device: str, settings: dict[str, Any]) -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)  # the same initial weights on every rank
-    cfg = model_config("tiny")
+    cfg = model_config(MODEL)
     model = GPT(cfg).to(device)
     for block in model.transformer.h:
         fully_shard(block)
@@ -101,9 +164,8 @@ def train(args: argparse.Namespace, device: str) -> None:
             if rank == 0:
                 with (args.out / "loss.jsonl").open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in log)
-                tmp = latest.with_suffix(".tmp")  # the pointer last, atomically
-                tmp.write_text(json.dumps({"step": step + 1}))
-                tmp.replace(latest)
+                # the pointer last, atomically, with what the checkpoint depends on
+                write_json_atomic(latest, {"step": step + 1, "settings": settings})
                 for old in args.out.glob("ckpt-*"):
                     if old.name != f"ckpt-{step + 1}":
                         shutil.rmtree(old)

@@ -306,6 +306,16 @@ def test_a_run_that_omits_a_metric_is_named_and_nothing_is_stored(tmp_path) -> N
     assert not list((tmp_path / "e" / "cells").glob("*.npz"))
 
 
+def test_the_corrected_command_reuses_the_store_a_failed_first_run_left(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"returned no accuracy"):  # nothing stored, only a manifest
+        run(tmp_path / "c", metrics=["loss", "accuracy"], replicates=1)
+    fixed = run(tmp_path / "c", replicates=1)  # the same --out, the metrics corrected
+    assert fixed.attrs["cells_done"] == fixed.attrs["cells_total"] == 6
+    same_runs(fixed, run(tmp_path / "new", replicates=1))
+    with pytest.raises(ValueError, match=r"holds results of a different configuration"):
+        run(tmp_path / "c", metrics=["loss"], replicates=1)  # once results are stored: refused
+
+
 def test_the_example_template_runs_resumes_and_plots(tmp_path, capsys) -> None:
     import importlib.util
     from pathlib import Path
@@ -342,7 +352,7 @@ def test_cli_summarises_and_plots_the_union_of_shards(tmp_path, capsys) -> None:
     done = run(tmp_path / "a", shard="0/2")["cell_done"]  # nothing left to run: just the store
     for label, row in half["optimizers"].items():  # an lr with runs still missing is not ranked
         complete = [lr for lr in LRS if bool(done.sel(optimizer=label, lr=lr).all())]
-        assert row["best_lr"] in complete if complete else np.isnan(row["best_lr"])
+        assert row["best_lr"] in complete if complete else row["best_lr"] is None
     assert main(["compare", "summary", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
     both = json.loads(capsys.readouterr().out)
     table = best_lr(run(tmp_path / "full"), "loss")
@@ -357,6 +367,50 @@ def test_cli_summarises_and_plots_the_union_of_shards(tmp_path, capsys) -> None:
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert main(["compare", "summary", str(tmp_path / "full"), "--metric", "acc"]) == 2
     assert "Unknown metric 'acc'; stored: loss, w_sum, seed" in capsys.readouterr().err
+
+
+def diverges(trial: Trial) -> dict[str, float]:
+    return {"loss": float("inf")}
+
+
+def _strict_json(text: str) -> dict:
+    import json
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)  # (json.loads alone accepts NaN and Infinity)
+
+
+def test_cli_summary_of_a_store_with_no_ranked_lr_is_strict_json_and_says_why(tmp_path, capsys) -> None:
+    from focus_optim.cli import main
+
+    run(tmp_path / "a", shard="0/6")  # one replicate of the smallest lr of each optimizer
+    assert main(["compare", "summary", str(tmp_path / "a"), "--json"]) == 0
+    summary = _strict_json(capsys.readouterr().out)
+    assert summary["runs"] == [2, 12]
+    none = {"best_lr": None, "loss": None, "std": None, "seconds": None}
+    assert summary["optimizers"] == {"adamw": none, "focus-g0": none}
+    assert main(["compare", "summary", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "compare: 2/12 runs stored; best lr by the mean loss (min)"
+    assert [line.split() for line in lines[1:]] == [
+        [label, "no", "lr", "has", "all", "its", "replicates", "stored", "yet"] for label in OPTS
+    ]
+    assert "nan" not in "\n".join(lines)
+
+    # every lr stored, every run diverged: also no best lr, for another reason
+    compare(diverges, ["adamw"], LRS, out=tmp_path / "d", replicates=2, metrics=["loss"], progress=False)
+    run(tmp_path / "ok", replicates=1)  # and an ordinary store, for the mix of both
+    assert main(["compare", "summary", str(tmp_path / "d"), "--json"]) == 0
+    row = _strict_json(capsys.readouterr().out)["optimizers"]["adamw"]
+    assert row["best_lr"] is None and row["loss"] is None
+    assert main(["compare", "summary", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "adamw  every lr with all its replicates stored diverged (non-finite loss)" in out
+    assert main(["compare", "summary", str(tmp_path / "ok"), "--json"]) == 0
+    rows = _strict_json(capsys.readouterr().out)["optimizers"]
+    assert all(r["best_lr"] in LRS and r["std"] == 0.0 and r["loss"] > 0 for r in rows.values())
 
 
 @pytest.mark.parametrize(

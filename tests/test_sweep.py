@@ -97,6 +97,63 @@ def test_changed_configuration_refuses_with_clear_error(tmp_path):
         run_sweep(make_spec(model={"width": 9, "depth": 2}), Counting(), tmp_path / "n", progress=False)
 
 
+def fails_before_storing(cells, device):
+    raise ValueError("train returned no val_acc")
+
+
+def test_a_store_with_no_cells_takes_a_new_configuration(tmp_path, capsys, monkeypatch):
+    """A sweep that failed before storing anything leaves only a manifest: the corrected command
+    takes the store over (nothing is lost), and a store with any cell still refuses it."""
+    with pytest.raises(ValueError, match="no val_acc"):
+        run_sweep(make_spec(), fails_before_storing, tmp_path / "a", progress=False)
+    manifest = tmp_path / "a" / "manifest.json"
+    old = manifest.read_bytes()
+    assert json.loads(old) == make_spec().manifest()
+    assert not list((tmp_path / "a" / "cells").iterdir())
+
+    # a failed write of the new manifest leaves the old one whole, and no temp file
+    def fails(src, dst):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr("os.replace", fails)
+        with pytest.raises(OSError, match="disk full"):
+            run_sweep(make_spec(steps=5), Counting(), tmp_path / "a", progress=False)
+    assert manifest.read_bytes() == old
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["cells", "manifest.json"]
+    capsys.readouterr()
+
+    rep = run_sweep(make_spec(steps=5), Counting(), tmp_path / "a", progress=False)
+    assert rep.computed == 6 and rep.skipped == 0
+    assert json.loads(manifest.read_text()) == make_spec(steps=5).manifest()
+    err = capsys.readouterr().err
+    assert "held no results; its configuration is replaced by this run's" in err
+    assert "config.steps: stored 4, this run 5" in err
+    run_sweep(make_spec(steps=5), Counting(), tmp_path / "b", progress=False)
+    xr.testing.assert_identical(load_results(tmp_path / "a"), load_results(tmp_path / "b"))
+
+    # now it holds cells: a changed configuration is refused as ever, and nothing is touched
+    new = manifest.read_bytes()
+    cells = {p: p.read_bytes() for p in (tmp_path / "a" / "cells").iterdir()}
+    with pytest.raises(ValueError, match=r"holds results of a different configuration.*config\.steps"):
+        run_sweep(make_spec(steps=6), Counting(), tmp_path / "a", progress=False)
+    assert manifest.read_bytes() == new
+    assert {p: p.read_bytes() for p in (tmp_path / "a" / "cells").iterdir()} == cells
+
+
+def test_a_run_whose_empty_store_was_taken_over_stores_no_cell(tmp_path):
+    """Two runs of different configurations started into one empty store: the one whose manifest
+    was replaced is refused its cells instead of mixing them with the other's."""
+    old_spec = make_spec()
+    first = Store(tmp_path, old_spec).open()
+    Store(tmp_path, make_spec(steps=5)).open()  # takes the empty store over
+    cell = old_spec.cells()[0]
+    result = {"value": np.zeros((2, 3, 2)), "curve": np.zeros((2, 3, 4))}
+    with pytest.raises(ValueError, match=r"now holds a different configuration .* cell 0-0 is not stored"):
+        first.write(cell, result, {})
+    assert not list((tmp_path / "cells").iterdir())
+
+
 def test_a_changed_grid_is_shown_stored_against_this_run(tmp_path):
     """The refusal says what each changed key held and now holds, so that a respelt setting (e.g.
     an optimizer spec) is found at once; long grids are cut."""

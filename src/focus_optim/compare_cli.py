@@ -7,7 +7,8 @@ replicate, sharded with ``--shard i/n`` or torchrun and resumable like every swe
 A comparison sharded over processes, GPUs or cluster array jobs writes into one directory (or
 several, given together); these commands read whatever is stored, so they also show a comparison
 in progress: the number of stored runs is printed, and an lr whose runs are not all stored yet is
-not ranked (as a diverged run would not be).
+not ranked (as a diverged run would not be). An optimizer with no ranked lr is said to have none
+(in ``--json``, strict JSON: its values are null).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{done}/{total} runs; wrote", *written)
         return 0
     table = best_lr(ds, metric, mode=args.mode)
-    rows = {}
+    rows, why_none = {}, {}
     for label in table["optimizer"].values:
         lr = float(table["best_lr"].sel(optimizer=label))
         timed = "seconds" in ds and math.isfinite(lr)
@@ -95,16 +96,38 @@ def run(args: argparse.Namespace) -> int:
             "std": float(table["best_std"].sel(optimizer=label)),
             "seconds": at_best,  # mean wall time of a run at the best lr
         }
+        if not math.isfinite(lr):  # no lr ranked: none has all its runs stored, or those diverged
+            stored = ds["cell_done"].sel(optimizer=label).all("replicate")
+            why_none[str(label)] = (
+                f"every lr with all its replicates stored diverged (non-finite {metric})"
+                if bool(stored.any())
+                else "no lr has all its replicates stored yet"
+            )
     if args.json:
-        print(json.dumps({"metric": metric, "mode": args.mode, "runs": [done, total], "optimizers": rows}))
+        summary = {"metric": metric, "mode": args.mode, "runs": [done, total], "optimizers": rows}
+        print(json.dumps(_finite_or_null(summary), allow_nan=False))  # strict JSON: NaN -> null
         return 0
     print(f"{ds.attrs['name']}: {done}/{total} runs stored; best lr by the mean {metric} ({args.mode})")
     for label, r in rows.items():
+        if label in why_none:
+            print(f"  {label:>16s}  {why_none[label]}")
+            continue
         print(
             f"  {label:>16s}  lr {r['best_lr']:<9.3g} {metric} {r[metric]:.6g} ± {r['std']:.2g}"
             f"   {r['seconds']:.3g} s/run"
         )
     return 0
+
+
+def _finite_or_null(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, inf: no value) replaced by None (JSON null)."""
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_or_null(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def run_comparison(args: argparse.Namespace) -> int:

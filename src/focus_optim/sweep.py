@@ -15,10 +15,13 @@ Store layout (a directory)::
     manifest.json          name, config, grid, variables, seed, config hash, format version
     cells/<key>.npz        one file per finished cell, written to a temp name then renamed
 
-A changed configuration refuses to write into an old store, and a malformed manifest is refused
-(the error names it; nothing in the store is touched). Resume skips cells whose file exists and
-opens (an unreadable one, e.g. truncated by a full disk, is moved aside to ``.corrupt-<name>``
-and recomputed); the temp file of a write that was killed is removed once it is an hour old.
+A changed configuration refuses to write into an old store that holds any cell, and a malformed
+manifest is refused (the error names it; nothing in the store is touched). A store that holds no
+cell yet (e.g. its first run failed before storing one) takes the new configuration: its manifest
+is replaced, atomically, and a run still writing under the old one is refused its next cell.
+Resume skips cells whose file exists and opens (an unreadable one, e.g. truncated by a full disk,
+is moved aside to ``.corrupt-<name>`` and recomputed); the temp file of a write that was killed is
+removed once it is an hour old.
 Shards (``--shard i/n``, or RANK/WORLD_SIZE under torchrun) take every n-th cell of the grid and
 skip the stored ones (so a shard's cells stay the same when it resumes), so processes, GPUs or
 cluster array jobs can share one directory; ``load_results`` stitches whatever is there into an
@@ -240,7 +243,7 @@ class Store:
         if not target.exists():  # several shards may race to create it: one wins, whole
             self.cells_dir.mkdir(parents=True, exist_ok=True)
             # (every shard writes the manifest before its first cell: cells without one are orphans)
-            orphan = next((p for p in self.cells_dir.glob("*.npz") if not p.name.startswith(".")), None)
+            orphan = next(self.stored_cell_files(), None)
             if orphan is not None and not target.exists():  # (not another shard's, just created)
                 raise ValueError(
                     f"{self.path} holds results ({orphan.name}, ...) but no manifest.json, so their "
@@ -253,11 +256,17 @@ class Store:
                 f"{key}: stored {_short(old)}, this run {_short(new)}"
                 for key, old, new in _diff(existing, self.manifest)
             )
-            raise ValueError(
-                f"{self.path} holds results of a different configuration "
-                f"(hash {existing.get('config_hash')} != {self.manifest['config_hash']}; differs in {diff}). "
-                "Use a new --out directory, or delete the old one."
-            )
+            hashes = f"hash {existing.get('config_hash')} != {self.manifest['config_hash']}"
+            if next(self.stored_cell_files(), None) is not None:
+                raise ValueError(
+                    f"{self.path} holds results of a different configuration ({hashes}; differs in {diff}). "
+                    "Use a new --out directory, or delete the old one."
+                )
+            # No result stored under the old configuration (e.g. its first run failed): nothing is
+            # lost by taking the store over, so the corrected command need not move to a new --out.
+            write_atomic(target, lambda f: f.write(json.dumps(self.manifest, indent=1).encode()))
+            note = f"{self.path} held no results; its configuration is replaced by this run's"
+            print(f"{note} (differs in {diff})", file=sys.stderr)
         self.cells_dir.mkdir(exist_ok=True)  # (only once the manifest is known to be this sweep's)
         for directory in (self.path, self.cells_dir):
             remove_stale_temps(directory, older_than=STALE_TEMP_SECONDS)
@@ -265,6 +274,13 @@ class Store:
 
     def cell_path(self, cell: Cell) -> Path:
         return self.cells_dir / f"{cell.key}.npz"
+
+    def stored_cell_files(self) -> Iterator[Path]:
+        """The cell files in the store, readable or not (temp and moved-aside files start with a
+        dot and are not cells)."""
+        if not self.cells_dir.is_dir():
+            return iter(())
+        return (p for p in self.cells_dir.glob("*.npz") if not p.name.startswith("."))
 
     def has(self, cell: Cell) -> bool:
         """Whether the cell is stored readably. An unreadable file is moved aside (kept, under a
@@ -300,6 +316,15 @@ class Store:
             if arr.shape != want:
                 raise ValueError(f"cell {cell.key}: {var!r} has shape {arr.shape}, expected {want}")
             arrays[var] = arr
+        # A store holding no cells may be taken over by another configuration (see ``open``): never
+        # write a cell into a store whose manifest is no longer this sweep's.
+        current = read_manifest(self.path).get("config_hash")
+        if current != self.manifest["config_hash"]:
+            raise ValueError(
+                f"{self.path} now holds a different configuration (hash {current} != "
+                f"{self.manifest['config_hash']}): another run replaced its manifest while it held no "
+                f"results; cell {cell.key} is not stored. Use a new --out directory for this run."
+            )
         info = {"key": cell.key, "coords": cell.coords, "config_hash": self.manifest["config_hash"], **meta}
         arrays["__meta__"] = np.array(json.dumps(_jsonable(info)))
         # (Any: mypy would match the variable names against savez's allow_pickle keyword)
