@@ -36,6 +36,7 @@ from focus_optim import make_optimizer
 from focus_optim.atomic import write_json_atomic
 from focus_optim.lm.model import GPT, model_config
 from focus_optim.optim.registry import parse_optimizer_spec
+from focus_optim.sweep import dotted_diff
 
 
 def batch(step: int, rank: int, size: int, block: int, vocab: int, device: str) -> torch.Tensor:
@@ -100,29 +101,16 @@ def resume_mismatch(out: Path, settings: dict[str, Any]) -> str | None:
     stored = json.loads(latest.read_text())
     if "settings" not in stored:  # written before settings were recorded: nothing to check
         return None
-    old, new = _flat(stored["settings"]), _flat(settings)
-    if old.get("optimizer") != new["optimizer"]:  # (its hyperparameters differ too: not listed)
-        keys = ["optimizer"]
-    else:
-        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if not keys:
+    diffs = dotted_diff(stored["settings"], settings)
+    if any(key == "optimizer" for key, _, _ in diffs):  # (its hyperparameters differ too: not listed)
+        diffs = [d for d in diffs if d[0] == "optimizer"]
+    if not diffs:
         return None
-    diff = "; ".join(f"{k}: stored {old.get(k)!r}, this run {new.get(k)!r}" for k in keys)
+    diff = "; ".join(f"{k}: stored {old!r}, this run {new!r}" for k, old, new in diffs)
     return (
         f"{out} holds a checkpoint (step {stored['step']}) of other settings ({diff}); "
         "use a new --out to start this run (or the stored settings to resume that one)"
     )
-
-
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def train(args: argparse.Namespace, device: str, settings: dict[str, Any]) -> None:

@@ -232,6 +232,7 @@ class Store:
         self.path = Path(path)
         self.spec = spec
         self.manifest = spec.manifest()
+        self._holds_a_cell = False  # (set once this object has stored one: see ``write``)
 
     @property
     def cells_dir(self) -> Path:
@@ -254,7 +255,7 @@ class Store:
         if existing.get("config_hash") != self.manifest["config_hash"]:
             diff = "; ".join(
                 f"{key}: stored {_short(old)}, this run {_short(new)}"
-                for key, old, new in _diff(existing, self.manifest)
+                for key, old, new in dotted_diff(existing, self.manifest)
             )
             hashes = f"hash {existing.get('config_hash')} != {self.manifest['config_hash']}"
             if next(self.stored_cell_files(), None) is not None:
@@ -317,8 +318,13 @@ class Store:
                 raise ValueError(f"cell {cell.key}: {var!r} has shape {arr.shape}, expected {want}")
             arrays[var] = arr
         # A store holding no cells may be taken over by another configuration (see ``open``): never
-        # write a cell into a store whose manifest is no longer this sweep's.
-        current = read_manifest(self.path).get("config_hash")
+        # write a cell into a store whose manifest is no longer this sweep's. Once this object has
+        # stored a cell, no other run can take the store over, so the check is needed only until then.
+        current = (
+            self.manifest["config_hash"]
+            if self._holds_a_cell
+            else read_manifest(self.path).get("config_hash")
+        )
         if current != self.manifest["config_hash"]:
             raise ValueError(
                 f"{self.path} now holds a different configuration (hash {current} != "
@@ -329,6 +335,7 @@ class Store:
         arrays["__meta__"] = np.array(json.dumps(_jsonable(info)))
         # (Any: mypy would match the variable names against savez's allow_pickle keyword)
         write_atomic(self.cell_path(cell), lambda f: np.savez(f, **cast("dict[str, Any]", arrays)))
+        self._holds_a_cell = True
 
 
 def run_sweep(
@@ -614,14 +621,14 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+def dotted_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted path, value in ``a``, value in ``b``) of the keys whose values differ, into nested
     dicts: e.g. ``("config.user.width", 8, 9)``."""
     out = []
     for k in sorted((set(a) | set(b)) - ({"config_hash"} if not prefix else set())):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
+            out += dotted_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append((f"{prefix}{k}", va, vb))
     return out
